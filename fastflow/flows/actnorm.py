@@ -1,0 +1,57 @@
+"""ActNorm: a per-channel affine map with a data-dependent init.
+
+Density direction: y = x * exp(log_scale) + bias, logdet = (pixels per channel) * sum(log_scale).
+Inverse: x = (y - bias) * exp(-log_scale). Works on images ``[B, C, H, W]`` and vectors ``[B, C]``.
+The init sets the output on the init batch to zero mean and unit (unbiased) std per channel.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastflow.flows.base import Flow, logdet_dtype
+
+
+class ActNorm(Flow):
+    """ActNorm over the channel dimension 1 of ``[B, C, *S]`` (``S`` empty for vectors)."""
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.log_scale = nn.Parameter(torch.randn(num_channels) * 0.05)
+        self.bias = nn.Parameter(torch.randn(num_channels) * 0.05)
+
+    def _view(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return p.view(1, -1, *([1] * (x.dim() - 2)))
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(
+                f"ActNorm expects [B, {self.num_channels}, ...], got shape {tuple(x.shape)}"
+            )
+
+    def logdet(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = x[0, 0].numel()
+        return (pixels * self.log_scale.to(logdet_dtype(x)).sum()).expand(x.shape[0])
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(x)
+        y = x * self._view(self.log_scale.exp(), x) + self._view(self.bias, x)
+        return y, self.logdet(x)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(y)
+        x = (y - self._view(self.bias, y)) * self._view((-self.log_scale).exp(), y)
+        return x, -self.logdet(y)
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(x)
+        y, _ = self.forward(x)
+        dims = [0] + list(range(2, x.dim()))
+        mean = y.mean(dim=dims)
+        std = y.std(dim=dims) if y.numel() > y.shape[1] else torch.ones_like(mean)
+        inv = 1.0 / (std + 1e-6)
+        self.log_scale.add_(inv.log().to(self.log_scale.dtype))
+        self.bias.copy_((self.bias - mean) * inv)
+        return self.forward(x)

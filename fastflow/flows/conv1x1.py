@@ -1,0 +1,144 @@
+"""Invertible 1x1 convolution (images), invertible linear map (vectors), and ActNorm + 1x1 fused.
+
+Density direction: y = W x per pixel, logdet = (pixels) * log|det W|.  Inverse: x = W^-1 y.
+W is a dense ``[C, C]`` parameter with an orthogonal init. There is no cached inverse: W^-1 and
+log|det W| are computed from the current weight each call, or taken from a :func:`weight_statistics`
+block that computes those of every layer of a model in one batched call per weight size and checks
+each weight's version counter before use, so an optimiser step can never leave them stale.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastflow.flows.actnorm import ActNorm
+from fastflow.flows.base import Flow, logdet_dtype
+from fastflow.ops import actnorm_conv1x1, actnorm_conv1x1_inverse, batched_inverse, batched_slogdet
+
+
+@dataclass
+class WeightStatistics:
+    """log|det W| (0-d) and, when asked for, W^-1 ``[C, C]``, valid for one weight version."""
+
+    version: int
+    log_abs_det: torch.Tensor
+    inverse: torch.Tensor | None
+
+
+class InvertibleMatrix(Flow):
+    """``y = W x`` over the channel dimension of ``[B, C, *S]``; a 1x1 conv for images."""
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.weight = nn.Parameter(torch.linalg.qr(torch.randn(num_channels, num_channels))[0])
+        self._statistics: WeightStatistics | None = None
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(f"{type(self).__name__} expects [B, {self.num_channels}, ...], got {tuple(x.shape)}")
+
+    def statistics(self, need_inverse: bool) -> WeightStatistics:
+        """log|det W| and maybe W^-1 of the current weight (from the batched block if it is fresh)."""
+        stats = self._statistics
+        fresh = stats is not None and stats.version == self.weight._version
+        if fresh and (stats.inverse is not None or not need_inverse):
+            return stats
+        w = self.weight.unsqueeze(0)
+        inverse = batched_inverse(w)[0] if need_inverse else None
+        return WeightStatistics(self.weight._version, batched_slogdet(w)[1][0], inverse)
+
+    def _apply_matrix(self, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        m = m.to(x.dtype)
+        if x.dim() == 2:
+            return x @ m.t()
+        return torch.matmul(m, x.flatten(2)).view_as(x)
+
+    def _logdet(self, x: torch.Tensor, log_abs_det: torch.Tensor) -> torch.Tensor:
+        return (x[0, 0].numel() * log_abs_det.to(logdet_dtype(x))).expand(x.shape[0])
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(x)
+        stats = self.statistics(need_inverse=False)
+        return self._apply_matrix(self.weight, x), self._logdet(x, stats.log_abs_det)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(y)
+        stats = self.statistics(need_inverse=True)
+        return self._apply_matrix(stats.inverse, y), -self._logdet(y, stats.log_abs_det)
+
+
+class InvertibleConv1x1(InvertibleMatrix):
+    """Invertible 1x1 convolution on ``[B, C, H, W]``."""
+
+
+class InvertibleLinear(InvertibleMatrix):
+    """Invertible linear map on vectors ``[B, C]``."""
+
+
+class ActNormConv1x1(Flow):
+    """ActNorm followed by an invertible 1x1 convolution, run as one fused op.
+
+    Density direction: y = W (exp(log_scale) * x + bias); parameters live in ``actnorm`` and
+    ``conv`` so that the state dict reads like the unfused pair.
+    """
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.actnorm = ActNorm(num_channels)
+        self.conv = InvertibleConv1x1(num_channels)
+        self.backend = "auto"
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self.conv._check(x)
+        stats = self.conv.statistics(need_inverse=False)
+        return actnorm_conv1x1(
+            x, self.actnorm.log_scale, self.actnorm.bias, self.conv.weight,
+            log_abs_det=stats.log_abs_det, backend=self.backend,
+        )
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self.conv._check(y)
+        stats = self.conv.statistics(need_inverse=True)
+        return actnorm_conv1x1_inverse(
+            y, self.actnorm.log_scale, self.actnorm.bias, self.conv.weight,
+            weight_inverse=stats.inverse, log_abs_det=stats.log_abs_det, backend=self.backend,
+        )
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self.actnorm.initialize(x)
+        return self.forward(x)
+
+
+@contextlib.contextmanager
+def weight_statistics(module: nn.Module, need_inverse: bool = False) -> Iterator[None]:
+    """Within the block, every :class:`InvertibleMatrix` of ``module`` uses log|det W| (and W^-1
+    if ``need_inverse``) computed in one batched call per (size, dtype, device) group.
+
+    The results stay in the autograd graph, so gradients reach every weight; they are dropped on
+    exit, and a layer whose weight changed inside the block (version counter) recomputes its own.
+    """
+    groups: dict[tuple, list[InvertibleMatrix]] = defaultdict(list)
+    for m in module.modules():
+        if isinstance(m, InvertibleMatrix):
+            w = m.weight
+            groups[(w.shape[0], w.dtype, w.device)].append(m)
+    try:
+        for layers in groups.values():
+            stacked = torch.stack([m.weight for m in layers])
+            log_abs_det = batched_slogdet(stacked)[1]
+            inverse = batched_inverse(stacked) if need_inverse else None
+            for i, m in enumerate(layers):
+                inv = inverse[i] if inverse is not None else None
+                m._statistics = WeightStatistics(m.weight._version, log_abs_det[i], inv)
+        yield
+    finally:
+        for layers in groups.values():
+            for m in layers:
+                m._statistics = None

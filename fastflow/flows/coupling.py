@@ -1,0 +1,117 @@
+"""Conditional affine couplings (Wolf's NICE-style blocks) for images and vectors.
+
+Density direction: the coupling reads the conditioning channels x_a (and z), computes
+``mu, u = net(x_a, z)`` and maps the transformed channels x_b to ``s * x_b + mu`` with
+``s = 1 + alpha * tanh(u / 2)`` (or ``x_b + mu`` for the additive variant). Which channels are x_a
+and x_b is set by ``split`` ("continuous" or "skip") and ``order`` ("up" or "down"); see
+:mod:`fastflow.ops.affine_coupling`. A skip split over an odd channel count becomes continuous,
+as in the paper's code. The last layer of every net starts at zero, so every coupling starts as
+the identity.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fastflow.flows.base import Flow
+from fastflow.nn import WeightNormConv2d, WeightNormLinear
+from fastflow.ops import affine_coupling, affine_coupling_inverse, cond_bias_elu, conditioning_channels
+
+TRANSFORMS = ("affine", "additive")
+
+
+class CouplingNet2d(nn.Module):
+    """conv3x3 -> ELU -> conv1x1 (+ FC(z) per channel) -> ELU -> weight-normed conv3x3.
+
+    ``[B, c_in, H, W]`` (and z ``[B, dz]``) -> ``[B, c_out, H, W]``; the last conv starts at zero.
+    """
+
+    def __init__(self, c_in: int, c_out: int, hidden: int, z_dim: int = 0) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(c_in, hidden, 3, padding=1, bias=False)
+        self.conv_mid = nn.Conv2d(hidden, hidden, 1, bias=False)
+        self.z_proj = nn.Linear(z_dim, hidden) if z_dim else None
+        self.conv_out = WeightNormConv2d(hidden, c_out, 3, padding=1, zero_init=True)
+        self.backend = "auto"
+
+    def forward(self, x_a: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        h = F.elu(self.conv_in(x_a))
+        h = self.conv_mid(h)
+        bias = self.z_proj(z) if self.z_proj is not None else None
+        h = cond_bias_elu(h, bias, backend=self.backend)
+        return self.conv_out(h)
+
+
+class CouplingNet1d(nn.Module):
+    """Linear -> ELU -> Linear -> ELU -> weight-normed Linear, ``[B, f_in] -> [B, f_out]``.
+
+    The first two linears start with zero bias; the last layer starts at zero.
+    """
+
+    def __init__(self, f_in: int, f_out: int, hidden: int) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(f_in, hidden)
+        self.fc_mid = nn.Linear(hidden, hidden)
+        nn.init.zeros_(self.fc_in.bias)
+        nn.init.zeros_(self.fc_mid.bias)
+        self.fc_out = WeightNormLinear(hidden, f_out, zero_init=True)
+
+    def forward(self, x_a: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc_out(F.elu(self.fc_mid(F.elu(self.fc_in(x_a)))))
+
+
+class AffineCoupling(Flow):
+    """A coupling over ``[B, C, *S]`` that transforms ``num_transformed`` channels (default C // 2).
+
+    ``net`` maps the conditioning channels ``[B, C - Cb, *S]`` and z to ``[B, Cb or 2 Cb, *S]``:
+    the first Cb outputs are the shift mu, the last Cb the raw scale u (affine only).
+    """
+
+    def __init__(self, num_channels: int, net: nn.Module, split: str = "continuous", order: str = "up",
+                 num_transformed: int | None = None, transform: str = "affine", alpha: float = 1.0) -> None:
+        super().__init__()
+        if transform not in TRANSFORMS:
+            raise ValueError(f"unknown coupling transform {transform!r}; expected one of {TRANSFORMS}")
+        if split == "skip" and num_channels % 2:
+            split = "continuous"
+        self.num_channels = num_channels
+        self.num_transformed = num_transformed or num_channels // 2
+        self.split, self.order = split, order
+        self.transform, self.alpha = transform, alpha
+        self.net = net
+        self.backend = "auto"
+        self._cond_idx = conditioning_channels(num_channels, self.num_transformed, split, order)
+
+    def _params(self, x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if x.dim() < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(f"coupling expects [B, {self.num_channels}, ...], got shape {tuple(x.shape)}")
+        out = self.net(x[:, self._cond_idx], cond)
+        if self.transform == "additive":
+            return out, None
+        cb = self.num_transformed
+        return out[:, :cb], out[:, cb:]
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, u = self._params(x, cond)
+        return affine_coupling(x, mu, u, self.split, self.order, self.alpha, backend=self.backend)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, u = self._params(y, cond)
+        return affine_coupling_inverse(y, mu, u, self.split, self.order, self.alpha, backend=self.backend)
+
+
+def image_coupling(num_channels: int, hidden: int, z_dim: int, split: str, order: str,
+                   num_transformed: int | None = None, transform: str = "affine",
+                   alpha: float = 1.0) -> AffineCoupling:
+    """An image coupling with Wolf's conditioning network (z-conditioned when ``z_dim`` > 0)."""
+    cb = num_transformed or num_channels // 2
+    net = CouplingNet2d(num_channels - cb, cb * (2 if transform == "affine" else 1), hidden, z_dim)
+    return AffineCoupling(num_channels, net, split, order, cb, transform, alpha)
+
+
+def vector_coupling(num_features: int, hidden: int, split: str, order: str, alpha: float = 1.0) -> AffineCoupling:
+    """A vector coupling with an MLP conditioner (the z-prior's)."""
+    cb = num_features // 2
+    net = CouplingNet1d(num_features - cb, 2 * cb, hidden)
+    return AffineCoupling(num_features, net, split, order, cb, "affine", alpha)

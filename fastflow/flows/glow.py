@@ -1,0 +1,175 @@
+"""Stock Glow (Kingma & Dhariwal 2018), the baseline, in plain PyTorch ops.
+
+Written the way the widely used PyTorch port (rosinality/glow-pytorch) does it: ActNorm, an
+LU-parameterised (or dense) 1x1 conv, and an affine coupling with scale sigmoid(h + 2) applied as
+``y_b = (x_b + t) * s``, a zero-initialised last conv; each level squeezes first, and all levels
+but the last split half the channels off under a learned Gaussian conditioned on the other half
+(the last level uses a learned top prior). To share the model code with Wolf, each split-off half
+is standardised, ``v = (h - mean) * exp(-log_sd)`` (logdet ``-sum log_sd``), so the whole flow maps
+x to a v of x's shape scored under N(0, I); this is the same density as Glow's.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fastflow.flows.actnorm import ActNorm
+from fastflow.flows.base import Flow, FlowSequence, logdet_dtype
+from fastflow.flows.conv1x1 import InvertibleConv1x1
+from fastflow.flows.squeeze import squeeze, unsqueeze
+
+
+class LUConv1x1(Flow):
+    """Invertible 1x1 conv with W = P L (U + diag(sign * exp(log_s))): log|det W| = sum(log_s)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        q = torch.linalg.qr(torch.randn(channels, channels))[0]
+        p, lower, upper = torch.linalg.lu(q)
+        s = torch.diagonal(upper)
+        self.register_buffer("perm", p)
+        self.register_buffer("sign_s", torch.sign(s))
+        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1))
+        self.register_buffer("eye", torch.eye(channels))
+        self.lower = nn.Parameter(lower)
+        self.log_s = nn.Parameter(torch.log(torch.abs(s)))
+        self.upper = nn.Parameter(torch.triu(upper, 1))
+
+    def weight(self) -> torch.Tensor:
+        lower = self.lower * self.lower_mask + self.eye
+        upper = self.upper * self.lower_mask.t() + torch.diag(self.sign_s * torch.exp(self.log_s))
+        return self.perm @ lower @ upper
+
+    def _logdet(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.shape[2] * x.shape[3] * self.log_s.to(logdet_dtype(x)).sum()).expand(x.shape[0])
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.weight().to(x.dtype)
+        return torch.matmul(w, x.flatten(2)).view_as(x), self._logdet(x)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        w_inv = torch.linalg.inv(self.weight().double()).to(y.dtype)
+        return torch.matmul(w_inv, y.flatten(2)).view_as(y), -self._logdet(y)
+
+
+class ZeroConv2d(nn.Module):
+    """conv3x3 padded with ones, zero-initialised, output scaled by exp(3 * scale)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+        self.scale = nn.Parameter(torch.zeros(1, c_out, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, [1, 1, 1, 1], value=1.0)) * torch.exp(self.scale * 3)
+
+
+class GlowCoupling(Flow):
+    """Affine coupling: x_a conditions, ``y_b = (x_b + t) * sigmoid(h + 2)``; ``[B, C, H, W]``."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.half = channels // 2
+        conv_in = nn.Conv2d(channels - self.half, hidden, 3, padding=1)
+        conv_in.weight.data.normal_(0, 0.05)
+        conv_in.bias.data.zero_()
+        conv_mid = nn.Conv2d(hidden, hidden, 1)
+        conv_mid.weight.data.normal_(0, 0.05)
+        conv_mid.bias.data.zero_()
+        self.net = nn.Sequential(conv_in, nn.ReLU(inplace=True), conv_mid, nn.ReLU(inplace=True),
+                                 ZeroConv2d(hidden, 2 * self.half))
+
+    def _scale_shift(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, t = self.net(x_a).chunk(2, dim=1)
+        return torch.sigmoid(h + 2), t
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x_a, x_b = x[:, : -self.half], x[:, -self.half:]
+        s, t = self._scale_shift(x_a)
+        y_b = (x_b + t) * s
+        return torch.cat([x_a, y_b], dim=1), torch.log(s).flatten(1).sum(1)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        y_a, y_b = y[:, : -self.half], y[:, -self.half:]
+        s, t = self._scale_shift(y_a)
+        x_b = y_b / s - t
+        return torch.cat([y_a, x_b], dim=1), -torch.log(s).flatten(1).sum(1)
+
+
+def glow_step(channels: int, hidden: int, lu: bool) -> FlowSequence:
+    conv = LUConv1x1(channels) if lu else InvertibleConv1x1(channels)
+    return FlowSequence([ActNorm(channels), conv, GlowCoupling(channels, hidden)])
+
+
+class GlowLevel(Flow):
+    """Squeeze, ``steps``, then split half off under a learned prior (or, at the top, standardise
+    all under the learned top prior). ``[B, C, H, W] -> [B, C, H, W]``."""
+
+    def __init__(self, in_channels: int, num_steps: int, hidden: int, lu: bool, child: "GlowLevel | None") -> None:
+        super().__init__()
+        c = 4 * in_channels
+        self.steps = FlowSequence([glow_step(c, hidden, lu) for _ in range(num_steps)])
+        self.child = child
+        self.prior = ZeroConv2d(c // 2, c) if child is not None else ZeroConv2d(c, 2 * c)
+
+    def _prior_input(self, kept: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return kept if self.child is not None else torch.zeros_like(h)
+
+    def _run(self, x: torch.Tensor, cond: torch.Tensor | None, init: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        h = squeeze(x)
+        h, logdet = self.steps.initialize(h) if init else self.steps(h)
+        if self.child is not None:
+            kept, h = h.chunk(2, dim=1)
+        else:
+            kept = h
+        mean, log_sd = self.prior(self._prior_input(kept, h)).chunk(2, dim=1)
+        v = (h - mean) * torch.exp(-log_sd)
+        logdet = logdet - log_sd.flatten(1).sum(1).to(logdet.dtype)
+        if self.child is not None:
+            kept, ld = self.child.initialize(kept) if init else self.child(kept)
+            v = torch.cat([kept, v], dim=1)
+            logdet = logdet + ld
+        return unsqueeze(v), logdet
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._run(x, cond, init=False)
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._run(x, cond, init=True)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        v = squeeze(y)
+        logdet = y.new_zeros(y.shape[0], dtype=logdet_dtype(y))
+        if self.child is not None:
+            kept, v = v.chunk(2, dim=1)
+            kept, ld = self.child.inverse(kept)
+            logdet = logdet + ld
+        else:
+            kept = v
+        mean, log_sd = self.prior(self._prior_input(kept, v)).chunk(2, dim=1)
+        h = v * torch.exp(log_sd) + mean
+        logdet = logdet + log_sd.flatten(1).sum(1).to(logdet.dtype)
+        if self.child is not None:
+            h = torch.cat([kept, h], dim=1)
+        h, ld = self.steps.inverse(h)
+        return unsqueeze(h), logdet + ld
+
+
+def build_glow(in_channels: int, levels: int, num_steps: list, hidden_channels: list, lu: bool = True) -> GlowLevel:
+    """Glow with ``levels`` levels of ``num_steps[l]`` steps over ``[B, in_channels, H, W]``."""
+    if len(num_steps) != levels or len(hidden_channels) != levels:
+        raise ValueError(
+            f"Glow needs one num_steps and hidden_channels entry per level ({levels}), got "
+            f"{num_steps} and {hidden_channels}"
+        )
+    channels = [in_channels]
+    for _ in range(levels - 1):
+        channels.append(channels[-1] * 2)  # 4C after the squeeze, half of it continues
+    level: GlowLevel | None = None
+    for lvl in range(levels - 1, -1, -1):
+        level = GlowLevel(channels[lvl], num_steps[lvl], hidden_channels[lvl], lu, level)
+    return level

@@ -1,0 +1,149 @@
+"""What every image flow model shares: preprocessing, the loss in bits/dim, encode/decode, sampling.
+
+The decoder flow maps x in [-1, 1] (``[B, C, H, W]``) to v of the same shape in the density direction,
+optionally conditioned on a global code z; subclasses say where z comes from (:meth:`_z_terms`).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastflow.config import ModelConfig
+from fastflow.flows import Flow, weight_statistics
+from fastflow.models import preprocess as pp
+
+
+def randn(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """N(0, I) noise of ``shape`` on ``like``'s device and dtype, drawn from ``generator`` if given."""
+    device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=device).to(like.device, like.dtype)
+
+
+class ImageFlowModel(nn.Module):
+    """Base of Glow, refined Glow and Wolf. Images are uint8 (or float pixel values) ``[B, C, H, W]``."""
+
+    kind = ""
+    has_z = False
+
+    def __init__(self, config: ModelConfig, flow: Flow) -> None:
+        super().__init__()
+        self.config = config
+        self.flow = flow
+        self.num_dims = config.in_channels * config.image_size ** 2
+
+    # -- backends -------------------------------------------------------------------------------
+    def set_backend(self, backend: str) -> "ImageFlowModel":
+        """Run the fused ops with ``backend`` ("auto", "torch" or "triton") in every layer."""
+        for m in self.modules():
+            if hasattr(m, "backend"):
+                m.backend = backend
+        return self
+
+    # -- the global code (none here) ----------------------------------------------------------------
+    def _z_terms(self, x: torch.Tensor, bins: torch.Tensor, generator: torch.Generator | None,
+                 ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """z for the decoder and the KL term per image ``[B]`` (nats)."""
+        return None, bins.new_zeros(bins.shape[0])
+
+    def _check_z(self, z: torch.Tensor | None, batch: int) -> None:
+        if z is not None:
+            raise ValueError(f"a {self.kind} model has no global code z; pass z=None")
+
+    def _deterministic_z(self, bins: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def _initialize_z(self, bins: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
+        return None
+
+    # -- training ------------------------------------------------------------------------------
+    def _check(self, x: torch.Tensor) -> None:
+        pp.check_images(x, self.config.in_channels, self.config.image_size)
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Data-dependent init on a batch of images (run once, before training)."""
+        self._check(x)
+        was_training = self.training
+        self.eval()
+        try:
+            bins = pp.to_bins(x.to(self._device()), self.config.n_bits)
+            z = self._initialize_z(bins, generator)
+            with weight_statistics(self):
+                self.flow.initialize(pp.dequantize(bins, self.config.n_bits, generator), z)
+        finally:
+            self.train(was_training)
+
+    def loss(self, x: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None) -> dict:
+        """The negative ELBO of a batch, averaged over ``num_samples`` draws of noise (and z).
+
+        Returns ``loss`` (scalar mean bits/dim, to backpropagate), ``bpd`` ``[B]`` (detached),
+        ``nll`` ``[B]`` (nats of -log p(x | z), in bin units) and ``kl`` ``[B]`` (nats).
+        """
+        self._check(x)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        b = x.shape[0]
+        bins = pp.to_bins(x.to(self._device()), self.config.n_bits)
+        bins = bins.repeat(num_samples, 1, 1, 1)
+        with weight_statistics(self):
+            z, kl = self._z_terms(pp.bins_to_unit(bins, self.config.n_bits), bins, generator)
+            v, logdet = self.flow(pp.dequantize(bins, self.config.n_bits, generator), z)
+        nll = -(pp.standard_normal_log_prob(v) + logdet)
+        nll = nll.view(num_samples, b).mean(0)
+        kl = kl.view(num_samples, b).mean(0)
+        bpd = pp.bits_per_dim(nll + kl, self.num_dims, self.config.n_bits)
+        bin_nll = nll + self.num_dims * torch.log(torch.tensor(2.0 ** self.config.n_bits / 2))
+        return {"loss": bpd.mean(), "bpd": bpd.detach(), "nll": bin_nll.detach(), "kl": kl.detach()}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean bits/dim of a batch (the training loss); what DDP wraps."""
+        return self.loss(x)["loss"]
+
+    # -- encode, decode, sample -----------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, random: bool = False,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """x (uint8 ``[B, C, H, W]``) -> (z ``[B, dz]`` or None, v ``[B, C, H, W]``).
+
+        Deterministic by default: z = mu(x) and x is taken at its bin centres, so
+        ``decode(*encode(x))`` returns x exactly (up to float error far below a bin).
+        """
+        self._check(x)
+        bins = pp.to_bins(x.to(self._device()), self.config.n_bits)
+        with weight_statistics(self):
+            if random:
+                z, _ = self._z_terms(pp.bins_to_unit(bins, self.config.n_bits), bins, generator)
+                x_in = pp.dequantize(bins, self.config.n_bits, generator)
+            else:
+                z, x_in = self._deterministic_z(bins), pp.bin_centres(bins, self.config.n_bits)
+            v, _ = self.flow(x_in, z)
+        return z, v
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
+        """(z, v) -> uint8 images ``[B, C, H, W]`` (generation direction)."""
+        size, c = self.config.image_size, self.config.in_channels
+        if v.dim() != 4 or tuple(v.shape[1:]) != (c, size, size):
+            raise ValueError(f"v must have shape [B, {c}, {size}, {size}], got {tuple(v.shape)}")
+        self._check_z(z, v.shape[0])
+        with weight_statistics(self, need_inverse=True):
+            x, _ = self.flow.inverse(v.to(self._device()), z)
+        return pp.postprocess(x, self.config.n_bits)
+
+    def _sample_z(self, n: int, generator: torch.Generator | None) -> torch.Tensor | None:
+        return None
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n uint8 samples ``[n, C, H, W]``: v ~ N(0, T^2 I) (z from its prior, no temperature)."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        size, c = self.config.image_size, self.config.in_channels
+        ref = next(self.parameters())
+        v = randn((n, c, size, size), ref, generator) * temperature
+        return self.decode(self._sample_z(n, generator), v)
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device

@@ -1,0 +1,68 @@
+"""Weight-normalised layers used at the ends of the conditioning networks and the encoder.
+
+weight = g * v / ||v|| with the norm taken per output unit. ``initialize(x, init_scale)`` is the
+data-dependent init: it sets g and the bias so that the outputs on ``x`` have zero mean and standard
+deviation ``init_scale`` per output unit (``init_scale=0`` makes the layer output exactly zero).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def _normalised(v: torch.Tensor) -> torch.Tensor:
+    norm = v.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return v / norm.view(-1, *([1] * (v.dim() - 1)))
+
+
+class WeightNormConv2d(nn.Module):
+    """Conv2d ``[B, Cin, H, W] -> [B, Cout, H', W']`` with a weight-normalised kernel and a bias."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
+                 zero_init: bool = False) -> None:
+        super().__init__()
+        self.padding = padding
+        self.v = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size) * 0.05)
+        self.g = nn.Parameter(torch.zeros(out_channels) if zero_init else torch.ones(out_channels))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def weight(self) -> torch.Tensor:
+        return _normalised(self.v) * self.g.view(-1, 1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight(), self.bias, padding=self.padding)
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor, init_scale: float) -> None:
+        out = F.conv2d(x, _normalised(self.v), padding=self.padding)
+        mean = out.mean(dim=(0, 2, 3))
+        std = out.std(dim=(0, 2, 3)) if out.numel() > out.shape[1] else torch.ones_like(mean)
+        inv = init_scale / (std + 1e-6)
+        self.g.copy_(inv)
+        self.bias.copy_(-mean * inv)
+
+
+class WeightNormLinear(nn.Module):
+    """Linear ``[B, Fin] -> [B, Fout]`` with a weight-normalised matrix and a bias."""
+
+    def __init__(self, in_features: int, out_features: int, zero_init: bool = False) -> None:
+        super().__init__()
+        self.v = nn.Parameter(torch.randn(out_features, in_features) * 0.05)
+        self.g = nn.Parameter(torch.zeros(out_features) if zero_init else torch.ones(out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def weight(self) -> torch.Tensor:
+        return _normalised(self.v) * self.g.view(-1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight(), self.bias)
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor, init_scale: float) -> None:
+        out = F.linear(x, _normalised(self.v))
+        mean = out.mean(dim=0)
+        std = out.std(dim=0) if out.shape[0] > 1 else torch.ones_like(mean)
+        inv = init_scale / (std + 1e-6)
+        self.g.copy_(inv)
+        self.bias.copy_(-mean * inv)

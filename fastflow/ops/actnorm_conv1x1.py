@@ -35,7 +35,8 @@ def _logdet(x: torch.Tensor, log_scale: torch.Tensor, log_abs_det: torch.Tensor 
     if log_abs_det is None:
         log_abs_det = batched_slogdet(weight.unsqueeze(0))[1][0]
     pixels = x.shape[2] * x.shape[3]
-    per_sample = pixels * (log_scale.float().sum() + log_abs_det.float())
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    per_sample = pixels * (log_scale.to(dtype).sum() + log_abs_det.to(dtype))
     return per_sample.expand(x.shape[0])
 
 

@@ -110,6 +110,7 @@ class ModelConfig:
     z_dim: int = 0
     encoder: EncoderConfig | None = None
     prior: PriorConfig | None = None
+    memory_efficient: bool = False  # recompute flow activations from outputs in the backward pass
 
     def __post_init__(self) -> None:
         kinds = ("wolf", "refined_glow", "glow")

@@ -21,6 +21,12 @@ from fastflow.flows.base import Flow, logdet_dtype
 from fastflow.ops import actnorm_conv1x1, actnorm_conv1x1_inverse, batched_inverse, batched_slogdet
 
 
+def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off: the flow's main path (1x1 convs, actnorms, couplings' x) stays in the input's
+    precision under mixed precision; only the conditioning networks run in low precision."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 @dataclass
 class WeightStatistics:
     """log|det W| (0-d) and, when asked for, W^-1 ``[C, C]``, valid for one weight version."""
@@ -54,10 +60,11 @@ class InvertibleMatrix(Flow):
         return WeightStatistics(self.weight._version, batched_slogdet(w)[1][0], inverse)
 
     def _apply_matrix(self, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        m = m.to(x.dtype)
-        if x.dim() == 2:
-            return x @ m.t()
-        return torch.matmul(m, x.flatten(2)).view_as(x)
+        with full_precision(x):
+            m = m.to(x.dtype)
+            if x.dim() == 2:
+                return x @ m.t()
+            return torch.matmul(m, x.flatten(2)).view_as(x)
 
     def _logdet(self, x: torch.Tensor, log_abs_det: torch.Tensor) -> torch.Tensor:
         return (x[0, 0].numel() * log_abs_det.to(logdet_dtype(x))).expand(x.shape[0])
@@ -97,18 +104,20 @@ class ActNormConv1x1(Flow):
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         self.conv._check(x)
         stats = self.conv.statistics(need_inverse=False)
-        return actnorm_conv1x1(
-            x, self.actnorm.log_scale, self.actnorm.bias, self.conv.weight,
-            log_abs_det=stats.log_abs_det, backend=self.backend,
-        )
+        with full_precision(x):
+            return actnorm_conv1x1(
+                x, self.actnorm.log_scale, self.actnorm.bias, self.conv.weight,
+                log_abs_det=stats.log_abs_det, backend=self.backend,
+            )
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         self.conv._check(y)
         stats = self.conv.statistics(need_inverse=True)
-        return actnorm_conv1x1_inverse(
-            y, self.actnorm.log_scale, self.actnorm.bias, self.conv.weight,
-            weight_inverse=stats.inverse, log_abs_det=stats.log_abs_det, backend=self.backend,
-        )
+        with full_precision(y):
+            return actnorm_conv1x1_inverse(
+                y, self.actnorm.log_scale, self.actnorm.bias, self.conv.weight,
+                weight_inverse=stats.inverse, log_abs_det=stats.log_abs_det, backend=self.backend,
+            )
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

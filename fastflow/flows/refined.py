@@ -21,6 +21,7 @@ from fastflow.flows.actnorm import ActNorm
 from fastflow.flows.base import Flow, FlowSequence, logdet_dtype
 from fastflow.flows.conv1x1 import ActNormConv1x1, InvertibleConv1x1
 from fastflow.flows.coupling import image_coupling
+from fastflow.flows.memory import ChainMonitor, named_layers, run_chain
 from fastflow.flows.squeeze import squeeze, unsqueeze
 
 
@@ -85,19 +86,38 @@ class MultiScaleLevel(Flow):
         self.stage_steps = nn.ModuleList([s for s, _ in stages])
         self.stage_priors = nn.ModuleList([p for _, p in stages])
         self.child = child
+        self.memory_efficient = False
+        self.monitor = ChainMonitor()
+        self.name = "flow"
+
+    def set_memory_efficient(self, enabled: bool, monitor: ChainMonitor, name: str = "flow") -> None:
+        """Backpropagate through each chain of steps (a stage's steps and its split prior) by
+        recomputing inputs from outputs; see :mod:`fastflow.flows.memory`."""
+        self.memory_efficient, self.monitor, self.name = enabled, monitor, name
+        if isinstance(self.child, MultiScaleLevel):
+            self.child.set_memory_efficient(enabled, monitor, name + ".child")
+
+    def _chain(self, layers: list[Flow], x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        names = [f"{self.name}.{n}" for n in named_layers(self, layers)]
+        return run_chain(layers, names, self.monitor, x, cond)
 
     def _run(self, x: torch.Tensor, cond: torch.Tensor | None, init: bool) -> tuple[torch.Tensor, torch.Tensor]:
         def call(layer: Flow, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return layer.initialize(h, cond) if init else layer(h, cond)
 
+        chained = self.memory_efficient and not init and torch.is_grad_enabled()
         logdet = x.new_zeros(x.shape[0], dtype=logdet_dtype(x))
         if self.steps is not None:
-            x, ld = call(self.steps, x)
+            x, ld = self._chain(list(self.steps.layers), x, cond) if chained else call(self.steps, x)
             logdet = logdet + ld
         emitted = []
         for steps, prior in zip(self.stage_steps, self.stage_priors):
-            x, ld1 = call(steps, x)
-            x, ld2 = call(prior, x)
+            if chained:
+                x, ld1 = self._chain([*steps.layers, prior], x, cond)
+                ld2 = 0.0
+            else:
+                x, ld1 = call(steps, x)
+                x, ld2 = call(prior, x)
             logdet = logdet + ld1 + ld2
             emitted.append(x[:, -prior.emitted:])
             x = x[:, : -prior.emitted]

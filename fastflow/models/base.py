@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from fastflow.config import ModelConfig
-from fastflow.flows import Flow, weight_statistics
+from fastflow.flows import Flow, MultiScaleLevel, weight_statistics
+from fastflow.flows.memory import ChainMonitor
 from fastflow.models import preprocess as pp
 
 
@@ -30,6 +31,9 @@ class ImageFlowModel(nn.Module):
         self.config = config
         self.flow = flow
         self.num_dims = config.in_channels * config.image_size ** 2
+        self.recompute_monitor = ChainMonitor()
+        if config.memory_efficient:
+            self.set_memory_efficient(True)
 
     # -- backends -------------------------------------------------------------------------------
     def set_backend(self, backend: str) -> "ImageFlowModel":
@@ -38,6 +42,17 @@ class ImageFlowModel(nn.Module):
             if hasattr(m, "backend"):
                 m.backend = backend
         return self
+
+    def set_memory_efficient(self, enabled: bool = True, tolerance: float = 1e-3) -> ChainMonitor:
+        """Backpropagate through the decoder flow by recomputing each step's input from its output
+        (activation memory no longer grows with depth). Returns the monitor of reconstruction errors;
+        a recomputed input off by more than ``tolerance`` raises a warning naming the layer."""
+        if not isinstance(self.flow, MultiScaleLevel):
+            raise ValueError(f"memory-efficient backprop needs the refined-Glow decoder (refined_glow, wolf), not {self.kind}")
+        self.recompute_monitor.tolerance = tolerance
+        self.flow.set_memory_efficient(enabled, self.recompute_monitor)
+        self.config.memory_efficient = enabled
+        return self.recompute_monitor
 
     # -- the global code (none here) ----------------------------------------------------------------
     def _z_terms(self, x: torch.Tensor, bins: torch.Tensor, generator: torch.Generator | None,
@@ -66,7 +81,7 @@ class ImageFlowModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            bins = pp.to_bins(x.to(self._device()), self.config.n_bits)
+            bins = self._bins(x)
             z = self._initialize_z(bins, generator)
             with weight_statistics(self):
                 self.flow.initialize(pp.dequantize(bins, self.config.n_bits, generator), z)
@@ -83,7 +98,7 @@ class ImageFlowModel(nn.Module):
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         b = x.shape[0]
-        bins = pp.to_bins(x.to(self._device()), self.config.n_bits)
+        bins = self._bins(x)
         bins = bins.repeat(num_samples, 1, 1, 1)
         with weight_statistics(self):
             z, kl = self._z_terms(pp.bins_to_unit(bins, self.config.n_bits), bins, generator)
@@ -109,7 +124,7 @@ class ImageFlowModel(nn.Module):
         ``decode(*encode(x))`` returns x exactly (up to float error far below a bin).
         """
         self._check(x)
-        bins = pp.to_bins(x.to(self._device()), self.config.n_bits)
+        bins = self._bins(x)
         with weight_statistics(self):
             if random:
                 z, _ = self._z_terms(pp.bins_to_unit(bins, self.config.n_bits), bins, generator)
@@ -147,3 +162,8 @@ class ImageFlowModel(nn.Module):
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def _bins(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels -> n-bit bin indices on the model's device, in the model's float dtype."""
+        ref = next(self.parameters())
+        return pp.to_bins(x.to(ref.device), self.config.n_bits).to(ref.dtype)

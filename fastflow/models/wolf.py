@@ -47,7 +47,10 @@ class WolfModel(ImageFlowModel):
         self.prior = build_prior_flow(config.z_dim, p.num_steps, p.hidden_features, p.alpha)
 
     def _posterior(self, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder(unit)
+        """mu and log-variance of q(z | x), in float32 (or float64) even under autocast."""
+        mu, logvar = self.encoder(unit)
+        dtype = unit.dtype if unit.dtype == torch.float64 else torch.float32
+        return mu.to(dtype), logvar.to(dtype)
 
     def _z_terms(self, unit: torch.Tensor, bins: torch.Tensor, generator: torch.Generator | None,
                  ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,127 @@
+"""Memory-efficient backpropagation through a chain of invertible layers.
+
+A chain ``x -> f_1 -> ... -> f_n -> y`` keeps only its output: its forward runs without recording
+activations, and its backward walks the chain from the end, recomputing each layer's input from its
+output with the exact inverse, re-running that one layer with autograd on (under the autocast
+state of the forward), and backpropagating through it (RevNet / i-RevNet style). Activation memory is then that of one layer, whatever the
+chain's length. The gradients of the condition z and of every parameter are returned through the
+autograd graph (the parameters are inputs of the Function), so DDP's gradient hooks fire as usual.
+
+Recomputation is only as good as the inverse: each layer's input is fingerprinted in the forward
+(up to 256 evenly spaced elements per sample), and when the recomputed input differs from it by more
+than the tolerance a warning names the layer. The largest error seen is kept in
+``ChainMonitor.max_error``. The tolerance is ``tolerance`` (1e-3) in full precision and
+``low_precision_tolerance`` (3e-2) under bfloat16/float16 autocast: there the conditioning networks
+round to 8 (or 11) mantissa bits, so a recomputed input that differs in the last float32 bits can
+flip a rounding and move the recomputed input by about 1e-3 without anything being wrong.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fastflow.flows.base import Flow, logdet_dtype
+
+FINGERPRINT_SIZE = 256
+
+
+@dataclass
+class ChainMonitor:
+    """Reconstruction errors of the recomputed inputs, and the threshold for a warning."""
+
+    tolerance: float = 1e-3
+    low_precision_tolerance: float = 3e-2
+    max_error: float = 0.0
+    worst_layer: str = ""
+    errors: dict[str, float] = field(default_factory=dict)
+
+    def record(self, name: str, error: float, low_precision: bool = False) -> None:
+        self.errors[name] = error
+        if error > self.max_error:
+            self.max_error, self.worst_layer = error, name
+        tolerance = max(self.tolerance, self.low_precision_tolerance) if low_precision else self.tolerance
+        if error > tolerance:
+            warnings.warn(
+                f"memory-efficient backward: the input of {name} was recomputed with max error "
+                f"{error:.3e} > {tolerance:.1e}; the layer is ill-conditioned and its gradients may "
+                f"be wrong (train with memory_efficient off, or in float64, to compare)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+
+def _fingerprint(x: torch.Tensor) -> torch.Tensor:
+    flat = x.detach().flatten(1)
+    step = max(1, flat.shape[1] // FINGERPRINT_SIZE)
+    return flat[:, ::step][:, :FINGERPRINT_SIZE].clone()
+
+
+class _InvertibleChain(torch.autograd.Function):
+    """``(x, cond, *params) -> (y, logdet)`` for ``layers`` applied in order; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, layers: list[Flow], names: list[str], monitor: ChainMonitor, num_params: int,
+                x: torch.Tensor, cond: torch.Tensor | None, *params: torch.Tensor):
+        logdet = x.new_zeros(x.shape[0], dtype=logdet_dtype(x))
+        fingerprints = []
+        with torch.no_grad():
+            for layer in layers:
+                fingerprints.append(_fingerprint(x))
+                x, ld = layer(x, cond)
+                logdet = logdet + ld
+        ctx.layers, ctx.names, ctx.monitor, ctx.fingerprints = layers, names, monitor, fingerprints
+        ctx.has_cond = cond is not None
+        device = x.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.save_for_backward(x.detach(), *((cond,) if cond is not None else ()))
+        ctx.params = params
+        return x, logdet
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor, grad_logdet: torch.Tensor):
+        y, *rest = ctx.saved_tensors
+        cond = rest[0] if ctx.has_cond else None
+        params = ctx.params
+        grad_params = [None] * len(params)
+        grad_cond = torch.zeros_like(cond) if cond is not None else None
+        grad_y = torch.zeros_like(y) if grad_y is None else grad_y
+        device, autocast_on, autocast_dtype = ctx.autocast
+        for layer, name, fp in zip(reversed(ctx.layers), reversed(ctx.names), reversed(ctx.fingerprints)):
+            with torch.no_grad(), torch.autocast(device, autocast_dtype, enabled=autocast_on):
+                x, _ = layer.inverse(y, cond)
+            error = (_fingerprint(x) - fp).abs().max().item() if x.numel() else 0.0
+            ctx.monitor.record(name, error, low_precision=autocast_on)
+            with torch.enable_grad(), torch.autocast(device, autocast_dtype, enabled=autocast_on):
+                x = x.detach().requires_grad_()
+                c = cond.detach().requires_grad_() if cond is not None else None
+                y_again, ld = layer(x, c)
+                inputs = [x] + ([c] if c is not None else []) + list(params)
+                outputs = [y_again, ld]
+                grads = torch.autograd.grad(outputs, inputs, [grad_y, grad_logdet.to(ld.dtype)], allow_unused=True)
+            grad_y = grads[0]
+            offset = 1
+            if c is not None:
+                if grads[1] is not None:
+                    grad_cond = grad_cond + grads[1]
+                offset = 2
+            for i, g in enumerate(grads[offset:]):
+                if g is not None:
+                    grad_params[i] = g if grad_params[i] is None else grad_params[i] + g
+            y = x.detach()
+        return (None, None, None, None, grad_y, grad_cond, *grad_params)
+
+
+def run_chain(layers: list[Flow], names: list[str], monitor: ChainMonitor, x: torch.Tensor,
+              cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply ``layers`` in order (density direction) keeping only the chain's output for backward."""
+    params = [p for layer in layers for p in layer.parameters() if p.requires_grad]
+    return _InvertibleChain.apply(layers, names, monitor, len(params), x, cond, *params)
+
+
+def named_layers(module: nn.Module, layers: list[Flow]) -> list[str]:
+    """Qualified names of ``layers`` inside ``module`` (for the monitor's warnings)."""
+    names = {id(m): n for n, m in module.named_modules()}
+    return [names.get(id(layer), type(layer).__name__) for layer in layers]

@@ -8,8 +8,25 @@ init on ``x`` and returns what ``forward`` then returns, so a stack initialises 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+
+@dataclass
+class Recomputed:
+    """A layer's input rebuilt from its output, with the forward graph recorded from it.
+
+    ``inputs`` are leaf tensors that ``join`` assembles into the layer's input x (or, applied to their
+    gradients, into dL/dx); ``output`` and ``logdet`` are ``forward(x)`` recorded from those leaves.
+    """
+
+    inputs: list[torch.Tensor]
+    join: Callable[[list[torch.Tensor]], torch.Tensor]
+    output: torch.Tensor
+    logdet: torch.Tensor
 
 
 class Flow(nn.Module):
@@ -24,6 +41,17 @@ class Flow(nn.Module):
     @torch.no_grad()
     def initialize(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.forward(x, cond)
+
+    def recompute(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> Recomputed:
+        """For memory-efficient backprop: x = inverse(y), then forward(x) with autograd recording.
+
+        Layers whose inverse already evaluates what the forward needs (couplings) override this to
+        evaluate it once."""
+        with torch.no_grad():
+            x, _ = self.inverse(y, cond)
+        x = x.detach().requires_grad_()
+        out, logdet = self.forward(x, cond)
+        return Recomputed([x], lambda parts: parts[0], out, logdet)
 
 
 class FlowSequence(Flow):

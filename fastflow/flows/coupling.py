@@ -14,9 +14,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fastflow.flows.base import Flow
+from fastflow.flows.base import Flow, Recomputed
 from fastflow.nn import WeightNormConv2d, WeightNormLinear
-from fastflow.ops import affine_coupling, affine_coupling_inverse, cond_bias_elu, conditioning_channels
+from fastflow.ops import (
+    affine_coupling,
+    affine_coupling_inverse,
+    cond_bias_elu,
+    conditioning_channels,
+    transformed_channels,
+)
 
 TRANSFORMS = ("affine", "additive")
 
@@ -82,11 +88,15 @@ class AffineCoupling(Flow):
         self.net = net
         self.backend = "auto"
         self._cond_idx = conditioning_channels(num_channels, self.num_transformed, split, order)
+        self._trans_idx = transformed_channels(num_channels, self.num_transformed, split, order)
 
     def _params(self, x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"coupling expects [B, {self.num_channels}, ...], got shape {tuple(x.shape)}")
-        out = self.net(x[:, self._cond_idx], cond)
+        return self._params_from(x[:, self._cond_idx], cond)
+
+    def _params_from(self, x_a: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.net(x_a, cond)
         if self.transform == "additive":
             return out, None
         cb = self.num_transformed
@@ -99,6 +109,24 @@ class AffineCoupling(Flow):
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         mu, u = self._params(y, cond)
         return affine_coupling_inverse(y, mu, u, self.split, self.order, self.alpha, backend=self.backend)
+
+    def recompute(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> Recomputed:
+        """x = inverse(y) and the graph of forward(x) from one evaluation of the net (x_a = y_a)."""
+        x_a = y[:, self._cond_idx].detach().requires_grad_()
+        mu, u = self._params_from(x_a, cond)
+        with torch.no_grad():
+            x, _ = affine_coupling_inverse(y, mu, u, self.split, self.order, self.alpha, backend=self.backend)
+        x_b = x[:, self._trans_idx].detach().requires_grad_()
+
+        def join(parts: list[torch.Tensor]) -> torch.Tensor:
+            full = parts[0].new_empty(y.shape)
+            full[:, self._cond_idx] = parts[0]
+            full[:, self._trans_idx] = parts[1]
+            return full
+
+        out, logdet = affine_coupling(join([x_a, x_b]), mu, u, self.split, self.order, self.alpha,
+                                      backend=self.backend)
+        return Recomputed([x_a, x_b], join, out, logdet)
 
 
 def image_coupling(num_channels: int, hidden: int, z_dim: int, split: str, order: str,

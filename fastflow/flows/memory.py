@@ -3,7 +3,9 @@
 A chain ``x -> f_1 -> ... -> f_n -> y`` keeps only its output: its forward runs without recording
 activations, and its backward walks the chain from the end, recomputing each layer's input from its
 output with the exact inverse, re-running that one layer with autograd on (under the autocast
-state of the forward), and backpropagating through it (RevNet / i-RevNet style). Activation memory is then that of one layer, whatever the
+state of the forward), and backpropagating through it (RevNet / i-RevNet style). A coupling's
+inverse and its re-run share one evaluation of the conditioning network (``Flow.recompute``), so
+the extra cost is about one forward pass. Activation memory is then that of one layer, whatever the
 chain's length. The gradients of the condition z and of every parameter are returned through the
 autograd graph (the parameters are inputs of the Function), so DDP's gradient hooks fire as usual.
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fastflow.flows.base import Flow, logdet_dtype
+from fastflow.flows.base import Flow, FlowSequence, logdet_dtype
 
 FINGERPRINT_SIZE = 256
 
@@ -90,28 +92,32 @@ class _InvertibleChain(torch.autograd.Function):
         grad_y = torch.zeros_like(y) if grad_y is None else grad_y
         device, autocast_on, autocast_dtype = ctx.autocast
         for layer, name, fp in zip(reversed(ctx.layers), reversed(ctx.names), reversed(ctx.fingerprints)):
-            with torch.no_grad(), torch.autocast(device, autocast_dtype, enabled=autocast_on):
-                x, _ = layer.inverse(y, cond)
+            with torch.enable_grad(), torch.autocast(device, autocast_dtype, enabled=autocast_on):
+                c = cond.detach().requires_grad_() if cond is not None else None
+                rec = layer.recompute(y, c)
+            x = rec.join([t.detach() for t in rec.inputs])
             error = (_fingerprint(x) - fp).abs().max().item() if x.numel() else 0.0
             ctx.monitor.record(name, error, low_precision=autocast_on)
-            with torch.enable_grad(), torch.autocast(device, autocast_dtype, enabled=autocast_on):
-                x = x.detach().requires_grad_()
-                c = cond.detach().requires_grad_() if cond is not None else None
-                y_again, ld = layer(x, c)
-                inputs = [x] + ([c] if c is not None else []) + list(params)
-                outputs = [y_again, ld]
-                grads = torch.autograd.grad(outputs, inputs, [grad_y, grad_logdet.to(ld.dtype)], allow_unused=True)
-            grad_y = grads[0]
-            offset = 1
-            if c is not None:
-                if grads[1] is not None:
-                    grad_cond = grad_cond + grads[1]
-                offset = 2
-            for i, g in enumerate(grads[offset:]):
+            inputs = rec.inputs + ([c] if c is not None else []) + list(params)
+            grads = torch.autograd.grad([rec.output, rec.logdet], inputs,
+                                        [grad_y, grad_logdet.to(rec.logdet.dtype)], allow_unused=True)
+            n = len(rec.inputs)
+            grad_y = rec.join([g if g is not None else torch.zeros_like(t) for g, t in zip(grads[:n], rec.inputs)])
+            if c is not None and grads[n] is not None:
+                grad_cond = grad_cond + grads[n]
+            for i, g in enumerate(grads[n + (c is not None):]):
                 if g is not None:
                     grad_params[i] = g if grad_params[i] is None else grad_params[i] + g
-            y = x.detach()
+            y = x
         return (None, None, None, None, grad_y, grad_cond, *grad_params)
+
+
+def leaf_layers(layers: list[Flow]) -> list[Flow]:
+    """``layers`` with every :class:`FlowSequence` expanded into its layers, recursively."""
+    out: list[Flow] = []
+    for layer in layers:
+        out += leaf_layers(list(layer.layers)) if isinstance(layer, FlowSequence) else [layer]
+    return out
 
 
 def run_chain(layers: list[Flow], names: list[str], monitor: ChainMonitor, x: torch.Tensor,

@@ -21,7 +21,7 @@ from fastflow.flows.actnorm import ActNorm
 from fastflow.flows.base import Flow, FlowSequence, logdet_dtype
 from fastflow.flows.conv1x1 import ActNormConv1x1, InvertibleConv1x1
 from fastflow.flows.coupling import image_coupling
-from fastflow.flows.memory import ChainMonitor, named_layers, run_chain
+from fastflow.flows.memory import ChainMonitor, leaf_layers, named_layers, run_chain
 from fastflow.flows.squeeze import squeeze, unsqueeze
 
 
@@ -41,38 +41,42 @@ def refined_step(channels: int, hidden: int, z_dim: int, transform: str, alpha: 
     ])
 
 
-class SplitPrior(Flow):
+class TailActNorm(Flow):
+    """ActNorm on the last ``num_channels`` channels of ``[B, C, H, W]``; the others pass through."""
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.actnorm = ActNorm(num_channels)
+
+    def _on_tail(self, x: torch.Tensor, fn) -> tuple[torch.Tensor, torch.Tensor]:
+        tail, logdet = fn(x[:, -self.num_channels:])
+        return torch.cat([x[:, : -self.num_channels], tail], dim=1), logdet
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._on_tail(x, self.actnorm)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._on_tail(y, self.actnorm.inverse)
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._on_tail(x, self.actnorm.initialize)
+
+
+class SplitPrior(FlowSequence):
     """1x1 conv, then a coupling of the last ``C // factor`` channels on the rest (and z), then ActNorm
     on those last channels. ``[B, C, H, W] -> [B, C, H, W]``; the caller emits the last C // factor."""
 
     def __init__(self, channels: int, factor: int, hidden: int, z_dim: int, transform: str, alpha: float) -> None:
-        super().__init__()
-        self.emitted = channels // factor
-        self.conv = InvertibleConv1x1(channels)
-        self.coupling = image_coupling(channels, hidden, z_dim, "continuous", "up",
-                                       num_transformed=self.emitted, transform=transform, alpha=alpha)
-        self.actnorm = ActNorm(self.emitted)
-
-    def _run(self, x: torch.Tensor, cond: torch.Tensor | None, init: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        x, ld1 = self.conv(x)
-        x, ld2 = self.coupling(x, cond)
-        kept, tail = x[:, : -self.emitted], x[:, -self.emitted:]
-        tail, ld3 = self.actnorm.initialize(tail) if init else self.actnorm(tail)
-        return torch.cat([kept, tail], dim=1), ld1 + ld2 + ld3
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._run(x, cond, init=False)
-
-    @torch.no_grad()
-    def initialize(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._run(x, cond, init=True)
-
-    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        kept, tail = y[:, : -self.emitted], y[:, -self.emitted:]
-        tail, ld3 = self.actnorm.inverse(tail)
-        x, ld2 = self.coupling.inverse(torch.cat([kept, tail], dim=1), cond)
-        x, ld1 = self.conv.inverse(x)
-        return x, ld1 + ld2 + ld3
+        emitted = channels // factor
+        super().__init__([
+            InvertibleConv1x1(channels),
+            image_coupling(channels, hidden, z_dim, "continuous", "up", num_transformed=emitted,
+                           transform=transform, alpha=alpha),
+            TailActNorm(emitted),
+        ])
+        self.emitted = emitted
 
 
 class MultiScaleLevel(Flow):
@@ -98,6 +102,7 @@ class MultiScaleLevel(Flow):
             self.child.set_memory_efficient(enabled, monitor, name + ".child")
 
     def _chain(self, layers: list[Flow], x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        layers = leaf_layers(layers)
         names = [f"{self.name}.{n}" for n in named_layers(self, layers)]
         return run_chain(layers, names, self.monitor, x, cond)
 

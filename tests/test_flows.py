@@ -217,3 +217,16 @@ def test_inverse_follows_weight_updates() -> None:
     opt.step()
     y2, _ = layer(x)
     torch.testing.assert_close(layer.inverse(y2)[0], x, atol=1e-10, rtol=0)
+
+
+def test_locate_nonfinite_names_the_layer() -> None:
+    from fastflow.flows.debug import NonFiniteError, locate_nonfinite
+
+    flow = build_refined_glow(3, 3, [1, [1, 1], 1], [4, 6, 6], [4])
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        flow.child.stage_steps[0].layers[0].layers[3].log_scale.fill_(float("inf"))
+    with pytest.raises(NonFiniteError, match=r"child\.stage_steps\.0\.layers\.0\.layers\.3 \(ActNorm\)"):
+        with locate_nonfinite(flow):
+            flow(x)
+    flow(torch.randn(2, 3, 4, 4))  # the hooks are gone after the block

@@ -217,3 +217,13 @@ def test_unknown_config_key() -> None:
                                                        "hiden": 3}}
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['hiden'\] in model.flow"):
         build_model(data)
+
+
+def test_initialized_flag_travels_with_the_state_dict() -> None:
+    model = build_model("tiny_refined_glow")
+    assert not model.initialized
+    model.initialize(images(8, 16))
+    assert model.initialized
+    fresh = build_model("tiny_refined_glow")
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.initialized

@@ -32,6 +32,8 @@ class ImageFlowModel(nn.Module):
         self.flow = flow
         self.num_dims = config.in_channels * config.image_size ** 2
         self.recompute_monitor = ChainMonitor()
+        # Saved in the state dict, so a loaded checkpoint is never initialised again by accident.
+        self.register_buffer("initialized", torch.tensor(False))
         if config.memory_efficient:
             self.set_memory_efficient(True)
 
@@ -76,7 +78,8 @@ class ImageFlowModel(nn.Module):
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
-        """Data-dependent init on a batch of images (run once, before training)."""
+        """Data-dependent init on a batch of images (run once, before training; sets
+        ``self.initialized``, which the state dict carries, so resumed runs skip it)."""
         self._check(x)
         was_training = self.training
         self.eval()
@@ -85,6 +88,7 @@ class ImageFlowModel(nn.Module):
             z = self._initialize_z(bins, generator)
             with weight_statistics(self):
                 self.flow.initialize(pp.dequantize(bins, self.config.n_bits, generator), z)
+            self.initialized.fill_(True)
         finally:
             self.train(was_training)
 

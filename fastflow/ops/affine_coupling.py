@@ -17,12 +17,18 @@ odd ``C`` the layers pass ``split="continuous"`` instead, as the paper's code do
 
 Shapes: x, y ``[B, C, *S]`` (images ``[B, C, H, W]``, vectors ``[B, C]``); mu, u ``[B, Cb, *S]``;
 logdet ``[B]``. ``u=None`` gives the additive coupling (logdet 0).
+
+The Triton path (:class:`AffineCouplingFunction`, kernels in ``fastflow.kernels.affine_coupling``)
+reads x, mu and u through their strides (a ``chunk`` of a conditioning-net output costs no copy),
+writes y and the per-sample logdet in one pass and recomputes s from u in the backward, so it saves
+only its inputs. float16/bfloat16 inputs are computed in float32 and give a float32 logdet.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from fastflow.ops._backend import resolve_backend
 
@@ -87,6 +93,9 @@ def _check(x: torch.Tensor, mu: torch.Tensor, u: torch.Tensor | None, alpha: flo
         raise ValueError(f"u must have the shape of mu {tuple(mu.shape)}, got {tuple(u.shape)}")
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
+    devices = {t.device for t in (x, mu, u) if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"x, mu and u must be on one device, got {sorted(map(str, devices))}")
 
 
 def affine_coupling_reference(
@@ -119,6 +128,50 @@ def affine_coupling_inverse_reference(
     return x, -log_s.flatten(1).sum(1)
 
 
+def _as_bcp(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``[B, C, *S]`` as ``[B, C, P]`` (a view whenever the strides allow it)."""
+    return None if t is None else t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
+
+
+class AffineCouplingFunction(torch.autograd.Function):
+    """Fused coupling in either direction, with its backward; inputs are ``[B, C, P]`` views.
+
+    ``forward(x, mu, u, start, stride, alpha, inverse) -> (out [B, C, P], logdet [B])``: the
+    transformed channels are ``start + j * stride``; ``inverse=False`` is the density direction
+    x -> y, ``inverse=True`` the generation direction y -> x (then ``x`` holds y).
+    """
+
+    @staticmethod
+    def forward(ctx, x, mu, u, start: int, stride: int, alpha: float, inverse: bool):
+        from fastflow.kernels.affine_coupling import coupling_apply
+
+        out, logdet = coupling_apply(x, mu, u, start, stride, alpha, inverse)
+        ctx.save_for_backward(x, mu, u)
+        ctx.layout = (start, stride, alpha, inverse)
+        return out, logdet
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, grad_logdet):
+        from fastflow.kernels.affine_coupling import coupling_backward
+
+        x, mu, u = ctx.saved_tensors
+        d_in, d_mu, d_u = coupling_backward(x, mu, u, grad_out, grad_logdet, *ctx.layout)
+        return d_in, d_mu, d_u, None, None, None, None
+
+
+def affine_coupling_triton(
+    x: torch.Tensor, mu: torch.Tensor, u: torch.Tensor | None, split: str, order: str, alpha: float,
+    inverse: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused op on ``[B, C, *S]`` tensors, either direction; see the module docstring."""
+    idx = transformed_channels(x.shape[1], mu.shape[1], split, order)
+    out, logdet = AffineCouplingFunction.apply(
+        _as_bcp(x), _as_bcp(mu), _as_bcp(u), idx.start, idx.step or 1, float(alpha), inverse
+    )
+    return out.view(x.shape), logdet
+
+
 def affine_coupling(
     x: torch.Tensor,
     mu: torch.Tensor,
@@ -131,8 +184,6 @@ def affine_coupling(
     """Density direction x -> y of the coupling; returns ``(y [B, C, *S], logdet [B])``."""
     _check(x, mu, u, alpha)
     if resolve_backend(backend, x, mu, u) == "triton":
-        from fastflow.ops._affine_coupling_triton import affine_coupling_triton
-
         return affine_coupling_triton(x, mu, u, split, order, alpha)
     return affine_coupling_reference(x, mu, u, split, order, alpha)
 
@@ -149,7 +200,5 @@ def affine_coupling_inverse(
     """Generation direction y -> x of the coupling; returns ``(x [B, C, *S], logdet [B])``."""
     _check(y, mu, u, alpha)
     if resolve_backend(backend, y, mu, u) == "triton":
-        from fastflow.ops._affine_coupling_triton import affine_coupling_inverse_triton
-
-        return affine_coupling_inverse_triton(y, mu, u, split, order, alpha)
+        return affine_coupling_triton(y, mu, u, split, order, alpha, inverse=True)
     return affine_coupling_inverse_reference(y, mu, u, split, order, alpha)

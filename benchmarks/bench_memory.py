@@ -4,7 +4,7 @@
 Each measurement runs in a fresh subprocess so that its peak resident set size (``ru_maxrss``, the
 whole process: parameters, optimiser state, activations, allocator slack) is its own; on CUDA the
 peak is ``torch.cuda.max_memory_allocated``. The step is forward + backward + AdamW on random uint8
-images, timed after one warm-up step (median of ``repeats``).
+images, timed after ``warmup`` untimed steps (median of ``repeats``).
 
     python -m benchmarks.bench_memory --config celeba256_wolf --batch 1 4 --repeats 1
 """
@@ -17,7 +17,8 @@ import sys
 import time
 
 
-def measure(config: str, batch: int, memory_efficient: bool, repeats: int, device: str) -> dict:
+def measure(config: str, batch: int, memory_efficient: bool, repeats: int, device: str,
+            warmup: int = 1) -> dict:
     """One measurement, run in this process (call through :func:`run_isolated`)."""
     import resource
 
@@ -35,7 +36,7 @@ def measure(config: str, batch: int, memory_efficient: bool, repeats: int, devic
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
-    for step in range(repeats + 1):
+    for step in range(repeats + warmup):
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -45,7 +46,7 @@ def measure(config: str, batch: int, memory_efficient: bool, repeats: int, devic
         opt.step()
         if device == "cuda":
             torch.cuda.synchronize()
-        if step:
+        if step >= warmup:
             times.append(time.perf_counter() - start)
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -55,10 +56,10 @@ def measure(config: str, batch: int, memory_efficient: bool, repeats: int, devic
 
 
 def run_isolated(config: str, batch: int, memory_efficient: bool, repeats: int, device: str,
-                 timeout: float = 900) -> dict:
+                 warmup: int = 1, timeout: float = 3600) -> dict:
     """:func:`measure` in a fresh Python process; an out-of-memory kill is reported, not raised."""
     code = (f"import json; from benchmarks.bench_memory import measure; "
-            f"print(json.dumps(measure({config!r}, {batch}, {memory_efficient}, {repeats}, {device!r})))")
+            f"print(json.dumps(measure({config!r}, {batch}, {memory_efficient}, {repeats}, {device!r}, {warmup})))")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -70,13 +71,14 @@ def run_isolated(config: str, batch: int, memory_efficient: bool, repeats: int, 
 
 
 def main(configs: list[str], batches: list[int], repeats: int, device: str,
-         modes: tuple[str, ...] = ("standard", "memory-efficient")) -> list[dict]:
+         modes: tuple[str, ...] = ("standard", "memory-efficient"), warmup: int = 1) -> list[dict]:
     """Measure every (config, batch) in each of ``modes``; print a table and return its rows."""
     rows = []
     print(f"{'config':<24}{'batch':>6}{'mode':>18}{'step s':>10}{'peak GiB':>10}{'ratio':>8}")
     for config in configs:
         for batch in batches:
-            pair = [run_isolated(config, batch, mode == "memory-efficient", repeats, device) for mode in modes]
+            pair = [run_isolated(config, batch, mode == "memory-efficient", repeats, device, warmup)
+                    for mode in modes]
             for row in pair:
                 ratio = ""
                 if len(pair) == 2 and "error" not in row and "error" not in pair[0]:
@@ -97,7 +99,8 @@ if __name__ == "__main__":
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
     parser.add_argument("--modes", nargs="+", default=["standard", "memory-efficient"],
                         choices=["standard", "memory-efficient"])
     args = parser.parse_args()
-    main(args.config, args.batch, args.repeats, args.device, tuple(args.modes))
+    main(args.config, args.batch, args.repeats, args.device, tuple(args.modes), args.warmup)

@@ -1,0 +1,136 @@
+// One thread block per matrix: the matrix is loaded into shared memory as float64 and inverted in
+// place by Gauss-Jordan elimination with partial pivoting (warp-reduced pivot search); the pivots
+// give the determinant. See gauss_jordan.h.
+#include "gauss_jordan.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace fastflow {
+namespace {
+
+constexpr int kMaxThreads = 256;
+constexpr unsigned kFullWarp = 0xffffffffu;
+
+// Index of the largest |m[i, k]| over rows i >= k (the first one on ties), computed by warp 0.
+__device__ int pivot_row(const double* m, int n, int k) {
+  const int lane = threadIdx.x;
+  double best = -1.0;
+  int row = k;
+  for (int i = k + lane; i < n; i += 32) {
+    const double v = fabs(m[i * n + k]);
+    if (v > best) {
+      best = v;
+      row = i;
+    }
+  }
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const double other = __shfl_down_sync(kFullWarp, best, offset);
+    const int other_row = __shfl_down_sync(kFullWarp, row, offset);
+    if (other > best || (other == best && other_row < row)) {
+      best = other;
+      row = other_row;
+    }
+  }
+  return row;
+}
+
+// Block b handles matrix b. Shared memory: n * n + n doubles.
+template <typename scalar_t>
+__global__ void gauss_jordan_kernel(const scalar_t* __restrict__ a, int64_t s0, int64_t s1, int64_t s2, int n,
+                                    scalar_t* __restrict__ sign_out, scalar_t* __restrict__ logabsdet_out,
+                                    scalar_t* __restrict__ inverse) {
+  extern __shared__ double shared[];
+  double* m = shared;          // the matrix, row-major; becomes (P A)^-1
+  double* column = m + n * n;  // column k before elimination step k
+  __shared__ int pivots[kMaxBlockN];
+  __shared__ int source_column[kMaxBlockN];
+  __shared__ int chosen_row;
+
+  const int tid = threadIdx.x;
+  const int threads = blockDim.x;
+  const scalar_t* src = a + blockIdx.x * s0;
+  for (int idx = tid; idx < n * n; idx += threads) {
+    m[idx] = static_cast<double>(src[(idx / n) * s1 + (idx % n) * s2]);
+  }
+  __syncthreads();
+
+  double sign = 1.0;
+  double logabsdet = 0.0;
+  bool singular = false;
+  for (int k = 0; k < n; ++k) {
+    if (tid < 32) {
+      const int row = pivot_row(m, n, k);
+      if (tid == 0) chosen_row = row;
+    }
+    __syncthreads();
+    const int p = chosen_row;
+    const double pivot = m[p * n + k];
+    if (pivot == 0.0) {  // the same value in every thread, so the whole block leaves together
+      singular = true;
+      break;
+    }
+    if (tid == 0) {
+      pivots[k] = p;
+      sign = (pivot < 0.0) != (p != k) ? -sign : sign;
+      logabsdet += log(fabs(pivot));
+    }
+    if (p != k) {
+      for (int j = tid; j < n; j += threads) {
+        const double t = m[k * n + j];
+        m[k * n + j] = m[p * n + j];
+        m[p * n + j] = t;
+      }
+    }
+    __syncthreads();
+    for (int i = tid; i < n; i += threads) column[i] = m[i * n + k];
+    for (int j = tid; j < n; j += threads) m[k * n + j] = (j == k ? 1.0 : m[k * n + j]) / pivot;
+    __syncthreads();
+    for (int idx = tid; idx < n * n; idx += threads) {
+      const int i = idx / n;
+      const int j = idx % n;
+      if (i != k) m[idx] = (j == k ? 0.0 : m[idx]) - column[i] * m[k * n + j];
+    }
+    __syncthreads();
+  }
+
+  if (tid == 0) {
+    sign_out[blockIdx.x] = static_cast<scalar_t>(singular ? 0.0 : sign);
+    logabsdet_out[blockIdx.x] =
+        static_cast<scalar_t>(singular ? -std::numeric_limits<double>::infinity() : logabsdet);
+    if (!singular) {  // A^-1 = (P A)^-1 P: the row swaps undone as column swaps, last first
+      for (int j = 0; j < n; ++j) source_column[j] = j;
+      for (int k = n - 1; k >= 0; --k) {
+        const int t = source_column[k];
+        source_column[k] = source_column[pivots[k]];
+        source_column[pivots[k]] = t;
+      }
+    }
+  }
+  if (inverse == nullptr) return;
+  __syncthreads();
+  scalar_t* out = inverse + blockIdx.x * static_cast<int64_t>(n) * n;
+  for (int idx = tid; idx < n * n; idx += threads) {
+    const double v = singular ? std::numeric_limits<double>::quiet_NaN() : m[(idx / n) * n + source_column[idx % n]];
+    out[idx] = static_cast<scalar_t>(v);
+  }
+}
+
+}  // namespace
+
+template <typename scalar_t>
+cudaError_t launch_gauss_jordan(const scalar_t* a, int64_t batch, int64_t s0, int64_t s1, int64_t s2, int n,
+                                scalar_t* sign, scalar_t* logabsdet, scalar_t* inverse, cudaStream_t stream) {
+  if (batch == 0) return cudaSuccess;
+  const int threads = std::min(kMaxThreads, std::max(32, (n * n + 31) / 32 * 32));
+  const size_t shared_bytes = static_cast<size_t>(n * n + n) * sizeof(double);
+  gauss_jordan_kernel<scalar_t><<<static_cast<unsigned>(batch), threads, shared_bytes, stream>>>(a, s0, s1, s2, n, sign, logabsdet, inverse);
+  return cudaGetLastError();
+}
+
+template cudaError_t launch_gauss_jordan<float>(const float*, int64_t, int64_t, int64_t, int64_t, int, float*, float*,
+                                                float*, cudaStream_t);
+template cudaError_t launch_gauss_jordan<double>(const double*, int64_t, int64_t, int64_t, int64_t, int, double*,
+                                                 double*, double*, cudaStream_t);
+
+}  // namespace fastflow

@@ -1,0 +1,94 @@
+"""Loading of the C++/CUDA extension ``fastflow._C``, which registers the ``torch.ops.fastflow`` operators.
+
+:func:`load_library` tries, once per process:
+
+1. the module that ``setup.py`` built (``import fastflow._C``);
+2. a just-in-time build of the checkout's ``csrc/`` by ``torch.utils.cpp_extension.load`` with ninja,
+   cached under torch's extension folder (``TORCH_EXTENSIONS_DIR``, by default
+   ``~/.cache/torch_extensions``), with a message on stderr while it builds; the settings (CUDA or
+   not, flags) are those of ``setup.py``, from ``fastflow_build.py``;
+3. nothing: one ``RuntimeWarning`` saying why, and the ops use their torch.linalg fallbacks.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+import sys
+import warnings
+from types import ModuleType
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds csrc/
+JIT_NAME = "fastflow_C"
+
+
+def _import_built() -> str | None:
+    """Import the extension built by setup.py; None on success, else why it failed."""
+    try:
+        importlib.import_module("fastflow._C")
+    except ImportError as exc:
+        return f"fastflow._C does not import ({exc})"
+    return None
+
+
+@functools.cache
+def build_module() -> ModuleType | None:
+    """The checkout's ``fastflow_build.py`` (the build settings), or None outside a source checkout."""
+    path = os.path.join(ROOT, "fastflow_build.py")
+    if not os.path.isfile(path) or not os.path.isdir(os.path.join(ROOT, "csrc")):
+        return None
+    spec = importlib.util.spec_from_file_location("fastflow_build", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build_just_in_time() -> str | None:
+    """Compile and load ``csrc/`` with ninja; None on success, else why it failed."""
+    build = build_module()
+    if build is None:
+        return "no csrc/ sources to build from next to the package"
+    settings = build.extension_kwargs(ROOT)
+    sources = [os.path.join(ROOT, s) for s in settings["ext"]["sources"]]
+    if not sources:
+        return "no C++ compiler found"
+    flags = settings["ext"]["extra_compile_args"]
+    kind = "C++/CUDA" if settings["with_cuda"] else "C++"
+    print(f"fastflow: building the {kind} extension for torch.ops.fastflow (first use only, cached) ...",
+          file=sys.stderr, flush=True)
+    from torch.utils.cpp_extension import load
+
+    try:
+        load(name=JIT_NAME, sources=sources, extra_cflags=flags["cxx"], extra_cuda_cflags=flags.get("nvcc"),
+             with_cuda=settings["with_cuda"], is_python_module=False)
+    except (ImportError, OSError, RuntimeError) as exc:  # cpp_extension reports compiler errors as RuntimeError
+        return f"the just-in-time build failed: {exc}"
+    print("fastflow: extension built.", file=sys.stderr, flush=True)
+    return None
+
+
+@functools.cache
+def load_library() -> bool:
+    """Make ``torch.ops.fastflow`` available; False (after one warning) when it cannot be."""
+    import_error = _import_built()
+    if import_error is None:
+        return True
+    build_error = _build_just_in_time()
+    if build_error is None:
+        return True
+    warnings.warn(
+        f"fastflow: the C++ extension is unavailable ({import_error}; {build_error}); "
+        "batched_slogdet and batched_inverse fall back to torch.linalg in float64, which is slower",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return False
+
+
+def has_kernel(op: str, device_type: str) -> bool:
+    """Whether the loaded extension has a kernel of ``fastflow::<op>`` for ``device_type``."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"fastflow::{op}", key)

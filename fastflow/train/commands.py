@@ -1,0 +1,127 @@
+"""The operations behind ``fastflow eval / sample / switch / interpolate / reconstruct / probe``.
+
+Each takes a :class:`~fastflow.train.rundir.LoadedRun` and returns a dict of results that includes
+the paths it wrote; by default outputs go into the run folder.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from fastflow.data import build_datasets
+from fastflow.data.datasets import mix_seed
+from fastflow.train.checkpoint import atomic_write
+from fastflow.train.distributed import Context
+from fastflow.train.evaluate import evaluate_bpd
+from fastflow.train.probe import linear_probe
+from fastflow.train.rundir import LoadedRun
+from fastflow.train.visualize import (
+    PAPER_STEPS,
+    check_temperature,
+    interpolation_grid,
+    reconstruction_grid,
+    sample_grid,
+    switch_grid,
+)
+
+SPLITS = ("train", "valid")
+
+
+def run_datasets(run: LoadedRun, data_path: str | None = None) -> dict[str, Dataset]:
+    """The run's (unaugmented) train and valid splits; ``data_path`` overrides the saved one."""
+    t = run.train_config
+    train, valid = build_datasets(t.dataset, data_path or t.data_path, run.model_config.image_size)
+    return {"train": train, "valid": valid}
+
+
+def pick_images(dataset: Dataset, count: int, seed: int) -> torch.Tensor:
+    """``count`` distinct images drawn with ``seed``: uint8 ``[count, 3, H, W]``."""
+    if count > len(dataset):
+        raise ValueError(f"asked for {count} images, but the split has only {len(dataset)}")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
+    return torch.stack([dataset[int(i)][0] for i in order])
+
+
+def _device(run: LoadedRun) -> torch.device:
+    return next(run.model.parameters()).device
+
+
+def _require_z(run: LoadedRun, what: str) -> None:
+    if not run.model.has_z:
+        raise ValueError(f"{what} needs a model with a global code z (wolf); {run.checkpoint} is a {run.model.kind}")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
+    return path
+
+
+def evaluate(run: LoadedRun, split: str = "valid", k: int = 5, limit: int = 0, batch_size: int = 0,
+             data_path: str | None = None, seed: int = 0, out: Path | None = None) -> dict[str, Any]:
+    """Bits/dim of ``split`` with ``k`` samples per image; writes ``eval_<split>.json``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    dataset = run_datasets(run, data_path)[split]
+    ctx = Context(0, 1, _device(run))
+    result = evaluate_bpd(run.model, dataset, batch_size or run.train_config.eval_batch_size, k, seed, ctx, limit)
+    result.update(split=split, k=k, step=run.step, checkpoint=str(run.checkpoint))
+    result["path"] = str(write_json(out or run.files.root / f"eval_{split}.json", result))
+    return result
+
+
+def sample(run: LoadedRun, temperatures: list[float], n: int = 64, seed: int = 0,
+           out_dir: Path | None = None) -> dict[str, Any]:
+    """One grid of ``n`` samples per temperature: ``samples/sample_t<T>.png``."""
+    for t in temperatures:
+        check_temperature(t)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    folder = out_dir or run.files.samples
+    paths = [str(sample_grid(run.model, n, t, folder / f"sample_t{t:g}.png", seed)) for t in temperatures]
+    return {"temperatures": temperatures, "n": n, "paths": paths}
+
+
+def switch(run: LoadedRun, pairs: int = 8, split: str = "valid", seed: int = 0, data_path: str | None = None,
+           out: Path | None = None) -> dict[str, Any]:
+    """``switch.png``: one row per pair, x0 | x1 | decode(z1, v0) | decode(z0, v1)."""
+    _require_z(run, "switch")
+    images = pick_images(run_datasets(run, data_path)[split], 2 * pairs, mix_seed(seed, 1)).to(_device(run))
+    path = switch_grid(run.model, images[:pairs], images[pairs:], out or run.files.root / "switch.png")
+    return {"pairs": pairs, "path": str(path)}
+
+
+def interpolate(run: LoadedRun, pairs: int = 1, alphas: list[float] = PAPER_STEPS, betas: list[float] = PAPER_STEPS,
+                split: str = "valid", seed: int = 0, data_path: str | None = None,
+                out_dir: Path | None = None) -> dict[str, Any]:
+    """``interpolate_pair<i>.png`` per pair: rows z((1-a) z0 + a z1), columns v((1-b) v0 + b v1)."""
+    _require_z(run, "interpolate")
+    images = pick_images(run_datasets(run, data_path)[split], 2 * pairs, mix_seed(seed, 2)).to(_device(run))
+    folder = out_dir or run.files.root
+    paths = [str(interpolation_grid(run.model, images[i:i + 1], images[pairs + i:pairs + i + 1],
+                                    folder / f"interpolate_pair{i}.png", alphas, betas)) for i in range(pairs)]
+    return {"alphas": list(alphas), "betas": list(betas), "paths": paths}
+
+
+def reconstruct(run: LoadedRun, n: int = 16, split: str = "valid", seed: int = 0, data_path: str | None = None,
+                out: Path | None = None) -> dict[str, Any]:
+    """``reconstruct.png``: originals over decode(encode(x)); reports the largest pixel error."""
+    images = pick_images(run_datasets(run, data_path)[split], n, mix_seed(seed, 3)).to(_device(run))
+    path, error = reconstruction_grid(run.model, images, out or run.files.root / "reconstruct.png")
+    return {"n": n, "max_pixel_error": error, "path": str(path)}
+
+
+def probe(run: LoadedRun, max_train: int = 0, max_test: int = 0, c: float = 1.0, data_path: str | None = None,
+          out: Path | None = None) -> dict[str, Any]:
+    """Linear SVMs on z, v and raw pixels (train split -> valid split); writes ``probe.json``."""
+    data = run_datasets(run, data_path)
+    result = linear_probe(run.model, data["train"], data["valid"], max_train, max_test, c,
+                          run.train_config.eval_batch_size)
+    result["path"] = str(write_json(out or run.files.root / "probe.json", result))
+    return result

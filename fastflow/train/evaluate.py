@@ -1,0 +1,54 @@
+"""Bits/dim of a model on a data set: the negative ELBO averaged over ``k`` draws of noise and z
+(the paper evaluates with k = 5; not importance-weighted, so an upper bound on the NLL)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from fastflow.data.datasets import mix_seed
+from fastflow.train.distributed import Context, all_reduce_sum
+
+EVAL_STREAM = 2  # keeps evaluation noise apart from training noise drawn from the same seed
+
+
+def subset_indices(total: int, limit: int, seed: int = 0) -> list[int]:
+    """All of ``range(total)`` when ``limit`` is 0 or covers it, else a fixed random subset of ``limit``
+    indices in increasing order (data sets such as the embedded one are sorted by class)."""
+    if limit <= 0 or limit >= total:
+        return list(range(total))
+    return sorted(torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:limit].tolist())
+
+
+def image_loader(dataset: Dataset, batch_size: int, indices: range | list[int], workers: int = 0) -> DataLoader:
+    """Batches ``(images uint8 [b, 3, H, W], labels [b])`` of ``dataset[indices]`` in order."""
+    return DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=workers)
+
+
+@torch.no_grad()
+def evaluate_bpd(model: torch.nn.Module, dataset: Dataset, batch_size: int, k: int, seed: int,
+                 ctx: Context, limit: int = 0, workers: int = 0) -> dict[str, float]:
+    """Mean bits/dim and KL (in bits/dim) over ``limit`` images (all if 0; else a fixed random subset),
+    split over ranks.
+
+    Returns ``{"bpd", "kl_bpd", "images"}``; the same on every rank. The model is put in eval mode
+    (BatchNorm uses its running statistics) and restored afterwards.
+    """
+    indices = subset_indices(len(dataset), limit)
+    if not indices:
+        raise ValueError("cannot evaluate on an empty data set")
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=ctx.device).manual_seed(mix_seed(seed, ctx.rank, EVAL_STREAM))
+    totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)
+    try:
+        for images, _ in image_loader(dataset, batch_size, indices[ctx.rank::ctx.world_size], workers):
+            out = model.loss(images.to(ctx.device), num_samples=k, generator=generator)
+            totals[0] += out["bpd"].double().sum()
+            totals[1] += out["kl"].double().sum() / (model.num_dims * math.log(2))
+            totals[2] += images.shape[0]
+    finally:
+        model.train(was_training)
+    totals = all_reduce_sum(totals, ctx)
+    return {"bpd": float(totals[0] / totals[2]), "kl_bpd": float(totals[1] / totals[2]), "images": int(totals[2])}

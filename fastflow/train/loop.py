@@ -1,0 +1,339 @@
+"""The training loop: AdamW with warmup + exponential decay, gradient accumulation, non-finite steps
+skipped, periodic validation and sample grids, atomic checkpoints, exact resume, and DDP.
+
+Determinism: the data order is a function of (seed, epoch), each augmentation of (seed, epoch, index)
+and the dequantisation / z noise of (seed, rank, step), so a run resumed from the checkpoint of step
+k reaches the same parameters as one that never stopped. The global random states are saved and
+restored too, for anything outside the loop that draws from them.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from fastflow.config import ConfigError, ModelConfig
+from fastflow.data import AUGMENTATIONS, Augmented, EpochBatchSampler, build_datasets
+from fastflow.data.datasets import mix_seed
+from fastflow.models import build_model
+from fastflow.train import distributed as D
+from fastflow.train.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    load_model_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from fastflow.train.config import TrainConfig, run_config_dict
+from fastflow.train.evaluate import evaluate_bpd
+from fastflow.train.metrics import MetricsLog, plot_bpd
+from fastflow.train.schedule import warmup_exponential
+from fastflow.train.visualize import sample_grid
+
+TRAIN_STREAM, INIT_STREAM, SAMPLE_STREAM = 1, 3, 4
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFiles:
+    """The files of a run folder."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "bpd.png"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+
+class LossModule(nn.Module):
+    """What DDP wraps: the model's training loss with explicit noise. Returns (loss, mean KL in nats)."""
+
+    def __init__(self, model: nn.Module, k: int) -> None:
+        super().__init__()
+        self.model, self.k = model, k
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.loss(x, num_samples=self.k, generator=generator)
+        return out["loss"], out["kl"].mean()
+
+
+def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """``steps``, or ``epochs`` x steps per epoch when ``steps`` is 0."""
+    total = config.steps or config.epochs * steps_per_epoch
+    if total <= 0:
+        raise ConfigError("set train.steps or train.epochs to a positive number")
+    return total
+
+
+def init_batch(dataset: Dataset, size: int, seed: int) -> torch.Tensor:
+    """A random batch of ``size`` training images (fewer if the set is smaller): uint8 ``[b, 3, H, W]``."""
+    generator = torch.Generator().manual_seed(mix_seed(seed, INIT_STREAM))
+    indices = torch.randperm(len(dataset), generator=generator)[:size].tolist()
+    return torch.stack([dataset[i][0] for i in indices])
+
+
+class Trainer:
+    """One training run in ``out_dir``; :meth:`run` trains to the configured number of steps."""
+
+    def __init__(self, model_config: ModelConfig, config: TrainConfig, out_dir: str | Path, ctx: D.Context,
+                 resume: bool = False, progress: bool = True) -> None:
+        self.model_config, self.config, self.ctx = model_config, config, ctx
+        self.files = RunFiles(Path(out_dir))
+        self.progress = progress
+        if resume and not self.files.checkpoint.is_file():
+            raise CheckpointError(f"--resume: no checkpoint at {self.files.checkpoint} to resume from")
+        if not resume and self.files.checkpoint.is_file():
+            raise CheckpointError(f"{self.files.root} already holds a run ({self.files.checkpoint.name}); "
+                                  f"pass --resume to continue it, or choose another output folder")
+
+        train_set, self.valid_set = build_datasets(config.dataset, config.data_path, model_config.image_size)
+        augment = AUGMENTATIONS[config.dataset] if config.augment else None
+        self.train_set = Augmented(train_set, augment, config.seed) if augment else train_set
+        self.sampler = EpochBatchSampler(len(train_set), config.batch_size, config.seed, self.ctx.rank,
+                                         self.ctx.world_size)
+        local_batch = config.batch_size // self.ctx.world_size
+        if local_batch % config.batch_steps:
+            raise ConfigError(f"the per-process batch {local_batch} must be divisible by train.batch_steps "
+                              f"{config.batch_steps}")
+        self.total = total_steps(config, self.sampler.steps_per_epoch)
+
+        torch.manual_seed(config.seed)
+        self.model = build_model(model_config).to(self.ctx.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=tuple(config.betas),
+                                           eps=config.eps, weight_decay=config.weight_decay)
+        self.scheduler = warmup_exponential(self.optimizer, config.lr, config.warmup_steps, config.lr_decay)
+        self.metrics = MetricsLog(self.files.metrics)
+        self.step, self.skipped, self.best = 0, 0, math.inf
+        if self.ctx.is_main:
+            self.files.root.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._restore()
+        else:
+            self._initialize(train_set)
+        if self.ctx.is_main:
+            atomic_write(self.files.config, (json.dumps(run_config_dict(model_config, config), indent=2) + "\n").encode())
+        self.wrapped = D.wrap(LossModule(self.model, config.train_k), self.ctx)
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _initialize(self, train_set: Dataset) -> None:
+        """Data-dependent init on rank 0, then every rank takes rank 0's parameters and buffers."""
+        if self.ctx.is_main:
+            x = init_batch(train_set, self.config.init_batch_size, self.config.seed).to(self.ctx.device)
+            generator = torch.Generator(device=self.ctx.device).manual_seed(mix_seed(self.config.seed, INIT_STREAM))
+            self.model.initialize(x, generator=generator)
+            self.metrics.path.unlink(missing_ok=True)
+        D.broadcast_module(self.model, self.ctx)
+
+    def _restore(self) -> None:
+        state = load_checkpoint(self.files.checkpoint, map_location=self.ctx.device)
+        load_model_state(self.model, state, self.files.checkpoint)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.skipped, self.best = state["step"], state["skipped_steps"], state["best_valid_bpd"]
+        set_rng_state(state["rng"])
+        if self.ctx.is_main:
+            self.metrics.truncate(self.step)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "kind": self.model.kind,
+            "config": run_config_dict(self.model_config, self.config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "skipped_steps": self.skipped,
+            "best_valid_bpd": self.best,
+            "world_size": self.ctx.world_size,
+            "rng": rng_state(),
+        }
+
+    # -- one step ----------------------------------------------------------------------------------
+    def _train_step(self, images: torch.Tensor) -> tuple[float, float, float]:
+        """One optimiser update on this rank's batch, split into micro-batches.
+
+        Returns (mean bits/dim, mean KL in nats, gradient norm); the update is skipped (and counted)
+        when the gradient norm is not finite.
+        """
+        self.model.train()
+        generator = torch.Generator(device=self.ctx.device).manual_seed(
+            mix_seed(self.config.seed, self.ctx.rank, self.step, TRAIN_STREAM))
+        chunks = images.to(self.ctx.device).chunk(self.config.batch_steps)
+        bpd = kl = 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            sync = contextlib.nullcontext() if last or not self.ctx.distributed else self.wrapped.no_sync()
+            with sync:
+                loss, kl_mean = self.wrapped(chunk, generator)
+                weight = chunk.shape[0] / images.shape[0]
+                (loss * weight).backward()
+            bpd += float(loss.detach()) * weight
+            kl += float(kl_mean.detach()) * weight
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if math.isfinite(norm):
+            self.optimizer.step()
+            self.scheduler.step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+        return bpd, kl, norm
+
+    # -- periodic work -------------------------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        """Validation bits/dim (``eval_k`` samples), sample grids, and ``best.pt`` when it improves."""
+        c = self.config
+        D.broadcast_module(self.model, self.ctx, parameters=False)
+        result = evaluate_bpd(self.model, self.valid_set, c.eval_batch_size, c.eval_k, c.seed, self.ctx,
+                              c.valid_limit, c.workers)
+        if self.ctx.is_main:
+            self.metrics.write({"split": "valid", "step": self.step, **result})
+            self.model.eval()
+            for t in c.sample_temperatures:
+                sample_grid(self.model, c.num_samples, t, self.files.samples / f"step{self.step:07d}_t{t:g}.png",
+                            seed=mix_seed(c.seed, SAMPLE_STREAM))
+            self.model.train()
+            plot_bpd(self.metrics.read(), self.files.plot, title=f"{self.model.kind} on {c.dataset}")
+        if result["bpd"] < self.best:
+            self.best = result["bpd"]
+            if self.ctx.is_main:
+                save_checkpoint(self.files.best, self._state())
+        return result
+
+    def save(self) -> None:
+        if self.ctx.is_main:
+            save_checkpoint(self.files.checkpoint, self._state())
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _epoch_loader(self) -> tuple[int, DataLoader]:
+        """(epoch, loader over the rest of it) for the current step."""
+        epoch, start = divmod(self.step, self.sampler.steps_per_epoch)
+        self.sampler.set_position(epoch, start)
+        if isinstance(self.train_set, Augmented):
+            self.train_set.set_epoch(epoch)
+        return epoch, DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=self.config.workers,
+                                 pin_memory=self.ctx.device.type == "cuda")
+
+    def _out_of_time(self, deadline: float | None) -> bool:
+        """Whether the wall-clock deadline has passed, agreed over ranks (any rank past it stops all)."""
+        if deadline is None:
+            return False
+        late = torch.tensor([float(time.time() > deadline)], device=self.ctx.device)
+        return bool(D.all_reduce_sum(late, self.ctx).item() > 0)
+
+    def run(self, on_step: Callable[[int], None] | None = None, max_seconds: float | None = None) -> dict[str, Any]:
+        """Train from the current step to the total, or until ``max_seconds`` have passed (the run then
+        ends at that step: validation, checkpoint; ``--resume`` continues it). ``on_step(step)`` is
+        called after every update and its checkpoint. Returns a summary with the last validation."""
+        c, ctx = self.config, self.ctx
+        started = time.time()
+        deadline = started + max_seconds if max_seconds is not None else None
+        last_valid = self.validate() if self.step == 0 and c.valid_interval > 0 else None
+        bar = tqdm(total=self.total, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (ctx.is_main and self.progress))
+        window = Window()
+        stop = self.step >= self.total
+        while not stop:
+            epoch, loader = self._epoch_loader()
+            for images, _ in loader:
+                window.add(*self._train_step(images), images.shape[0] * ctx.world_size)
+                self.step += 1
+                stop = self.step >= self.total or self._out_of_time(deadline)
+                if stop or self.step % c.log_interval == 0:
+                    record = {"split": "train", "step": self.step, "epoch": epoch, **window.flush(self.model.num_dims),
+                              "lr": self.scheduler.get_last_lr()[0], "skipped_steps": self.skipped}
+                    if ctx.is_main:
+                        self.metrics.write(record)
+                    bar.set_postfix(bpd=f"{record['bpd']:.3f}", img_s=f"{record['images_per_s']:.1f}", refresh=False)
+                bar.update(1)
+                with window.paused():
+                    if stop or (c.valid_interval and self.step % c.valid_interval == 0):
+                        last_valid = self.validate()
+                    if stop or (c.checkpoint_interval and self.step % c.checkpoint_interval == 0):
+                        self.save()
+                if on_step is not None:
+                    on_step(self.step)
+                if stop:
+                    break
+        bar.close()
+        if last_valid is None:  # resumed a finished run
+            last_valid = self.validate()
+        if ctx.is_main:
+            plot_bpd(self.metrics.read(), self.files.plot, title=f"{self.model.kind} on {c.dataset}")
+        return {"step": self.step, "total_steps": self.total, "valid_bpd": last_valid["bpd"],
+                "valid_kl_bpd": last_valid["kl_bpd"], "best_valid_bpd": self.best, "skipped_steps": self.skipped,
+                "wall_s": time.time() - started, "run_dir": str(self.files.root), "rank": ctx.rank}
+
+
+class Window:
+    """Running means of the training numbers between two log records, and the training-time rate."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums, self.steps, self.images, self.start = [0.0, 0.0, 0.0], 0, 0, time.time()
+
+    def add(self, bpd: float, kl: float, norm: float, images: int) -> None:
+        self.sums = [self.sums[0] + bpd, self.sums[1] + kl, self.sums[2] + (norm if math.isfinite(norm) else 0.0)]
+        self.steps += 1
+        self.images += images
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Time spent inside (validation, checkpoints) does not count towards images/s."""
+        t = time.time()
+        yield
+        self.start += time.time() - t
+
+    def flush(self, num_dims: int) -> dict[str, float]:
+        """The means since the last flush (bits/dim, KL in bits/dim, grad norm, images/s); then reset."""
+        n = max(self.steps, 1)
+        out = {"bpd": self.sums[0] / n, "kl_bpd": self.sums[1] / n / (num_dims * math.log(2)),
+               "grad_norm": self.sums[2] / n, "images_per_s": self.images / max(time.time() - self.start, 1e-9)}
+        self._reset()
+        return out
+
+
+def train(model_config: ModelConfig, config: TrainConfig, out_dir: str | Path, resume: bool = False,
+          device: str = "auto", progress: bool = True, on_step: Callable[[int], None] | None = None,
+          max_seconds: float | None = None) -> dict[str, Any]:
+    """Train (or resume) a run in ``out_dir``, joining the torchrun process group if there is one;
+    returns the summary of :meth:`Trainer.run`."""
+    ctx = D.setup(device)
+    try:
+        trainer = Trainer(model_config, config, out_dir, ctx, resume=resume, progress=progress)
+        return trainer.run(on_step, max_seconds)
+    finally:
+        D.teardown(ctx)

@@ -1,0 +1,328 @@
+"""Batched log-determinant and inverse (extension op ``fastflow::slogdet_inverse``) against float64 torch.linalg.
+
+Every value test runs twice: through the public functions (the C++ extension) and through the
+``*_reference`` fallbacks (torch.linalg in float64), so the two paths are held to the same truth.
+Tolerances (float64 input): log|det| to 1e-9 absolute + 1e-12 relative, inverses to 1e-9 of their
+largest entry; ill-conditioned matrices (condition number 1e6) lose about six more digits, so they
+get 1e-6 on log|det| and 1e-5 on the inverse, as does torch in float64. float32 input is computed
+in float64 and rounded once, so it must be within one float32 ulp (2**-23 relative) of the float64
+truth of the same (float32) matrix.
+"""
+import warnings
+
+import pytest
+import torch
+
+from fastflow.ops import _extension
+from fastflow.ops import slogdet as ops
+from fastflow.ops.slogdet import (
+    batched_inverse,
+    batched_inverse_reference,
+    batched_slogdet,
+    batched_slogdet_inverse,
+    batched_slogdet_reference,
+)
+
+PATHS = {
+    "extension": (batched_slogdet, batched_inverse),
+    "reference": (batched_slogdet_reference, batched_inverse_reference),
+}
+F64 = {"logdet": dict(atol=1e-9, rtol=1e-12), "inverse": 1e-9}
+ILL = {"logdet": dict(atol=1e-6, rtol=0.0), "inverse": 1e-5}
+F32_RTOL = 2.0**-23
+# (n, B): every n from 1 to 512 in both CPU paths (unblocked up to 80, blocked above), large n with small B.
+SIZES = [(1, 5), (2, 4), (3, 7), (5, 3), (8, 3), (9, 4), (12, 6), (16, 2), (17, 3), (24, 3), (33, 2), (48, 3),
+         (64, 2), (80, 2), (81, 2), (96, 2), (128, 1), (130, 3), (200, 1), (256, 2), (512, 1)]
+
+
+@pytest.fixture(params=sorted(PATHS))
+def path(request):
+    return PATHS[request.param]
+
+
+def rng(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def random_orthogonal(batch: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.linalg.qr(torch.randn(batch, n, n, generator=generator, dtype=torch.float64))[0]
+
+
+def assert_slogdet(sign, logabsdet, weight, tol=F64) -> None:
+    """sign and log|det| of ``weight`` against torch.linalg.slogdet in float64 of the same matrices."""
+    true_sign, true_logabsdet = torch.linalg.slogdet(weight.double())
+    assert sign.dtype == logabsdet.dtype == weight.dtype
+    assert sign.shape == logabsdet.shape == weight.shape[:1]
+    torch.testing.assert_close(sign.double(), true_sign, atol=0, rtol=0)
+    torch.testing.assert_close(logabsdet.double(), true_logabsdet, **tol["logdet"])
+
+
+def assert_inverse(inverse, weight, tol=F64) -> None:
+    """``inverse`` against torch.linalg.inv in float64, to ``tol["inverse"]`` of its largest entry."""
+    truth = torch.linalg.inv(weight.double())
+    assert inverse.dtype == weight.dtype and inverse.shape == weight.shape
+    scale = truth.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1.0)
+    torch.testing.assert_close(inverse.double() / scale, truth / scale, atol=tol["inverse"], rtol=0)
+
+
+def test_extension_is_built_and_used():
+    """Where a compiler exists the op must come from the extension, with its CUDA kernel when the
+    build settings include CUDA (so a broken CUDA build cannot pass as the fallback)."""
+    build = _extension.build_module()
+    if build is None or build.cxx_compiler() is None:
+        pytest.skip("no source checkout or no C++ compiler: the torch.linalg fallback is expected")
+    assert _extension.load_library()
+    assert _extension.has_kernel(ops.OP, "cpu")
+    with_cuda, _ = build.build_cuda()
+    assert _extension.has_kernel(ops.OP, "cuda") == with_cuda
+
+
+@pytest.mark.parametrize("n,batch", SIZES)
+def test_random(path, n, batch):
+    slogdet, inverse = path
+    w = torch.randn(batch, n, n, generator=rng(n), dtype=torch.float64)
+    assert_slogdet(*slogdet(w), w)
+    assert_inverse(inverse(w), w)
+
+
+@pytest.mark.parametrize("n,batch", [(3, 4), (48, 3), (130, 2)])
+def test_with_grad_path_gives_the_same_values(n, batch):
+    """With requires_grad the forward also forms the inverse (Gauss-Jordan); without, LU only."""
+    w = torch.randn(batch, n, n, generator=rng(n), dtype=torch.float64, requires_grad=True)
+    sign, logabsdet = batched_slogdet(w)
+    assert_slogdet(sign.detach(), logabsdet.detach(), w.detach())
+    assert not sign.requires_grad and logabsdet.requires_grad
+
+
+@pytest.mark.parametrize("n", [1, 12, 64, 96, 256])
+def test_orthogonal(path, n):
+    slogdet, inverse = path
+    w = random_orthogonal(2, n, rng(n))
+    sign, logabsdet = slogdet(w)
+    assert_slogdet(sign, logabsdet, w)
+    torch.testing.assert_close(logabsdet, torch.zeros(2, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert_inverse(inverse(w), w)
+    torch.testing.assert_close(inverse(w), w.mT, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("n", [8, 48, 100])
+def test_ill_conditioned(path, n):
+    """Condition number 1e6: U diag(logspace(0, -6)) V^T."""
+    slogdet, inverse = path
+    g = rng(n)
+    singular_values = torch.logspace(0, -6, n, dtype=torch.float64)
+    w = random_orthogonal(2, n, g) @ torch.diag_embed(singular_values) @ random_orthogonal(2, n, g)
+    assert_slogdet(*slogdet(w), w, ILL)
+    assert_inverse(inverse(w), w, ILL)
+
+
+@pytest.mark.parametrize("n", [2, 9, 90])
+def test_negative_determinant(path, n):
+    slogdet, _ = path
+    w = random_orthogonal(3, n, rng(n))
+    w[:, 0] *= -torch.linalg.det(w).sign()[:, None]  # det = -1
+    sign, logabsdet = slogdet(w)
+    assert_slogdet(sign, logabsdet, w)
+    torch.testing.assert_close(sign, -torch.ones(3, dtype=torch.float64), atol=0, rtol=0)
+
+
+def singular_batch(n: int) -> torch.Tensor:
+    """[5, n, n]: a zero row, two equal rows, a zero column, an integer rank-1 matrix, and a regular one."""
+    g = rng(n)
+    w = torch.randn(5, n, n, generator=g, dtype=torch.float64)
+    w[0, n // 2] = 0.0
+    w[1, -1] = w[1, 0]
+    w[2, :, n // 3] = 0.0
+    w[3] = torch.outer(torch.arange(1.0, n + 1.0), torch.arange(2.0, n + 2.0))
+    return w
+
+
+@pytest.mark.parametrize("n", [2, 7, 40, 100])
+def test_exactly_singular(path, n):
+    """Exactly singular matrices: sign 0, log|det| -inf and an all-NaN inverse; the rest unaffected."""
+    slogdet, inverse = path
+    w = singular_batch(n)
+    sign, logabsdet = slogdet(w)
+    inv = inverse(w)
+    torch.testing.assert_close(sign[:4], torch.zeros(4, dtype=torch.float64), atol=0, rtol=0)
+    assert torch.isneginf(logabsdet[:4]).all()
+    assert torch.isnan(inv[:4]).all()
+    assert_slogdet(sign[4:], logabsdet[4:], w[4:])
+    assert_inverse(inv[4:], w[4:])
+
+
+@pytest.mark.parametrize("n,batch", [(3, 1024), (12, 512), (48, 64)])
+def test_large_batch(path, n, batch):
+    slogdet, inverse = path
+    w = torch.randn(batch, n, n, generator=rng(n), dtype=torch.float64)
+    assert_slogdet(*slogdet(w), w)
+    assert_inverse(inverse(w), w)
+
+
+@pytest.mark.parametrize("n", [6, 100])
+def test_strided_inputs(path, n):
+    """Transposed, sliced, batch-strided and batch-broadcast (stride 0) inputs."""
+    slogdet, inverse = path
+    base = torch.randn(4, 2 * n, 2 * n, generator=rng(n), dtype=torch.float64)
+    cases = [base[:, :n, :n].mT, base[:, ::2, 1::2], base[::2, n:, :n], base[:1, :n, :n].expand(3, n, n)]
+    for w in cases:
+        assert not w.is_contiguous()
+        assert_slogdet(*slogdet(w), w)
+        assert_inverse(inverse(w), w)
+
+
+@pytest.mark.parametrize("n", [0, 4, 100])
+def test_empty_batch(path, n):
+    slogdet, inverse = path
+    w = torch.empty(0, n, n, dtype=torch.float64)
+    sign, logabsdet = slogdet(w)
+    assert sign.shape == logabsdet.shape == (0,)
+    assert inverse(w).shape == (0, n, n)
+
+
+def test_zero_by_zero_matrices(path):
+    """det of a 0 x 0 matrix is 1, as in torch.linalg.slogdet."""
+    slogdet, inverse = path
+    sign, logabsdet = slogdet(torch.empty(3, 0, 0, dtype=torch.float64))
+    torch.testing.assert_close(sign, torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(logabsdet, torch.zeros(3, dtype=torch.float64))
+    assert inverse(torch.empty(3, 0, 0, dtype=torch.float64)).shape == (3, 0, 0)
+
+
+@pytest.mark.parametrize("n", [3, 24, 48, 96, 384])
+def test_float32_input_is_rounded_float64(path, n):
+    """float32 in, float32 out, within one float32 ulp of the float64 result for the same matrix."""
+    slogdet, inverse = path
+    w = (random_orthogonal(2, n, rng(n)) + 0.3 * torch.randn(2, n, n, generator=rng(n + 1), dtype=torch.float64)
+         / n**0.5).float()
+    sign, logabsdet = slogdet(w)
+    true_sign, true_logabsdet = torch.linalg.slogdet(w.double())
+    assert sign.dtype == logabsdet.dtype == torch.float32
+    torch.testing.assert_close(sign.double(), true_sign, atol=0, rtol=0)
+    torch.testing.assert_close(logabsdet.double(), true_logabsdet, atol=1e-10, rtol=F32_RTOL)
+    inv = inverse(w)
+    truth = torch.linalg.inv(w.double())
+    assert inv.dtype == torch.float32
+    torch.testing.assert_close(inv.double(), truth, atol=1e-10 * truth.abs().max().item(), rtol=F32_RTOL)
+
+
+def test_float32_gradient_is_rounded_float64():
+    w = torch.randn(3, 40, 40, generator=rng(), dtype=torch.float64).float().requires_grad_()
+    batched_slogdet(w)[1].sum().backward()
+    truth = torch.linalg.inv(w.detach().double()).mT
+    torch.testing.assert_close(w.grad.double(), truth, atol=1e-10 * truth.abs().max().item(), rtol=F32_RTOL)
+
+
+@pytest.mark.parametrize("n", [1, 5, 9])
+def test_gradcheck(n):
+    w = torch.randn(3, n, n, generator=rng(n), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: batched_slogdet(x)[1], (w,))
+    assert torch.autograd.gradcheck(batched_inverse, (w,))
+    assert torch.autograd.gradcheck(lambda x: torch.cat([t.flatten() for t in batched_slogdet_inverse(x)[1:]]), (w,))
+
+
+def test_gradgradcheck():
+    w = torch.randn(2, 4, 4, generator=rng(), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x: batched_slogdet(x)[1], (w,))
+    assert torch.autograd.gradgradcheck(batched_inverse, (w,))
+
+
+@pytest.mark.parametrize("n", [30, 150])
+def test_gradient_is_inverse_transpose(n):
+    """d log|det W| / dW = W^-T, in both CPU paths, equal to the fallback's (torch.linalg) gradient."""
+    w = torch.randn(2, n, n, generator=rng(n), dtype=torch.float64, requires_grad=True)
+    weights = torch.tensor([0.5, -2.0], dtype=torch.float64)
+    (batched_slogdet(w)[1] * weights).sum().backward()
+    grad = w.grad.clone()
+    w.grad = None
+    (batched_slogdet_reference(w)[1] * weights).sum().backward()
+    torch.testing.assert_close(grad, w.grad, atol=1e-10, rtol=1e-10)
+
+
+def test_registered_autograd_matches_eager_function():
+    """The formula registered with torch.library (torch.compile, direct op calls) and the eager
+    autograd.Function agree, including the backward that must recompute the inverse."""
+    w = torch.randn(3, 6, 6, generator=rng(), dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(3, 6, 6, generator=rng(1), dtype=torch.float64)
+    grads = []
+    for call in (lambda: torch.ops.fastflow.slogdet_inverse(w, True),
+                 lambda: ops._SlogdetInverseFunction.apply(w, True)):
+        _, logabsdet, inverse = call()
+        (logabsdet.sum() + (inverse * probe).sum()).backward()
+        grads.append(w.grad)
+        w.grad = None
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-12, rtol=1e-12)
+    torch.ops.fastflow.slogdet_inverse(w, False)[1].sum().backward()
+    torch.testing.assert_close(w.grad, torch.linalg.inv(w.detach()).mT, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (torch.zeros(2, 3, 4), ValueError, r"\[B, n, n\]"),
+    (torch.zeros(3, 3), ValueError, r"\[B, n, n\]"),
+    (torch.zeros(1, 2, 3, 3), ValueError, r"\[B, n, n\]"),
+    (torch.zeros(2, 3, 3, dtype=torch.int64), TypeError, "float32 or float64"),
+    (torch.zeros(2, 3, 3, dtype=torch.float16), TypeError, "float32 or float64"),
+    (torch.tensor([[[1.0, float("nan")], [0.0, 1.0]]]), ValueError, "finite"),
+    (torch.tensor([[[1.0, 0.0], [float("inf"), 1.0]]]), ValueError, "finite"),
+])
+def test_bad_input(path, bad, error, match):
+    for fn in path:
+        with pytest.raises(error, match=match):
+            fn(bad)
+
+
+def test_bad_input_to_the_raw_op():
+    op = torch.ops.fastflow.slogdet_inverse
+    with pytest.raises(ValueError, match=r"\[B, n, n\]"):
+        op(torch.zeros(2, 3, 4), True)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        op(torch.zeros(2, 3, 3, dtype=torch.int32), False)
+    w = torch.eye(3).repeat(4, 1, 1)
+    w[2, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="matrix 2 of the batch has NaN or infinite"):
+        op(w, True)
+
+
+def test_meta_tensors():
+    w = torch.empty(5, 7, 7, device="meta")
+    sign, logabsdet, inverse = batched_slogdet_inverse(w)
+    assert sign.shape == logabsdet.shape == (5,) and inverse.shape == (5, 7, 7)
+    assert inverse.device.type == "meta" and inverse.dtype == torch.float32
+    assert batched_inverse(w.double()).dtype == torch.float64
+    assert torch.ops.fastflow.slogdet_inverse(w, False)[2].shape == (0,)
+
+
+def test_torch_compile_forward_and_backward():
+    """One graph (fullgraph) through dynamo and AOTAutograd: fake impl and registered autograd."""
+    torch._dynamo.reset()
+
+    def loss(w):
+        sign, logabsdet = batched_slogdet(w)
+        return (sign * logabsdet).sum() + batched_inverse(w).square().sum()
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    w = torch.randn(3, 5, 5, generator=rng(), dtype=torch.float64, requires_grad=True)
+    value = compiled(w)
+    value.backward()
+    grad = w.grad
+    w.grad = None
+    loss(w).backward()
+    torch.testing.assert_close(value, loss(w.detach()))
+    torch.testing.assert_close(grad, w.grad)
+
+
+def test_fallback_warns_once(monkeypatch):
+    """Without the extension (no module, no build) the ops fall back with one RuntimeWarning."""
+    monkeypatch.setattr(_extension, "_import_built", lambda: "not built")
+    monkeypatch.setattr(_extension, "_build_just_in_time", lambda: "no compiler")
+    _extension.load_library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="fall back to torch.linalg"):
+            assert not _extension.load_library()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not _extension.load_library()
+    finally:
+        _extension.load_library.cache_clear()
+        monkeypatch.undo()
+        _extension.load_library()

@@ -91,12 +91,12 @@ def configure_cuda(home: str) -> None:
     """Point torch's extension builder at the toolkit ``home`` and pick the target architectures.
 
     ``torch.utils.cpp_extension`` reads ``CUDA_HOME`` once, when it is imported, so its module
-    attribute is set as well as the environment variable.
+    attribute is set as well as the environment variable (in case it was imported before).
     """
-    from torch.utils import cpp_extension
-    import torch
-
     os.environ["CUDA_HOME"] = home
+    import torch
+    from torch.utils import cpp_extension
+
     cpp_extension.CUDA_HOME = home
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.cuda.device_count() == 0:
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS

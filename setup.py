@@ -21,22 +21,27 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def extension_modules() -> tuple[list, dict]:
-    """The ``fastflow._C`` extension and its build command, or nothing when torch is absent."""
+    """The ``fastflow._C`` extension and its build command; nothing without torch or a C++ compiler.
+
+    The settings come from ``fastflow_build.py`` (shared with the JIT loader) before
+    ``torch.utils.cpp_extension`` is imported, so that it sees the CUDA toolkit they located.
+    """
     try:
-        from torch.utils import cpp_extension
-    except ImportError:  # torch is installed first by the Makefile; a bare sdist build skips the op
+        import torch  # noqa: F401  (installed first by the Makefile; a bare sdist build skips the op)
+    except ImportError:
         return [], {}
     sys.path.insert(0, ROOT)
-    from fastflow_build import extension_kwargs  # the build logic, shared with the JIT loader
+    from fastflow_build import extension_kwargs
 
     kwargs = extension_kwargs(ROOT)
     if not kwargs["ext"]["sources"]:
         return [], {}
-    if kwargs["with_cuda"]:
-        ext = cpp_extension.CUDAExtension("fastflow._C", **kwargs["ext"])
-    else:
-        ext = cpp_extension.CppExtension("fastflow._C", **kwargs["ext"])
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    from torch.utils import cpp_extension
+
+    extension = cpp_extension.CUDAExtension if kwargs["with_cuda"] else cpp_extension.CppExtension
+    return [extension("fastflow._C", **kwargs["ext"])], {
+        "build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)
+    }
 
 
 ext_modules, cmdclass = extension_modules()

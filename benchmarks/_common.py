@@ -52,11 +52,13 @@ def synchronizer(device: str) -> Callable[[], None]:
 
 def time_interleaved(fns: dict[str, Callable[[], None]], repeats: int,
                      sync: Callable[[], None]) -> dict[str, list[float]]:
-    """Seconds of each function over ``repeats`` rounds, one call of each per round (round robin),
-    so that load from other processes falls on every function alike."""
+    """Seconds of each function over ``repeats`` rounds, one call of each per round, the order
+    reversed every other round (A B C, C B A, ...), so that load from other processes, and its drift,
+    falls on every function alike."""
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for round_ in range(repeats):
+        for name, fn in order if round_ % 2 == 0 else reversed(order):
             sync()
             start = time.perf_counter()
             fn()
@@ -67,6 +69,12 @@ def time_interleaved(fns: dict[str, Callable[[], None]], repeats: int,
 
 def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
+
+
+def paired_ratio(reference: list[float], other: list[float]) -> float:
+    """Median over rounds of reference time / other time (> 1: ``other`` is faster). Pairing the
+    steps of one round cancels the load that changes from round to round."""
+    return median(r / o for r, o in zip(reference, other))
 
 
 def _proc_status() -> dict[str, int]:

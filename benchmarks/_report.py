@@ -8,18 +8,17 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks._common import markdown_table, replace_block, write_csv
+from benchmarks._common import markdown_table, paired_ratio, replace_block, write_csv
 from benchmarks.bench_models import ROSINALITY, Resolution
 
-BLOCK = "bench_models"
 SPEEDUP_TARGET = 1.3
 
 TRAIN_COLUMNS = [
     ("resolution", "resolution", ""), ("depth", "depth", ""), ("batch", "batch", "d"), ("model", "model", ""),
-    ("variant", "variant", ""), ("params (M)", "params_m", ".2f"), ("fwd GFLOP/img", "gflop_per_image", ".2f"),
+    ("variant", "variant", ""), ("params (M)", "params_m", ".2f"), ("fwd GFLOP/img", "gflop_per_image", ".3g"),
     ("FLOPs vs Glow", "flops_vs_glow", ".2f"), ("train img/s", "train_img_s", ".3g"),
     ("vs Glow torch", "vs_glow", ".2f"), ("vs own torch", "vs_own_torch", ".2f"),
-    ("step memory MiB", "step_mem_mib", ".0f"), ("resident MiB", "state_mib", ".0f"),
+    ("step memory MiB", "step_mem_mib", ".1f"), ("resident MiB", "state_mib", ".1f"),
 ]
 SAMPLE_COLUMNS = [
     ("resolution", "resolution", ""), ("model", "model", ""), ("variant", "variant", ""),
@@ -47,14 +46,18 @@ def _settings(plan: tuple[Resolution, ...], rows: list[dict]) -> str:
         lines.append(f"| {res.name} | {res.batch} | {res.repeats} | {res.depth} | {', '.join(res.variants)} |")
     method = next((r["memory_method"] for r in _ok(rows)), "-")
     return "\n".join(lines) + (
-        "\n\nTraining throughput: images/s of forward + backward + AdamW, the median of the timed steps after "
-        "one warm-up step, every (model, variant) stepping in turn (interleaved). Random uint8 images, one "
-        "seeded batch. Depth `1/k`: every step count n of the bundled config becomes ceil(n / k), for all "
-        "three models alike. FLOPs: `torch.utils.flop_counter.FlopCounterMode` over the forward of the loss "
-        "(2 x multiply-adds, per image). Step memory: how far memory rises during one training step above "
-        f"what is resident before it, measured as {method}; resident = parameters + gradients + AdamW "
-        "state, counted from the tensors. Ratios: `vs Glow torch` is training img/s over stock Glow's with "
-        "the torch backend at the same resolution; `vs own torch` over the same model's torch row."
+        "\n\nTraining throughput: images/s of forward + backward + AdamW (lr 1e-4), the median of the timed "
+        "steps after one warm-up step. Every (model, variant) of a resolution takes one step per round, the "
+        "order reversed every other round, and each speed ratio is the median over rounds of the paired "
+        "step-time ratio, so that load from other processes cancels. Random uint8 images, one seeded batch; "
+        "each resolution runs in its own process. Depth `1/k`: every step count n of the bundled config "
+        "becomes ceil(n / k), for all three models alike (the FLOPs column is that of the model that ran). "
+        "FLOPs: `torch.utils.flop_counter.FlopCounterMode` over the forward of the loss (2 x multiply-adds, "
+        "per image). Step memory: how far memory rises during one training step above what is resident "
+        f"before it, measured as {method}; resident = parameters + gradients + AdamW state, counted from "
+        "the tensors. `vs Glow torch`: speed over stock Glow with the torch backend at the same resolution; "
+        "`vs own torch`: over the same model's torch row. Sampling: after one encode/decode round trip "
+        "(which warms the inverse up), the median time of drawing a batch of samples at T = 0.7."
     )
 
 
@@ -63,13 +66,16 @@ def _rosinality(rows: list[dict]) -> str:
     theirs = [r for r in _ok(rows) if r["model"] == ROSINALITY]
     if not theirs:
         return "Not run (pass `--rosinality PATH/TO/rosinality/glow-pytorch/model.py`)."
-    lines = ["| resolution | batch | fastflow Glow img/s | rosinality Glow img/s | fastflow / rosinality | "
-             "params (fastflow, rosinality) | step memory MiB (fastflow, rosinality) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| resolution | batch | fastflow Glow img/s | rosinality Glow img/s | fastflow speed / rosinality "
+             "(paired) | params (fastflow, rosinality) | fwd GFLOP/img (fastflow, rosinality) | "
+             "step memory MiB (fastflow, rosinality) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for t in theirs:
         o = ours[t["resolution"]]
+        speed = paired_ratio(t["train_step_times_s"], o["train_step_times_s"])
         lines.append(f"| {t['resolution']} | {t['batch']} | {o['train_img_s']:.3g} | {t['train_img_s']:.3g} | "
-                     f"{o['train_img_s'] / t['train_img_s']:.2f} | {o['params']:,}, {t['params']:,} | "
+                     f"{speed:.2f} | {o['params']:,}, {t['params']:,} | "
+                     f"{o['gflop_per_image']:.3g}, {t['gflop_per_image']:.3g} | "
                      f"{_num(o['step_mem_mib'])}, {_num(t['step_mem_mib'])} |")
     return "\n".join(lines)
 
@@ -121,7 +127,8 @@ def render(info: dict, plan: tuple[Resolution, ...], rows: list[dict], ops: dict
     shown = [{**r, "params_m": r["params"] / 1e6} for r in _ok(rows)]
     failed = [f"- {r['resolution']}: FAILED ({r['error']})" for r in rows if "error" in r]
     parts = [
-        "## Models against stock Glow (`python -m benchmarks`)", _header(info, command), _settings(plan, rows),
+        f"## Models against stock Glow on the {'GPU' if info['device'] != 'cpu' else 'CPU'} (`python -m benchmarks`)",
+        _header(info, command), _settings(plan, rows),
         "### Training step", markdown_table(shown, TRAIN_COLUMNS), *failed,
         "### Sampling and encode/decode round trip", markdown_table([r for r in shown if r.get("sample_img_s")],
                                                                     SAMPLE_COLUMNS),
@@ -133,31 +140,36 @@ def render(info: dict, plan: tuple[Resolution, ...], rows: list[dict], ops: dict
     return "\n\n".join(parts)
 
 
+COLOURS = {"glow": "C0", "refined_glow": "C1", "wolf": "C2", ROSINALITY: "C3"}
+STYLES = {"torch": "o-", "torch+bf16": "s--", "torch+channels_last": "^:", "torch+compile": "v-.",
+          "triton": "D-", "triton+bf16": "P--"}
+
+
 def plot(path: Path, rows: list[dict]) -> None:
-    """Training throughput against resolution, one line per (model, variant); log-log."""
+    """Training throughput against resolution, one line per (model, variant); log-log. Colour: model,
+    line style: variant."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    lines: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    lines: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
     ticks: dict[int, str] = {}
     for r in _ok(rows):
-        lines[f"{r['model']} / {r['variant']}"].append((r["image_size"], r["train_img_s"]))
+        lines[(r["model"], r["variant"])].append((r["image_size"], r["train_img_s"]))
         ticks[r["image_size"]] = f"{r['image_size']}" + ("" if r["depth"] == "full" else f"\n(depth {r['depth']})")
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for label, points in sorted(lines.items()):
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for (model, variant), points in sorted(lines.items()):
         xs, ys = zip(*sorted(points))
-        style = "s--" if label.startswith(ROSINALITY) else "o-"
-        ax.plot(xs, ys, style, label=label)
+        ax.plot(xs, ys, STYLES.get(variant, "x-"), color=COLOURS.get(model), label=f"{model} / {variant}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(sorted(ticks), [ticks[k] for k in sorted(ticks)])
     ax.set_xlabel("image size (pixels per side)")
     ax.set_ylabel("training images / s")
-    ax.set_title("forward + backward + AdamW")
+    ax.set_title("forward + backward + AdamW step")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -175,9 +187,13 @@ def csv_rows(info: dict, rows: list[dict], ops: dict[str, list[dict] | str]) -> 
 
 
 def write_all(out_dir: Path, info: dict, plan: tuple[Resolution, ...], rows: list[dict],
-              ops: dict[str, list[dict] | str], command: str) -> None:
-    """RESULTS.md (our block, other sections kept), results.csv and throughput.png in ``out_dir``."""
+              ops: dict[str, list[dict] | str], command: str) -> str:
+    """RESULTS.md (our block for this device, other sections kept), results.csv and throughput.png in
+    ``out_dir`` (``results_cuda.csv`` and ``throughput_cuda.png`` for a GPU run); returns the block."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(out_dir / "results.csv", csv_rows(info, rows, ops))
-    plot(out_dir / "throughput.png", rows)
-    replace_block(out_dir / "RESULTS.md", BLOCK, render(info, plan, rows, ops, command), "fastflow benchmarks")
+    suffix = "" if info["device"] == "cpu" else "_cuda"
+    write_csv(out_dir / f"results{suffix}.csv", csv_rows(info, rows, ops))
+    plot(out_dir / f"throughput{suffix}.png", rows)
+    text = render(info, plan, rows, ops, command)
+    replace_block(out_dir / "RESULTS.md", f"bench_models{suffix or '_cpu'}", text, "fastflow benchmarks")
+    return text

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks._common import StepMemory, median, synchronizer, time_interleaved
+from benchmarks._common import StepMemory, median, paired_ratio, synchronizer, time_interleaved
 from fastflow.config import ModelConfig, load_model_config
 from fastflow.models import build_model
 
@@ -82,6 +82,7 @@ class Resolution:
     """One worker's plan: the configs ``{name}_{kind}``, batch size, timed repeats and variants.
 
     ``depth_divisor`` > 1 builds a reduced-depth model: every step count n becomes ceil(n / divisor).
+    ``sample_repeats``: timed sampling draws, after a round trip has warmed the inverse up.
     """
 
     name: str
@@ -90,6 +91,7 @@ class Resolution:
     variants: tuple[str, ...]
     depth_divisor: int = 1
     rosinality: bool = False
+    sample_repeats: int = 2
 
     @property
     def depth(self) -> str:
@@ -98,17 +100,17 @@ class Resolution:
 
 CPU_VARIANTS = ("torch", "torch+bf16", "torch+channels_last")
 CUDA_VARIANTS = ("torch", "triton", "triton+bf16")
-CPU_PLAN = (
-    Resolution("cifar10", batch=4, repeats=3, variants=CPU_VARIANTS, rosinality=True),
-    Resolution("imagenet64", batch=2, repeats=2, variants=("torch", "torch+bf16")),
-    Resolution("celeba256", batch=1, repeats=2, variants=("torch", "torch+bf16"), depth_divisor=8),
+CPU_PLAN = (  # sized for about 10 minutes on 2 shared cores
+    Resolution("cifar10", batch=2, repeats=3, variants=CPU_VARIANTS, rosinality=True),
+    Resolution("imagenet64", batch=1, repeats=2, variants=("torch", "torch+bf16"), sample_repeats=1),
+    Resolution("celeba256", batch=1, repeats=2, variants=("torch",), depth_divisor=8, sample_repeats=1),
 )
 CUDA_PLAN = (
     Resolution("cifar10", batch=64, repeats=5, variants=CUDA_VARIANTS, rosinality=True),
     Resolution("imagenet64", batch=32, repeats=5, variants=CUDA_VARIANTS, rosinality=True),
     Resolution("celeba256", batch=8, repeats=3, variants=CUDA_VARIANTS),
 )
-QUICK_PLAN = (Resolution("tiny", batch=2, repeats=1, variants=CPU_VARIANTS),)
+QUICK_PLAN = (Resolution("tiny", batch=2, repeats=1, variants=CPU_VARIANTS, sample_repeats=1),)
 
 
 def default_plan(device: str, quick: bool) -> tuple[Resolution, ...]:
@@ -297,12 +299,13 @@ def measure_memory_and_flops(case: Case, device: str, count_flops: bool) -> tupl
     return memory, counter.get_total_flops() if count_flops else None
 
 
-def measure_sampling(cases: list[Case], res: Resolution, device: str) -> dict[str, list[float]]:
-    """One warm-up draw each, then interleaved timed draws of ``batch`` samples at T = 0.7."""
+def measure_roundtrip_and_sampling(cases: list[Case], res: Resolution, device: str,
+                                   ) -> tuple[dict[str, int], dict[str, list[float]]]:
+    """The round-trip error of each case (which also warms its inverse up), then interleaved timed
+    draws of ``batch`` samples at T = 0.7."""
+    errors = {c.name: c.roundtrip() for c in cases if c.roundtrip is not None}
     samplers = {c.name: c.sample for c in cases if c.sample is not None}
-    for fn in samplers.values():
-        fn()
-    return time_interleaved(samplers, res.repeats, synchronizer(device))
+    return errors, time_interleaved(samplers, res.sample_repeats, synchronizer(device))
 
 
 def run_resolution(res: Resolution, device: str, rosinality: str | None = None, seed: int = 0) -> list[dict]:
@@ -319,12 +322,12 @@ def run_resolution(res: Resolution, device: str, rosinality: str | None = None, 
         counted.add(case.model)
         rows.append(case_row(res, x.shape[-1], case, train[case.name], memory, flops))
     flops_of = {r["model"]: r["gflop_per_image"] for r in rows if r["gflop_per_image"] is not None}
-    samples = measure_sampling(cases, res, device)
+    errors, samples = measure_roundtrip_and_sampling(cases, res, device)
     for case, row in zip(cases, rows):
         row["gflop_per_image"] = flops_of.get(case.model)
+        row["roundtrip_max_err"] = errors.get(case.name)
         if case.name in samples:
             row["sample_img_s"] = res.batch / median(samples[case.name])
-            row["roundtrip_max_err"] = case.roundtrip()
     print(f"[{res.name}] done in {time.perf_counter() - start:.0f} s", flush=True)
     return rows
 
@@ -344,7 +347,7 @@ def case_row(res: Resolution, image_size: int, case: Case, times: list[float], m
         "gflop_per_image": None if flops is None else flops / res.batch / 1e9,
         "train_img_s": res.batch / step_s,
         "train_step_s": step_s,
-        "train_step_times_s": [round(t, 4) for t in times],
+        "train_step_times_s": times,
         "step_mem_mib": None if memory.bytes is None else memory.bytes / MIB,
         "state_mib": case.trainable.state_bytes() / MIB,
         "memory_method": memory.method,
@@ -354,16 +357,18 @@ def case_row(res: Resolution, image_size: int, case: Case, times: list[float], m
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
-    """Per resolution: throughput and FLOPs against stock Glow's ``torch`` row, and each variant's
-    throughput against the same model's ``torch`` row."""
-    torch_rows = {(r["resolution"], r["model"]): r for r in rows if r["variant"] == "torch"}
+    """Per resolution: training speed and FLOPs against stock Glow's ``torch`` row, and each
+    variant's speed against the same model's ``torch`` row. Speed ratios pair the steps of each
+    round (:func:`benchmarks._common.paired_ratio`)."""
+    torch_rows = {(r["resolution"], r["model"]): r for r in rows if r.get("variant") == "torch"}
     for row in rows:
         if "error" in row:
             continue
         glow = torch_rows.get((row["resolution"], "glow"))
         own = torch_rows.get((row["resolution"], row["model"]))
-        row["vs_glow"] = row["train_img_s"] / glow["train_img_s"] if glow else None
-        row["vs_own_torch"] = row["train_img_s"] / own["train_img_s"] if own else None
+        times = row["train_step_times_s"]
+        row["vs_glow"] = paired_ratio(glow["train_step_times_s"], times) if glow else None
+        row["vs_own_torch"] = paired_ratio(own["train_step_times_s"], times) if own else None
         has_flops = glow and glow["gflop_per_image"] and row["gflop_per_image"]
         row["flops_vs_glow"] = row["gflop_per_image"] / glow["gflop_per_image"] if has_flops else None
     return rows

@@ -9,20 +9,25 @@ sum(log|det W|) and its gradient are timed side by side:
 - ``fastflow``: one ``fastflow.ops.batched_slogdet`` call per size (float64 inside).
 
 Each time is the median over rounds of the mean over calls, in milliseconds, on the weights' device
-with torch's thread count; ``--clock cpu`` measures the process's CPU time instead of wall time,
-which on a busy shared machine with ``--threads 1`` is the time the work itself took. The error
-columns are max |log|det W| - float64 truth| over all matrices.
+with torch's thread count; the methods take turns within each round, and the speedup is the median
+over rounds of the paired ratio (torch batched / fastflow). ``--clock cpu`` measures the process's CPU
+time instead of wall time, which on a busy shared machine with ``--threads 1`` is the time the work
+itself took. The error columns are max |log|det W| - float64 truth| over all matrices; a method that
+raises is timed as nan.
 
     python -m benchmarks.bench_slogdet [--quick] [--threads N] [--device cpu|cuda] [--clock wall|cpu]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
+
+from benchmarks._common import paired_ratio
 
 # Size n -> number of matrices: decoder 1x1 convs (with the split priors') and z-prior linears.
 CONFIGS: dict[str, tuple[dict[int, int], dict[int, int]]] = {
@@ -72,35 +77,58 @@ def _fastflow(groups: list[torch.Tensor]) -> torch.Tensor:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def time_forward_backward(total: Callable[[], torch.Tensor], device: str, calls: int, rounds: int,
-                          clock: str = "wall") -> float:
-    """Median over ``rounds`` of the mean time in ms of ``total().backward()``, after a warm-up."""
+def time_methods(methods: dict[str, Callable[[], torch.Tensor]], device: str, calls: int, rounds: int,
+                 clock: str = "wall") -> dict[str, list[float]]:
+    """Mean ms of ``total().backward()`` per method and round, after a warm-up; the methods take
+    turns within each round, in reversed order every other round, so that load from other processes
+    falls on all of them alike. A method that raises gets no times (and a printed note)."""
     now = CLOCKS[clock]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(3):
-        total().backward()
-    means = []
-    for _ in range(rounds):
-        sync()
-        start = now()
+    def run(total: Callable[[], torch.Tensor]) -> None:
         for _ in range(calls):
             total().backward()
-        sync()
-        means.append((now() - start) / calls * 1e3)
-    return statistics.median(means)
+
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    working = {}
+    for name, total in methods.items():
+        try:
+            run(total)
+            working[name] = total
+        except RuntimeError as exc:  # torch's LU can fail outright (see max_logdet_error)
+            print(f"{name} failed: {str(exc).splitlines()[0]}")
+    order = list(working.items())
+    for round_ in range(rounds):
+        for name, total in order if round_ % 2 == 0 else order[::-1]:
+            sync()
+            start = now()
+            run(total)
+            sync()
+            times[name].append((now() - start) / calls * 1e3)
+    return times
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """torch on one thread inside the block."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def max_logdet_error(weights: dict[int, torch.Tensor], logdet: Callable[[torch.Tensor], torch.Tensor]) -> float:
-    """max |logdet(W) - float64 truth| over all matrices of ``weights``."""
+    """max |logdet(W) - float64 truth| over all matrices of ``weights``. The truth is computed on one
+    thread: with two, MKL's LU in torch 2.14.1 is wrong for n >= 160 on the AMD EPYC development
+    machines (which the torch columns then show)."""
     error = 0.0
     with torch.no_grad():
         for w in weights.values():
-            truth = torch.linalg.slogdet(w.double())[1]
-            error = max(error, (logdet(w).double() - truth).abs().max().item())
+            with single_thread():
+                truth = torch.linalg.slogdet(w.double().cpu())[1]
+            error = max(error, (logdet(w).double().cpu() - truth).abs().max().item())
     return error
 
 
@@ -111,17 +139,19 @@ def bench_config(config: str, device: str, calls: int, rounds: int, clock: str =
     weights = make_weights(matrix_counts(config), device)
     groups = [w.clone().requires_grad_() for w in weights.values()]
     layers = [m.clone().requires_grad_() for w in weights.values() for m in w]
-    batched_ms = time_forward_backward(lambda: _torch_batched(groups), device, calls, rounds, clock)
-    loop_ms = time_forward_backward(lambda: _torch_loop(layers), device, calls, rounds, clock)
-    fastflow_ms = time_forward_backward(lambda: _fastflow(groups), device, calls, rounds, clock)
+    times = time_methods({"torch batched": lambda: _torch_batched(groups), "torch loop": lambda: _torch_loop(layers),
+                          "fastflow": lambda: _fastflow(groups)}, device, calls, rounds, clock)
+    ms = {name: statistics.median(t) if t else float("nan") for name, t in times.items()}
+    speedup = (paired_ratio(times["torch batched"], times["fastflow"])
+               if times["torch batched"] and times["fastflow"] else float("nan"))
     return {
         "config": config,
         "matrices": sum(w.shape[0] for w in weights.values()),
         "max_n": max(weights),
-        "torch_batched_ms": batched_ms,
-        "torch_loop_ms": loop_ms,
-        "fastflow_ms": fastflow_ms,
-        "speedup": batched_ms / fastflow_ms,
+        "torch_batched_ms": ms["torch batched"],
+        "torch_loop_ms": ms["torch loop"],
+        "fastflow_ms": ms["fastflow"],
+        "speedup": speedup,
         "torch_error": max_logdet_error(weights, lambda w: torch.linalg.slogdet(w)[1]),
         "fastflow_error": max_logdet_error(weights, lambda w: batched_slogdet(w)[1]),
     }

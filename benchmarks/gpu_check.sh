@@ -20,3 +20,10 @@ PY
 
 "$PY" -m pytest -q tests/test_actnorm_conv1x1.py tests/test_affine_coupling.py tests/test_cond_bias_elu.py
 "$PY" benchmarks/bench_kernels.py "$@"
+
+# ---- model benchmarks (issue 6; block appended by the model-benchmark engineer) ----------------------
+# Stock Glow, refined Glow and Wolf at GPU batch sizes (CIFAR-10 64, ImageNet 64 32, CelebA-HQ 256 8, full
+# depth), backends torch / triton / triton+bf16, then the op benchmarks; writes the GPU block of
+# benchmarks/RESULTS.md, benchmarks/results_cuda.csv and benchmarks/throughput_cuda.png. To time the
+# public rosinality/glow-pytorch Glow beside ours, set ROSINALITY=/path/to/its/model.py.
+"$PY" -m benchmarks --device cuda ${ROSINALITY:+--rosinality "$ROSINALITY"} "$@"

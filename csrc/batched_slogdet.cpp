@@ -6,15 +6,19 @@
 // A^-1 [B, n, n] (contiguous), else an empty [0] tensor; all in A's dtype. Singular matrices give
 // sign 0, logabsdet -inf and an all-NaN inverse; NaN or infinite entries raise ValueError.
 //
-// CPU algorithm, per matrix, in float64 whatever the input dtype: blocked Gauss-Jordan elimination
-// with partial (row) pivoting. Columns are eliminated kPanel at a time: the tall panel is
-// LU-factorised with partial pivoting to choose the pivot rows (the pivots are the diagonal of U,
-// so they give the determinant), the rows are swapped, and every other row loses its panel
-// components in one rank-kPanel update, A[O, :] -= A[O, K] (A[K, K]^-1 A[K, :]), the block form of
-// Gauss-Jordan (the "sweep"). This computes (P A)^-1 in place in about 2 n^3 flops, the same as
-// LU followed by an LAPACK-style inverse, and the column swaps at the end turn it into A^-1.
-// Without `with_inverse` only the rows and columns below and right of each panel are updated,
-// which is plain blocked LU (2/3 n^3 flops). The batch is spread over threads by at::parallel_for.
+// CPU algorithm, per matrix, in float64 whatever the input dtype: Gauss-Jordan elimination with
+// partial (row) pivoting, which computes (P A)^-1 in place in 2 n^3 flops (as LU followed by an
+// LAPACK-style inverse); the pivots are the diagonal of U, so they give the determinant, and column
+// swaps at the end turn (P A)^-1 into A^-1. Without `with_inverse` only the rows below each pivot
+// are eliminated: plain LU, 2/3 n^3 flops.
+// - Small n: one pivot at a time on rows padded to whole vectors (the matrix stays in L1/L2).
+// - Larger n, blocked: kPanel columns at a time. The tall panel is LU-factorised with partial
+//   pivoting to choose the pivot rows, the rows are swapped, and every other row loses its panel
+//   components in one rank-kPanel update A[O, :] -= A[O, K] (A[K, K]^-1 A[K, :]), the block form
+//   of Gauss-Jordan (the "sweep"), computed in register tiles.
+// The batch is spread over threads by at::parallel_for; a few large matrices instead share the
+// threads row-wise (see split_rows_across_threads). Hot loops use GCC/Clang vector extensions and are
+// compiled for AVX-512, AVX2+FMA and baseline x86-64, picked at load time.
 #include "batched_slogdet.h"
 
 #include <ATen/Dispatch.h>
@@ -62,7 +66,9 @@ constexpr int64_t kTile = 128;  // columns per tile of the bulk update (kPanel x
 constexpr int64_t kRows = 4;    // register block of the bulk update: kRows x kCols accumulators
 constexpr int64_t kCols = 16;
 constexpr int64_t kVec = 8;     // doubles per vector
-constexpr int64_t kSmallN = 80;  // up to this n, unblocked elimination on whole padded rows
+// Up to these n the unblocked elimination on whole padded rows beats the blocked one (measured).
+constexpr int64_t kSmallInverseN = 56;
+constexpr int64_t kSmallLuN = 80;
 constexpr int64_t kSplitRowsN = 128;  // from this n, one matrix's row updates may be split over threads
 constexpr int64_t kRowGrain = 32;     // rows per thread at least, when they are
 
@@ -71,16 +77,20 @@ struct Determinant {
   double logabsdet = 0.0;
 };
 
-// Leading dimension of the matrix in the workspace: rows of small matrices are padded to whole vectors.
-int64_t leading_dimension(int64_t n) {
-  return n <= kSmallN ? (n + kVec - 1) / kVec * kVec : n;
+bool unblocked(int64_t n, bool inverse) {
+  return n <= (inverse ? kSmallInverseN : kSmallLuN);
+}
+
+// Leading dimension of the matrix in the workspace: unblocked rows are padded to whole vectors.
+int64_t leading_dimension(int64_t n, bool inverse) {
+  return unblocked(n, inverse) ? (n + kVec - 1) / kVec * kVec : n;
 }
 
 // Scratch space for one n x n matrix, reused for all the matrices one thread handles. Buffers with
 // kPanel columns or rows are zero-padded past a narrower last panel.
 struct Workspace {
-  explicit Workspace(int64_t n)
-      : ld(leading_dimension(n)), a(n * ld), panel(n * kPanel), block(kPanel * kPanel), y(kPanel * n),
+  Workspace(int64_t n, bool inverse)
+      : ld(leading_dimension(n, inverse)), a(n * ld), panel(n * kPanel), block(kPanel * kPanel), y(kPanel * n),
         c(n * kPanel), pivots(n), columns(n) {}
   int64_t ld;                   // leading dimension of a
   std::vector<double> a;        // the matrix, row-major (zero-padded rows); becomes the inverse
@@ -252,13 +262,12 @@ bool factor_panel(Workspace& ws, int64_t n, int64_t k0, int64_t b, Determinant& 
     ws.pivots[k0 + t] = k0 + best;
     det.sign = pivot < 0.0 ? -det.sign : det.sign;
     det.logabsdet += std::log(std::abs(pivot));
-    const Vec u0 = load(p + t * kPanel);
-    const Vec u1 = load(p + t * kPanel + kVec);
     const double scale = 1.0 / pivot;
+    const double* pt = p + t * kPanel;
     for (int64_t i = t + 1; i < m; ++i) {
-      const double l = p[i * kPanel + t] * scale;
-      store(p + i * kPanel, load(p + i * kPanel) - l * u0);
-      store(p + i * kPanel + kVec, load(p + i * kPanel + kVec) - l * u1);
+      double* pi = p + i * kPanel;
+      const double l = pi[t] * scale;
+      for (int64_t v = 0; v < kPanel; v += kVec) store(pi + v, load(pi + v) - l * load(pt + v));
     }
   }
   return true;
@@ -300,15 +309,12 @@ void store_panel_columns(Workspace& ws, int64_t n, int64_t k0, int64_t b, int64_
   const double* t = ws.block.data();
   for (int64_t r = r0; r < r1; ++r) {
     const double* c = &ws.c[(offset + r - r0) * kPanel];
-    Vec s0 = {};
-    Vec s1 = {};
-    for (int64_t i = 0; i < b; ++i) {
-      s0 -= c[i] * load(t + i * kPanel);
-      s1 -= c[i] * load(t + i * kPanel + kVec);
+    double row[kPanel] = {};
+    for (int64_t v = 0; v < kPanel; v += kVec) {
+      Vec sum = {};
+      for (int64_t i = 0; i < b; ++i) sum -= c[i] * load(t + i * kPanel + v);
+      store(row + v, sum);
     }
-    double row[kPanel];
-    store(row, s0);
-    store(row + kVec, s1);
     std::copy_n(row, b, &ws.a[r * n + k0]);
   }
 }
@@ -368,7 +374,7 @@ Determinant singular(Workspace& ws) {
   return {0.0, -std::numeric_limits<double>::infinity()};
 }
 
-// Blocked Gauss-Jordan for n > kSmallN (ws.ld == n): sign and log|det| of the matrix in ws.a; with
+// Blocked Gauss-Jordan (ws.ld == n): sign and log|det| of the matrix in ws.a; with
 // `inverse`, ws.a and ws.columns then hold its inverse (see order_columns). `split_rows`: see
 // eliminate_panel.
 Determinant gauss_jordan_blocked(Workspace& ws, int64_t n, bool inverse, bool split_rows) {
@@ -384,7 +390,7 @@ Determinant gauss_jordan_blocked(Workspace& ws, int64_t n, bool inverse, bool sp
   return det;
 }
 
-// Unblocked Gauss-Jordan with partial pivoting for n <= kSmallN, on rows padded to ws.ld (whole
+// Unblocked Gauss-Jordan with partial pivoting for small n, on rows padded to ws.ld (whole
 // vectors; the zero padding stays zero): the same contract as gauss_jordan_blocked. Without
 // `inverse` only the rows below the pivot are eliminated (plain LU).
 FASTFLOW_VECTOR_CLONES
@@ -420,7 +426,8 @@ Determinant gauss_jordan_small(Workspace& ws, int64_t n, bool inverse) {
 // Sign and log|det| of the n x n matrix in ws.a; with `inverse`, ws.a and ws.columns then hold its
 // inverse (see order_columns; all NaN when the matrix is singular). `split_rows`: see eliminate_panel.
 Determinant gauss_jordan(Workspace& ws, int64_t n, bool inverse, bool split_rows) {
-  return n <= kSmallN ? gauss_jordan_small(ws, n, inverse) : gauss_jordan_blocked(ws, n, inverse, split_rows);
+  return unblocked(n, inverse) ? gauss_jordan_small(ws, n, inverse)
+                               : gauss_jordan_blocked(ws, n, inverse, split_rows);
 }
 
 // Copies the strided matrix src into the row-major float64 dst (leading dimension ld, zero-padded);
@@ -475,7 +482,7 @@ SlogdetInverse slogdet_inverse_cpu(const at::Tensor& a, bool with_inverse) {
     scalar_t* logabsdet = std::get<1>(outputs).mutable_data_ptr<scalar_t>();
     scalar_t* inverse = with_inverse ? std::get<2>(outputs).mutable_data_ptr<scalar_t>() : nullptr;
     const auto run = [&](int64_t begin, int64_t end) {  // matrices begin..end with one workspace
-      Workspace ws(n);
+      Workspace ws(n, with_inverse);
       for (int64_t i = begin; i < end; ++i) {
         if (!load_matrix(src + i * a.stride(0), a.stride(1), a.stride(2), n, ws.ld, ws.a.data())) {
           int64_t seen = first_nonfinite.load();

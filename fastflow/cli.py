@@ -156,7 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastflow", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="fastflow", description="Train, evaluate and explore Wolf, refined Glow and Glow models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train (or --resume) a model; torchrun-aware")

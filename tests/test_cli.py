@@ -76,7 +76,8 @@ def test_run_commands_write_what_they_say(wolf_run, tmp_path, capsys, argv, outp
 
 def test_probe_json_holds_three_accuracies(wolf_run):
     result = json.loads((wolf_run / "probe.json").read_text())
-    assert {"z", "v", "pixels"} <= set(result) and all(0 <= result[k]["accuracy"] <= 1 for k in ("z", "v", "pixels"))
+    assert set(result["accuracy"]) == {"z", "v", "pixels"} and all(0 <= a <= 1 for a in result["accuracy"].values())
+    assert result["dims"] == {"z": 8, "v": 768, "pixels": 768} and result["train_images"] == 200
 
 
 def test_demo_runs_every_step_and_writes_a_summary(tmp_path, capsys):

@@ -199,3 +199,15 @@ def test_imagenet64_reads_channel_planar_npz_rows(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert valid[1][1] == 1
+
+
+def test_uncompressed_npz_is_memory_mapped_and_compressed_npz_is_loaded(tmp_path):
+    from fastflow.data.datasets import npz_member
+
+    data = np.arange(2 * 12288, dtype=np.uint8).reshape(2, 12288)
+    np.savez(tmp_path / "plain.npz", labels=np.array([1, 2]), data=data)
+    np.savez_compressed(tmp_path / "packed.npz", data=data)
+    mapped = npz_member(tmp_path / "plain.npz", "data")
+    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, data)
+    loaded = npz_member(tmp_path / "packed.npz", "data")
+    assert not isinstance(loaded, np.memmap) and np.array_equal(loaded, data)

@@ -6,8 +6,8 @@ Sources (nothing is ever downloaded):
 - ``cifar10``: the python-pickle layout (``cifar-10-batches-py/``) read by torchvision with
   ``download=False``.
 - ``imagenet64``: the downsampled-ImageNet npz files, ``train_data_batch_*.npz`` and ``val_data.npz``,
-  key ``data`` (``N x 12288`` uint8, channel-planar) and ``labels`` (1-based). The whole training
-  split is loaded into memory (about 15.7 GB).
+  key ``data`` (``N x 12288`` uint8, channel-planar) and ``labels`` (1-based). Uncompressed files (as
+  distributed) are memory-mapped, so several processes share one copy of the 15.7 GB training split.
 - ``lsun`` and ``celeba``: a folder of images (jpg, jpeg, png, webp, bmp; searched recursively).
   With ``train/`` and ``valid/`` (or ``val/``) sub-folders those are the splits; otherwise the files
   are sorted by path and the last min(3000, 10%) are the validation split (CelebA-HQ: 27,000 /
@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -87,6 +88,25 @@ def cifar10(root: Path, train: bool) -> TensorImageDataset:
     return TensorImageDataset(images, torch.tensor(data.targets), classes=data.classes)
 
 
+def npz_member(path: Path, key: str) -> np.ndarray:
+    """Array ``key`` of an npz file, memory-mapped when it is stored uncompressed (as np.savez writes
+    it), so that processes share the page cache instead of each holding a copy; loaded otherwise."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{key}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        with np.load(path) as npz:
+            return npz[key]
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)  # the member's local header: name and extra-field lengths at bytes 26-29
+        f.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"))
+        major, _ = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
 class NpzImageDataset(Dataset):
     """Downsampled ImageNet: the ``data`` rows (``N x 3*S*S`` uint8) of several npz files, ``[3, S, S]``."""
 
@@ -98,8 +118,9 @@ class NpzImageDataset(Dataset):
             with np.load(path) as npz:
                 if "data" not in npz:
                     raise ValueError(f"{path} has no 'data' array (keys: {sorted(npz.keys())})")
-                data = npz["data"]
-                labels = np.asarray(npz["labels"], dtype=np.int64) - 1 if "labels" in npz else np.full(len(data), -1)
+                labels = np.asarray(npz["labels"], dtype=np.int64) - 1 if "labels" in npz else None
+            data = npz_member(path, "data")
+            labels = labels if labels is not None else np.full(len(data), -1)
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * size * size:
                 raise ValueError(f"{path}: 'data' must be uint8 [N, {3 * size * size}], got {data.dtype} {data.shape}")
             self.data.append(data)

@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import time
 import warnings
 from types import ModuleType
 
@@ -57,16 +58,17 @@ def _build_just_in_time() -> str | None:
         return "no C++ compiler found"
     flags = settings["ext"]["extra_compile_args"]
     kind = "C++/CUDA" if settings["with_cuda"] else "C++"
-    print(f"fastflow: building the {kind} extension for torch.ops.fastflow (first use only, cached) ...",
-          file=sys.stderr, flush=True)
+    print(f"fastflow: fastflow._C does not import; loading the {kind} extension with ninja "
+          "(compiled on first use, up to a minute, then cached) ...", file=sys.stderr, flush=True)
     from torch.utils.cpp_extension import load
 
+    start = time.monotonic()
     try:
         load(name=JIT_NAME, sources=sources, extra_cflags=flags["cxx"], extra_cuda_cflags=flags.get("nvcc"),
              with_cuda=settings["with_cuda"], is_python_module=False)
     except (ImportError, OSError, RuntimeError) as exc:  # cpp_extension reports compiler errors as RuntimeError
         return f"the just-in-time build failed: {exc}"
-    print("fastflow: extension built.", file=sys.stderr, flush=True)
+    print(f"fastflow: extension ready after {time.monotonic() - start:.0f} s.", file=sys.stderr, flush=True)
     return None
 
 

@@ -6,7 +6,6 @@ block of the JSON file, then command-line overrides. Unknown keys are a :class:`
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +75,7 @@ class TrainConfig:
 
 # Paper Table 5 and the paper's CIFAR-10 command; epochs for the other data sets are not published.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "embedded": dict(batch_size=32, eval_batch_size=64, init_batch_size=256, warmup_steps=20, weight_decay=1e-6,
+    "embedded": dict(batch_size=16, eval_batch_size=64, init_batch_size=256, warmup_steps=20, weight_decay=1e-6,
                      steps=300, valid_interval=100, checkpoint_interval=100, num_samples=64),
     "cifar10": dict(batch_size=512, batch_steps=2, eval_batch_size=1000, init_batch_size=2048, warmup_steps=50,
                     weight_decay=1e-6, epochs=15000, valid_interval=970),
@@ -122,7 +121,3 @@ def load_run_config(source: str | Path, overrides: dict[str, Any] | None = None)
 def run_config_dict(model: ModelConfig, train: TrainConfig) -> dict[str, Any]:
     """The ``{"model": ..., "train": ...}`` dict written to a run's ``config.json``."""
     return {"model": to_dict(model), "train": to_dict(train)}
-
-
-def save_run_config(path: Path, model: ModelConfig, train: TrainConfig) -> None:
-    path.write_text(json.dumps(run_config_dict(model, train), indent=2) + "\n")

@@ -100,7 +100,3 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: Context) -> torch.Tensor:
         dist.all_reduce(tensor)
     return tensor
 
-
-def barrier(ctx: Context) -> None:
-    if ctx.distributed:
-        dist.barrier()

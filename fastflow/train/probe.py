@@ -7,6 +7,7 @@ set is standardised (per-dimension zero mean, unit variance on the training spli
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,32 +53,37 @@ def svm_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
 
 
 def linear_probe(model: torch.nn.Module, train_set: Dataset, test_set: Dataset, max_train: int = 0,
-                 max_test: int = 0, c: float = 1.0, batch_size: int = 256) -> dict[str, dict]:
-    """``{feature: {"accuracy", "dims", "converged"}}`` for z (if the model has one), v and pixels."""
+                 max_test: int = 0, c: float = 1.0, batch_size: int = 256) -> dict[str, Any]:
+    """Linear SVMs on z (if the model has one), v and raw pixels.
+
+    Returns ``{"accuracy": {feature: float}, "dims": {feature: int}, "converged": {feature: bool},
+    "train_images": int, "test_images": int}``.
+    """
     train_x, train_y = encode_features(model, train_set, max_train, batch_size)
     test_x, test_y = encode_features(model, test_set, max_test, batch_size)
     if (train_y < 0).any() or len(np.unique(train_y)) < 2:
         raise ValueError("the probe needs a labelled data set with at least two classes (cifar10, imagenet64, "
                          "embedded); this one has no labels")
-    results = {}
+    result: dict[str, Any] = {"accuracy": {}, "dims": {}, "converged": {},
+                              "train_images": int(len(train_y)), "test_images": int(len(test_y))}
     for name, features in train_x.items():
         accuracy, converged = svm_accuracy(features, train_y, test_x[name], test_y, c)
-        results[name] = {"accuracy": accuracy, "dims": int(features.shape[1]), "converged": converged}
-    results["_counts"] = {"train": int(len(train_y)), "test": int(len(test_y))}
-    return results
+        result["accuracy"][name], result["converged"][name] = accuracy, converged
+        result["dims"][name] = int(features.shape[1])
+    return result
 
 
-def format_probe(results: dict[str, dict]) -> str:
+def format_probe(result: dict[str, Any]) -> str:
     """The paper's Table 4 layout: the accuracies on z, v and raw pixels side by side."""
     titles = {"z": "z", "v": "v", "pixels": "raw pixels"}
     cells = []
     for name in FEATURES:
-        r = results.get(name)
-        cells.append("n/a" if r is None else f"{100 * r['accuracy']:.2f}%" + ("" if r["converged"] else "*"))
+        accuracy = result["accuracy"].get(name)
+        mark = "" if result["converged"].get(name, True) else "*"
+        cells.append("n/a" if accuracy is None else f"{100 * accuracy:.2f}%{mark}")
     width = max(len(t) for t in list(titles.values()) + cells) + 2
-    counts = results["_counts"]
-    lines = [f"linear SVM test accuracy ({counts['train']} train / {counts['test']} test images)",
+    lines = [f"linear SVM test accuracy ({result['train_images']} train / {result['test_images']} test images)",
              "".join(titles[n].rjust(width) for n in FEATURES), "".join(c.rjust(width) for c in cells)]
-    if any("*" in c for c in cells):
+    if any(c.endswith("*") for c in cells):
         lines.append("* liblinear did not converge within max_iter")
     return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Benchmarks of fastflow: models side by side (``python -m benchmarks``) and one script per op."""

@@ -1,0 +1,47 @@
+"""Smoke test of ``python -m benchmarks --quick`` (tiny configs, one repeat), so the benchmarks do not rot,
+and of the one piece of file handling that must not lose other engineers' work."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks._common import replace_block
+
+REPO = Path(__file__).resolve().parent.parent
+OTHER_SECTION = "## Batched log-determinant\n\nwritten by someone else\n"
+
+
+def test_replace_block_keeps_everything_outside_it(tmp_path: Path) -> None:
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# title\n\n" + OTHER_SECTION)
+    replace_block(path, "mine", "first", "title")
+    replace_block(path, "mine", "second", "title")
+    text = path.read_text()
+    assert OTHER_SECTION in text and "second" in text and "first" not in text
+    assert text.count("<!-- mine:begin -->") == 1
+
+
+def test_quick_benchmark_writes_every_result(tmp_path: Path) -> None:
+    (tmp_path / "RESULTS.md").write_text("# fastflow benchmarks\n\n" + OTHER_SECTION)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert OTHER_SECTION in text and "## Models against stock Glow on the CPU" in text
+    assert (tmp_path / "throughput.png").stat().st_size > 0
+
+    with open(tmp_path / "results.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["section"] == "models"]
+    assert {r["model"] for r in rows} == {"glow", "refined_glow", "wolf"}
+    assert {r["variant"] for r in rows} >= {"torch", "torch+bf16"}
+    for r in rows:
+        assert float(r["train_img_s"]) > 0 and float(r["sample_img_s"]) > 0
+        assert float(r["gflop_per_image"]) > 0 and float(r["state_mib"]) > 0
+        assert r["cpu"] and r["torch"] and r["date"]
+        if r["variant"] in ("torch", "torch+channels_last"):
+            assert int(r["roundtrip_max_err"]) == 0, r  # float32 flows invert exactly
+    glow = next(r for r in rows if r["model"] == "glow" and r["variant"] == "torch")
+    assert float(glow["vs_glow"]) == 1.0 and float(glow["flops_vs_glow"]) == 1.0

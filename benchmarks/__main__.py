@@ -6,6 +6,7 @@ fused ops and the batched log-determinant against their reference ops.
     python -m benchmarks --device cuda        # GPU batch sizes: 64 / 32 / 8, backends torch and triton
     python -m benchmarks --rosinality /tmp/rosinality_glow.py   # add the public PyTorch Glow
     python -m benchmarks --resolutions cifar10 --variants torch torch+bf16 --batch 8 --repeats 5
+    python -m benchmarks --resolutions cifar10 --models glow --variants torch torch+compile
 
 Writes ``RESULTS.md`` (only its own marked block; other sections are kept), ``results.csv`` and
 ``throughput.png`` into ``--out`` (default: this directory).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import inspect
 import os
 import shlex
 import sys
@@ -26,7 +28,7 @@ import torch
 from benchmarks import bench_models
 from benchmarks._common import machine_info
 from benchmarks._report import write_all
-from benchmarks.bench_models import VARIANTS, Resolution
+from benchmarks.bench_models import KINDS, VARIANTS, Resolution
 
 HERE = Path(__file__).resolve().parent
 OP_BENCHMARKS = ("bench_kernels", "bench_slogdet")
@@ -44,6 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="torch CPU threads per process (default: torch's; 1 with --quick)")
     parser.add_argument("--resolutions", nargs="+", default=None, help="e.g. cifar10 imagenet64 celeba256")
     parser.add_argument("--variants", nargs="+", default=None, choices=sorted(VARIANTS))
+    parser.add_argument("--models", nargs="+", default=None, choices=KINDS, help="default: all three")
     parser.add_argument("--batch", type=int, default=None, help="one batch size for every resolution")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats for every resolution")
     parser.add_argument("--depth-divisor", type=int, default=None, help="reduced depth for every resolution")
@@ -59,13 +62,15 @@ def make_plan(args: argparse.Namespace, device: str) -> tuple[Resolution, ...]:
         plan = tuple(known.get(name, Resolution(name, batch=1, repeats=2, variants=("torch",)))
                      for name in args.resolutions)
     overrides = {"variants": tuple(args.variants) if args.variants else None, "batch": args.batch,
+                 "models": tuple(args.models) if args.models else None,
                  "repeats": args.repeats, "depth_divisor": args.depth_divisor}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return tuple(dataclasses.replace(r, **overrides) for r in plan)
 
 
-def run_op_benchmarks(quick: bool) -> dict[str, list[dict] | str]:
-    """``main(quick)`` of each op benchmark that exists; a message instead where it is missing or fails."""
+def run_op_benchmarks(quick: bool, device: str) -> dict[str, list[dict] | str]:
+    """``main(quick)`` of each op benchmark that exists (with ``device=`` where its main takes one); a
+    message instead where it is missing or fails."""
     results: dict[str, list[dict] | str] = {}
     for name in OP_BENCHMARKS:
         print(f"\n== {name} ==", flush=True)
@@ -77,8 +82,9 @@ def run_op_benchmarks(quick: bool) -> dict[str, list[dict] | str]:
             results[name] = f"skipped: benchmarks/{name}.py does not exist yet"
             print(results[name], flush=True)
             continue
+        kwargs = {"device": device} if "device" in inspect.signature(module.main).parameters else {}
         try:
-            results[name] = module.main(quick)
+            results[name] = module.main(quick, **kwargs)
         except Exception as err:  # another engineer's work in progress must not sink this run
             results[name] = f"failed: {type(err).__name__}: {err}"
             print(results[name], flush=True)
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{info['date']} | {info['cpu']} | {info['cores']} cores | {info['device']} | torch {info['torch']} | "
           f"load {info['load_average']}", flush=True)
     rows = bench_models.main(args.quick, device, args.rosinality, threads, plan)
-    ops = {} if args.skip_ops else run_op_benchmarks(args.quick)
+    ops = {} if args.skip_ops else run_op_benchmarks(args.quick, device)
     info["wall_s"] = time.perf_counter() - start
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     command = "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])

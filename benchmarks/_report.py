@@ -23,6 +23,7 @@ TRAIN_COLUMNS = [
 SAMPLE_COLUMNS = [
     ("resolution", "resolution", ""), ("model", "model", ""), ("variant", "variant", ""),
     ("sample img/s (T=0.7)", "sample_img_s", ".3g"), ("round-trip max error (8-bit levels)", "roundtrip_max_err", "d"),
+    ("after AdamW steps", "adamw_steps", "d"),
 ]
 
 
@@ -41,9 +42,12 @@ def _header(info: dict, command: str) -> str:
 
 
 def _settings(plan: tuple[Resolution, ...], rows: list[dict]) -> str:
-    lines = ["| resolution | batch | timed repeats | depth | variants |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| resolution | models | batch | timed repeats | depth | variants | sampled variants |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for res in plan:
-        lines.append(f"| {res.name} | {res.batch} | {res.repeats} | {res.depth} | {', '.join(res.variants)} |")
+        sampled = ", ".join(res.sample_variants or res.variants)
+        lines.append(f"| {res.name} | {', '.join(res.models)} | {res.batch} | {res.repeats} | {res.depth} | "
+                     f"{', '.join(res.variants)} | {sampled} |")
     method = next((r["memory_method"] for r in _ok(rows)), "-")
     return "\n".join(lines) + (
         "\n\nTraining throughput: images/s of forward + backward + AdamW (lr 1e-4), the median of the timed "
@@ -130,8 +134,10 @@ def render(info: dict, plan: tuple[Resolution, ...], rows: list[dict], ops: dict
         f"## Models against stock Glow on the {'GPU' if info['device'] != 'cpu' else 'CPU'} (`python -m benchmarks`)",
         _header(info, command), _settings(plan, rows),
         "### Training step", markdown_table(shown, TRAIN_COLUMNS), *failed,
-        "### Sampling and encode/decode round trip", markdown_table([r for r in shown if r.get("sample_img_s")],
-                                                                    SAMPLE_COLUMNS),
+        "### Sampling and encode/decode round trip",
+        markdown_table([r for r in shown if r.get("roundtrip_max_err") is not None], SAMPLE_COLUMNS),
+        "The round trip `decode(encode(x))` runs on the training batch after the benchmark's training steps "
+        "(the last column; variants of a model share its weights, except channels-last, which trains a copy).",
         "### fastflow's stock Glow against rosinality/glow-pytorch (same architecture, same loss)",
         _rosinality(rows),
         f"### Variants against their own torch backend (target {SPEEDUP_TARGET}x)", _variants(rows),

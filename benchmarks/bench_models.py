@@ -82,7 +82,8 @@ class Resolution:
     """One worker's plan: the configs ``{name}_{kind}``, batch size, timed repeats and variants.
 
     ``depth_divisor`` > 1 builds a reduced-depth model: every step count n becomes ceil(n / divisor).
-    ``sample_repeats``: timed sampling draws, after a round trip has warmed the inverse up.
+    ``sample_repeats``: timed sampling draws, after a round trip has warmed the inverse up;
+    ``sample_variants``: the variants whose sampling and round trip are measured (None: all).
     """
 
     name: str
@@ -92,6 +93,8 @@ class Resolution:
     depth_divisor: int = 1
     rosinality: bool = False
     sample_repeats: int = 2
+    sample_variants: tuple[str, ...] | None = None
+    models: tuple[str, ...] = KINDS
 
     @property
     def depth(self) -> str:
@@ -102,8 +105,9 @@ CPU_VARIANTS = ("torch", "torch+bf16", "torch+channels_last")
 CUDA_VARIANTS = ("torch", "triton", "triton+bf16")
 CPU_PLAN = (  # sized for about 10 minutes on 2 shared cores
     Resolution("cifar10", batch=2, repeats=3, variants=CPU_VARIANTS, rosinality=True),
-    Resolution("imagenet64", batch=1, repeats=2, variants=("torch", "torch+bf16"), sample_repeats=1),
-    Resolution("celeba256", batch=1, repeats=2, variants=("torch",), depth_divisor=8, sample_repeats=1),
+    Resolution("imagenet64", batch=1, repeats=2, variants=("torch", "torch+bf16"), sample_repeats=1,
+               sample_variants=("torch",)),
+    Resolution("celeba256", batch=1, repeats=1, variants=("torch",), depth_divisor=8, sample_repeats=1),
 )
 CUDA_PLAN = (
     Resolution("cifar10", batch=64, repeats=5, variants=CUDA_VARIANTS, rosinality=True),
@@ -140,6 +144,7 @@ class Trainable:
 
     net: nn.Module
     opt: torch.optim.Optimizer
+    steps: int = 0  # optimiser steps taken so far
 
     def state_bytes(self) -> int:
         """Parameters + gradients + optimiser state, counted from the tensors."""
@@ -170,8 +175,10 @@ def precision(device: str, variant: Variant) -> contextlib.AbstractContextManage
     return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=variant.bf16)
 
 
-def fastflow_case(kind: str, trainable: Trainable, variant: Variant, x: torch.Tensor, seed: int) -> Case:
-    """Training step, sampling and round trip of a fastflow model under ``variant``."""
+def fastflow_case(kind: str, trainable: Trainable, variant: Variant, x: torch.Tensor, seed: int,
+                  sampled: bool = True) -> Case:
+    """Training step, and unless ``sampled`` is False or the loss is compiled, sampling and round
+    trip, of a fastflow model under ``variant``."""
     model, device = trainable.net, x.device.type
     loss_fn = torch.compile(lambda images: model.loss(images)["loss"]) if variant.compile \
         else (lambda images: model.loss(images)["loss"])
@@ -184,6 +191,7 @@ def fastflow_case(kind: str, trainable: Trainable, variant: Variant, x: torch.Te
             loss = loss_fn(x)
         loss.backward()
         trainable.opt.step()
+        trainable.steps += 1
 
     @contextlib.contextmanager
     def inference() -> Iterator[None]:
@@ -205,7 +213,7 @@ def fastflow_case(kind: str, trainable: Trainable, variant: Variant, x: torch.Te
             back = model.decode(*model.encode(x))
         return int((back.int() - x.int()).abs().max())
 
-    if variant.compile:
+    if variant.compile or not sampled:
         return Case(kind, variant, trainable, step)
     return Case(kind, variant, trainable, step, sample, roundtrip)
 
@@ -248,6 +256,7 @@ def rosinality_case(module: ModuleType, cfg: ModelConfig, x: torch.Tensor) -> Ca
             value = loss()
         value.backward()
         trainable.opt.step()
+        trainable.steps += 1
 
     return Case(ROSINALITY, VARIANTS["torch"], trainable, step)
 
@@ -256,7 +265,7 @@ def build_cases(res: Resolution, device: str, rosinality: str | None, seed: int)
     """Every (model, variant) of ``res``, models initialised on one seeded batch; and that batch."""
     cases = []
     x = None
-    for kind in KINDS:
+    for kind in res.models:
         cfg = model_config(res, kind)
         if x is None:
             gen = torch.Generator().manual_seed(seed)
@@ -272,7 +281,8 @@ def build_cases(res: Resolution, device: str, rosinality: str | None, seed: int)
             if variant.channels_last:
                 net = copy.deepcopy(model).to(memory_format=torch.channels_last)
                 trainable = Trainable(net, torch.optim.AdamW(net.parameters(), lr=1e-4))
-            cases.append(fastflow_case(kind, trainable, variant, x, seed))
+            sampled = res.sample_variants is None or name in res.sample_variants
+            cases.append(fastflow_case(kind, trainable, variant, x, seed, sampled))
         if kind == "glow" and res.rosinality and rosinality and rosinality_matches(cfg):
             torch.manual_seed(seed)
             cases.append(rosinality_case(load_rosinality(rosinality), cfg, x))
@@ -326,6 +336,7 @@ def run_resolution(res: Resolution, device: str, rosinality: str | None = None, 
     for case, row in zip(cases, rows):
         row["gflop_per_image"] = flops_of.get(case.model)
         row["roundtrip_max_err"] = errors.get(case.name)
+        row["adamw_steps"] = case.trainable.steps
         if case.name in samples:
             row["sample_img_s"] = res.batch / median(samples[case.name])
     print(f"[{res.name}] done in {time.perf_counter() - start:.0f} s", flush=True)
@@ -410,7 +421,7 @@ def main(quick: bool = False, device: str | None = None, rosinality: str | None 
 
 def _worker(args: argparse.Namespace) -> None:
     spec = json.loads(args.worker)
-    res = Resolution(**{**spec, "variants": tuple(spec["variants"])})
+    res = Resolution(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = run_resolution(res, args.device, args.rosinality)

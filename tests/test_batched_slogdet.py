@@ -367,3 +367,42 @@ def test_fallback_warns_once(monkeypatch):
         _extension.load_library.cache_clear()
         monkeypatch.undo()
         _extension.load_library()
+
+
+# ---- the CUDA kernels (run by benchmarks/gpu_check.sh on a lent GPU; skipped elsewhere) ----
+
+needs_cuda_kernel = pytest.mark.skipif(
+    not (torch.cuda.is_available() and _extension.load_library() and _extension.has_kernel(ops.OP, "cuda")),
+    reason="needs a CUDA device and the extension built with its CUDA sources")
+
+
+@needs_cuda_kernel
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,batch", [(1, 5), (3, 1024), (12, 64), (33, 7), (48, 34), (64, 8), (65, 4), (128, 3),
+                                     (384, 2)])
+def test_cuda_matches_float64_truth(n, batch):
+    """One block per matrix up to n = 64, the ATen LU hand-off above: both against CPU float64."""
+    w = torch.randn(batch, n, n, generator=rng(n), dtype=torch.float64)
+    sign, logabsdet, inverse = batched_slogdet_inverse(w.cuda())
+    assert_slogdet(sign.cpu(), logabsdet.cpu(), w)
+    assert_inverse(inverse.cpu(), w)
+    w32 = w.float()
+    _, logabsdet32 = batched_slogdet(w32.cuda().mT)  # float32 and transposed
+    with single_thread():
+        truth = torch.linalg.slogdet(w32.double().mT)[1]
+    torch.testing.assert_close(logabsdet32.cpu().double(), truth, atol=1e-10, rtol=F32_RTOL)
+
+
+@needs_cuda_kernel
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [2, 40, 100])
+def test_cuda_singular_and_gradient(n):
+    w = singular_batch(n)
+    assert_singular(*[t.cpu() for t in batched_slogdet_inverse(w.cuda()[:3])])
+    regular = w[3:].cuda().requires_grad_()
+    batched_slogdet(regular)[1].sum().backward()
+    with single_thread():
+        truth = torch.linalg.inv(w[3:]).mT
+    torch.testing.assert_close(regular.grad.cpu(), truth, atol=1e-9, rtol=1e-9)
+    with pytest.raises(ValueError, match="finite"):
+        batched_slogdet(torch.full((1, n, n), float("nan"), device="cuda"))

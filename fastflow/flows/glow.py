@@ -7,6 +7,10 @@ but the last split half the channels off under a learned Gaussian conditioned on
 (the last level uses a learned top prior). To share the model code with Wolf, each split-off half
 is standardised, ``v = (h - mean) * exp(-log_sd)`` (logdet ``-sum log_sd``), so the whole flow maps
 x to a v of x's shape scored under N(0, I); this is the same density as Glow's.
+
+Under autocast (mixed precision) the main path stays in the input's precision, as in Wolf: the 1x1
+convs run with autocast off, and the coupling and prior networks' outputs are cast back before they
+touch it, so that only the convolutional networks run in bfloat16/float16.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from torch.nn import functional as F
 
 from fastflow.flows.actnorm import ActNorm
 from fastflow.flows.base import Flow, FlowSequence, logdet_dtype
-from fastflow.flows.conv1x1 import InvertibleConv1x1
+from fastflow.flows.conv1x1 import InvertibleConv1x1, full_precision
 from fastflow.flows.squeeze import squeeze, unsqueeze
 
 
@@ -45,12 +49,14 @@ class LUConv1x1(Flow):
         return (x.shape[2] * x.shape[3] * self.log_s.to(logdet_dtype(x)).sum()).expand(x.shape[0])
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self.weight().to(x.dtype)
-        return torch.matmul(w, x.flatten(2)).view_as(x), self._logdet(x)
+        with full_precision(x):
+            w = self.weight().to(x.dtype)
+            return torch.matmul(w, x.flatten(2)).view_as(x), self._logdet(x)
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        w_inv = torch.linalg.inv(self.weight().double()).to(y.dtype)
-        return torch.matmul(w_inv, y.flatten(2)).view_as(y), -self._logdet(y)
+        with full_precision(y):
+            w_inv = torch.linalg.inv(self.weight().double()).to(y.dtype)
+            return torch.matmul(w_inv, y.flatten(2)).view_as(y), -self._logdet(y)
 
 
 class ZeroConv2d(nn.Module):
@@ -83,7 +89,8 @@ class GlowCoupling(Flow):
                                  ZeroConv2d(hidden, 2 * self.half))
 
     def _scale_shift(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h, t = self.net(x_a).chunk(2, dim=1)
+        """s, t in x_a's precision: under autocast only the network runs in low precision."""
+        h, t = self.net(x_a).to(x_a.dtype).chunk(2, dim=1)
         return torch.sigmoid(h + 2), t
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +132,7 @@ class GlowLevel(Flow):
             kept, h = h.chunk(2, dim=1)
         else:
             kept = h
-        mean, log_sd = self.prior(self._prior_input(kept, h)).chunk(2, dim=1)
+        mean, log_sd = self.prior(self._prior_input(kept, h)).to(h.dtype).chunk(2, dim=1)
         v = (h - mean) * torch.exp(-log_sd)
         logdet = logdet - log_sd.flatten(1).sum(1).to(logdet.dtype)
         if self.child is not None:
@@ -150,7 +157,7 @@ class GlowLevel(Flow):
             logdet = logdet + ld
         else:
             kept = v
-        mean, log_sd = self.prior(self._prior_input(kept, v)).chunk(2, dim=1)
+        mean, log_sd = self.prior(self._prior_input(kept, v)).to(v.dtype).chunk(2, dim=1)
         h = v * torch.exp(log_sd) + mean
         logdet = logdet + log_sd.flatten(1).sum(1).to(logdet.dtype)
         if self.child is not None:

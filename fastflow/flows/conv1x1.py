@@ -18,7 +18,12 @@ from torch import nn
 
 from fastflow.flows.actnorm import ActNorm
 from fastflow.flows.base import Flow, logdet_dtype
-from fastflow.ops import actnorm_conv1x1, actnorm_conv1x1_inverse, batched_inverse, batched_slogdet
+from fastflow.ops import (
+    actnorm_conv1x1,
+    actnorm_conv1x1_inverse,
+    batched_slogdet,
+    batched_slogdet_inverse,
+)
 
 
 def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -56,8 +61,10 @@ class InvertibleMatrix(Flow):
         if fresh and (stats.inverse is not None or not need_inverse):
             return stats
         w = self.weight.unsqueeze(0)
-        inverse = batched_inverse(w)[0] if need_inverse else None
-        return WeightStatistics(self.weight._version, batched_slogdet(w)[1][0], inverse)
+        if need_inverse:  # one factorisation for both
+            _, log_abs_det, inverse = batched_slogdet_inverse(w)
+            return WeightStatistics(self.weight._version, log_abs_det[0], inverse[0])
+        return WeightStatistics(self.weight._version, batched_slogdet(w)[1][0], None)
 
     def _apply_matrix(self, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         with full_precision(x):
@@ -141,8 +148,10 @@ def weight_statistics(module: nn.Module, need_inverse: bool = False) -> Iterator
     try:
         for layers in groups.values():
             stacked = torch.stack([m.weight for m in layers])
-            log_abs_det = batched_slogdet(stacked)[1]
-            inverse = batched_inverse(stacked) if need_inverse else None
+            if need_inverse:  # one factorisation for both
+                _, log_abs_det, inverse = batched_slogdet_inverse(stacked)
+            else:
+                log_abs_det, inverse = batched_slogdet(stacked)[1], None
             for i, m in enumerate(layers):
                 inv = inverse[i] if inverse is not None else None
                 m._statistics = WeightStatistics(m.weight._version, log_abs_det[i], inv)

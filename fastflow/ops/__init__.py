@@ -11,7 +11,7 @@ from fastflow.ops.affine_coupling import (
     transformed_channels,
 )
 from fastflow.ops.cond_bias_elu import cond_bias_elu
-from fastflow.ops.slogdet import batched_inverse, batched_slogdet
+from fastflow.ops.slogdet import batched_inverse, batched_slogdet, batched_slogdet_inverse
 
 __all__ = [
     "actnorm_conv1x1",
@@ -20,6 +20,7 @@ __all__ = [
     "affine_coupling_inverse",
     "batched_inverse",
     "batched_slogdet",
+    "batched_slogdet_inverse",
     "cond_bias_elu",
     "conditioning_channels",
     "transformed_channels",

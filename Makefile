@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench cuda-check clean
+.PHONY: install demo test test-all bench bench-ops clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+bench-ops: $(STAMP)
+	$(PY) -m pytest -q benchmarks/test_op_speed.py --benchmark-enable --benchmark-columns=min,median,mean,rounds
 
 clean:
 	rm -rf build *.egg-info fastflow/_C*.so demo_out

@@ -25,7 +25,11 @@ import shutil
 import subprocess
 
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
-CXX_FLAGS = ["-O3", "-g0", "-ffp-contract=fast", "-Wno-psabi"]  # no debug info: a faster build
+# -g0: no debug info, a faster build. -fopenmp: at::parallel_for is an OpenMP pragma in a header
+# (ATen's CPU parallel backend), so without the flag the batch runs on one thread; the module then
+# needs libgomp.so.1, which resolves to the copy torch has already loaded (one OpenMP runtime).
+CXX_FLAGS = ["-O3", "-g0", "-ffp-contract=fast", "-Wno-psabi", "-fopenmp"]
+LINK_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "--threads=0"]  # --threads=0: nvcc compiles the target architectures in parallel
 
 
@@ -118,5 +122,6 @@ def extension_kwargs(root: str) -> dict:
     if with_cuda:
         configure_cuda(home)
         compile_args["nvcc"] = list(NVCC_FLAGS)
-    ext = {"sources": [os.path.relpath(s, root) for s in sources], "extra_compile_args": compile_args}
+    ext = {"sources": [os.path.relpath(s, root) for s in sources], "extra_compile_args": compile_args,
+           "extra_link_args": list(LINK_FLAGS)}
     return {"with_cuda": with_cuda, "ext": ext}

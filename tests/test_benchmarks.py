@@ -45,3 +45,11 @@ def test_quick_benchmark_writes_every_result(tmp_path: Path) -> None:
             assert int(r["roundtrip_max_err"]) == 0, r  # float32 flows invert exactly
     glow = next(r for r in rows if r["model"] == "glow" and r["variant"] == "torch")
     assert float(glow["vs_glow"]) == 1.0 and float(glow["flops_vs_glow"]) == 1.0
+
+
+def test_op_speed_benchmarks_run_once() -> None:
+    """``make bench-ops`` (pytest-benchmark) with benchmarking disabled: every case runs once."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+                           "benchmarks/test_op_speed.py"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout

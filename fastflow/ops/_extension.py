@@ -65,7 +65,8 @@ def _build_just_in_time() -> str | None:
     start = time.monotonic()
     try:
         load(name=JIT_NAME, sources=sources, extra_cflags=flags["cxx"], extra_cuda_cflags=flags.get("nvcc"),
-             with_cuda=settings["with_cuda"], is_python_module=False)
+             extra_ldflags=settings["ext"]["extra_link_args"], with_cuda=settings["with_cuda"],
+             is_python_module=False)
     except (ImportError, OSError, RuntimeError) as exc:  # cpp_extension reports compiler errors as RuntimeError
         return f"the just-in-time build failed: {exc}"
     print(f"fastflow: extension ready after {time.monotonic() - start:.0f} s.", file=sys.stderr, flush=True)

@@ -13,9 +13,10 @@ entries raise ``ValueError``. Gradients: d log|det W| / dW = W^-T and d(W^-1) = 
 Each call is one call of the operator ``fastflow::slogdet_inverse`` of the C++/CUDA extension
 (``csrc/``; LU with partial pivoting per matrix, parallel over the batch). Its forward returns the
 inverse too when a gradient will be needed, and the backward reuses it: the backward of
-``batched_slogdet`` is one scaled transpose. The operator has a fake (meta) implementation and
-its autograd formula registered through ``torch.library``, so it works with meta tensors and under
-``torch.compile``. Without the extension, or on a device it has no kernel for, the
+``batched_slogdet`` is one scaled transpose. The autograd formula is registered in C++ (the
+Autograd dispatch key, ``csrc/autograd.cpp``: no Python on the way forward or back) and the fake
+(meta) implementation here, so the op works with meta tensors and under ``torch.compile``.
+Without the extension, or on a device it has no kernel for, the
 ``*_reference`` functions run instead: torch.linalg in float64.
 """
 from __future__ import annotations
@@ -66,7 +67,7 @@ def batched_inverse_reference(weight: torch.Tensor) -> torch.Tensor:
     return torch.where((info != 0)[:, None, None], torch.nan, inverse).to(weight.dtype)
 
 
-# ---- the extension operator: fake implementation and autograd ----
+# ---- the extension operator: fake implementation, loading ----
 
 def _fake(weight: torch.Tensor, with_inverse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     batch = weight.shape[0]
@@ -74,37 +75,15 @@ def _fake(weight: torch.Tensor, with_inverse: bool) -> tuple[torch.Tensor, torch
     return weight.new_empty(batch), weight.new_empty(batch), weight.new_empty(inverse_shape)
 
 
-def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
-    weight, with_inverse = inputs
-    ctx.set_materialize_grads(False)  # an unused output costs nothing in the backward
-    ctx.mark_non_differentiable(output[0])
-    ctx.with_inverse = with_inverse
-    ctx.save_for_backward(output[2] if with_inverse else weight)
-
-
-def _backward(ctx, grad_sign, grad_logabsdet, grad_inverse) -> tuple[torch.Tensor | None, None]:
-    """dW = g W^-T for the log-determinant and -W^-T G W^-T for the inverse (W^-T ``[B, n, n]``)."""
-    (saved,) = ctx.saved_tensors
-    inverse = saved if ctx.with_inverse else torch.ops.fastflow.slogdet_inverse(saved, True)[2]
-    inverse_t = inverse.mT
-    grad = None
-    if grad_logabsdet is not None:
-        grad = inverse_t * grad_logabsdet.view(-1, 1, 1)
-    if grad_inverse is not None:
-        term = -(inverse_t @ grad_inverse @ inverse_t)
-        grad = term if grad is None else grad + term
-    return grad, None
-
-
 @torch.compiler.disable
 def _set_up() -> bool:
-    """Load the extension and register the fake implementation and autograd formula, once."""
+    """Load the extension (whose C++ registers the operator, its kernels and its autograd) and
+    register the fake implementation that tracing needs, once."""
     global _ready
     if _ready is None:
         _ready = _extension.load_library()
         if _ready:
             torch.library.register_fake(QUALNAME)(_fake)
-            torch.library.register_autograd(QUALNAME, _backward, setup_context=_setup_context)
     return _ready
 
 
@@ -128,28 +107,8 @@ def _use_extension(weight: torch.Tensor) -> bool:
     return supported if supported is not None else _check_device(device)
 
 
-class _SlogdetInverseFunction(torch.autograd.Function):
-    """Eager autograd of ``fastflow::slogdet_inverse``: the formula registered with
-    ``torch.library.register_autograd``, without the generic wrapper's per-call Python overhead
-    (tens of microseconds, more than the op itself for small matrices)."""
-
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor, with_inverse: bool) -> tuple[torch.Tensor, ...]:
-        with torch._C._AutoDispatchBelowAutograd():  # straight to the kernel, as torch.library does
-            outputs = torch.ops.fastflow.slogdet_inverse.default(weight, with_inverse)
-        _setup_context(ctx, (weight, with_inverse), outputs)
-        return outputs
-
-    @staticmethod
-    def backward(ctx, grad_sign, grad_logabsdet, grad_inverse) -> tuple[torch.Tensor | None, None]:
-        return _backward(ctx, grad_sign, grad_logabsdet, grad_inverse)
-
-
 def _slogdet_inverse(weight: torch.Tensor, with_inverse: bool) -> tuple[torch.Tensor, ...]:
-    """The operator; under torch.compile as one graph node with its registered autograd."""
-    if torch.compiler.is_compiling() or not (weight.requires_grad and torch.is_grad_enabled()):
-        return torch.ops.fastflow.slogdet_inverse.default(weight, with_inverse)
-    return _SlogdetInverseFunction.apply(weight, with_inverse)
+    return torch.ops.fastflow.slogdet_inverse.default(weight, with_inverse)
 
 
 # ---- public API ----

@@ -16,9 +16,11 @@
 //   pivoting to choose the pivot rows, the rows are swapped, and every other row loses its panel
 //   components in one rank-kPanel update A[O, :] -= A[O, K] (A[K, K]^-1 A[K, :]), the block form
 //   of Gauss-Jordan (the "sweep"), computed in register tiles.
-// The batch is spread over threads by at::parallel_for; a few large matrices instead share the
-// threads row-wise (see split_rows_across_threads). Hot loops use GCC/Clang vector extensions and are
-// compiled for AVX-512, AVX2+FMA and baseline x86-64, picked at load time.
+// The batch is spread over threads by at::parallel_for, whole matrices per thread. (Splitting one
+// large matrix's row updates over the threads, a parallel_for per panel, was 1.5x to 4.5x slower than
+// one thread on the 2-core development machine once OpenMP was really on, so it is not done.) Hot
+// loops use GCC/Clang vector extensions and are compiled for AVX-512, AVX2+FMA and baseline x86-64,
+// picked at load time.
 #include "batched_slogdet.h"
 
 #include <ATen/Dispatch.h>
@@ -71,8 +73,6 @@ static_assert(kPanel % kVec == 0 && kCols % kVec == 0, "panels and tiles are who
 // Up to these n the unblocked elimination on whole padded rows beats the blocked one (measured).
 constexpr int64_t kSmallInverseN = 56;
 constexpr int64_t kSmallLuN = 80;
-constexpr int64_t kSplitRowsN = 128;  // from this n, one matrix's row updates may be split over threads
-constexpr int64_t kRowGrain = 32;     // rows per thread at least, when they are
 
 struct Determinant {
   double sign = 1.0;
@@ -331,8 +331,7 @@ void update_rows(Workspace& ws, int64_t n, int64_t k0, int64_t b, int64_t r0, in
 // One block step on the pivot rows and columns K = [k0, k0 + b), after the rows were swapped and T
 // was formed. With `inverse`, all rows but K and all columns are updated and the block row K is
 // replaced by T A[K, :] (with T itself in A[K, K]); otherwise only the trailing rows and columns.
-// With `split_rows` the row updates are spread over threads.
-void eliminate_panel(Workspace& ws, int64_t n, int64_t k0, int64_t b, bool inverse, bool split_rows) {
+void eliminate_panel(Workspace& ws, int64_t n, int64_t k0, int64_t b, bool inverse) {
   const int64_t k1 = k0 + b;
   const int64_t col_begin = inverse ? 0 : k1;
   const int64_t above = inverse ? k0 : 0;  // rows 0..k0 are updated only for the inverse
@@ -342,16 +341,8 @@ void eliminate_panel(Workspace& ws, int64_t n, int64_t k0, int64_t b, bool inver
     multiply_block(ws.block.data(), &ws.a[k0 * n + col_begin], y + col_begin, n, b, n - col_begin);
     std::fill(y + b * n, y + kPanel * n, 0.0);
   }
-  const auto update = [&](int64_t g0, int64_t g1) {  // updated rows g0..g1 in the order above
-    if (g0 < above) update_rows(ws, n, k0, b, g0, std::min(g1, above), g0, col_begin, inverse);
-    const int64_t lo = std::max(g0, above);
-    if (g1 > lo) update_rows(ws, n, k0, b, lo - above + k1, g1 - above + k1, lo, col_begin, inverse);
-  };
-  if (split_rows) {
-    at::parallel_for(0, count, kRowGrain, update);
-  } else {
-    update(0, count);
-  }
+  if (above > 0) update_rows(ws, n, k0, b, 0, above, 0, col_begin, inverse);  // rows [0, above)
+  if (count > above) update_rows(ws, n, k0, b, k1, n, above, col_begin, inverse);  // rows [k1, n)
   if (!inverse) return;
   for (int64_t t = 0; t < b; ++t) {
     if (count > 0) std::copy_n(y + t * n, n, &ws.a[(k0 + t) * n]);
@@ -374,16 +365,15 @@ Determinant singular(Workspace& ws) {
 }
 
 // Blocked Gauss-Jordan (ws.ld == n): sign and log|det| of the matrix in ws.a; with
-// `inverse`, ws.a and ws.columns then hold its inverse (see order_columns). `split_rows`: see
-// eliminate_panel.
-Determinant gauss_jordan_blocked(Workspace& ws, int64_t n, bool inverse, bool split_rows) {
+// `inverse`, ws.a and ws.columns then hold its inverse (see order_columns).
+Determinant gauss_jordan_blocked(Workspace& ws, int64_t n, bool inverse) {
   Determinant det;
   for (int64_t k0 = 0; k0 < n; k0 += kPanel) {
     const int64_t b = std::min(kPanel, n - k0);
     if (!factor_panel(ws, n, k0, b, det)) return singular(ws);
     swap_rows(ws, n, k0, b, inverse ? 0 : k0);
     invert_pivot_block(ws, n, k0, b);
-    eliminate_panel(ws, n, k0, b, inverse, split_rows);
+    eliminate_panel(ws, n, k0, b, inverse);
   }
   if (inverse) order_columns(ws, n);
   return det;
@@ -423,10 +413,9 @@ Determinant gauss_jordan_small(Workspace& ws, int64_t n, bool inverse) {
 }
 
 // Sign and log|det| of the n x n matrix in ws.a; with `inverse`, ws.a and ws.columns then hold its
-// inverse (see order_columns; all NaN when the matrix is singular). `split_rows`: see eliminate_panel.
-Determinant gauss_jordan(Workspace& ws, int64_t n, bool inverse, bool split_rows) {
-  return unblocked(n, inverse) ? gauss_jordan_small(ws, n, inverse)
-                               : gauss_jordan_blocked(ws, n, inverse, split_rows);
+// inverse (see order_columns; all NaN when the matrix is singular).
+Determinant gauss_jordan(Workspace& ws, int64_t n, bool inverse) {
+  return unblocked(n, inverse) ? gauss_jordan_small(ws, n, inverse) : gauss_jordan_blocked(ws, n, inverse);
 }
 
 // Copies the strided matrix src into the row-major float64 dst (leading dimension ld, zero-padded);
@@ -460,20 +449,11 @@ int64_t grain_size(int64_t n) {
   return std::max<int64_t>(1, 65536 / (n * n * n + 1024));
 }
 
-// Whether to take the matrices one after another and spread each one's row updates over the threads,
-// rather than giving each thread whole matrices: for large matrices when the batch alone cannot keep
-// the threads evenly busy.
-bool split_rows_across_threads(int64_t batch, int64_t n) {
-  const int64_t threads = at::get_num_threads();
-  return threads > 1 && n >= kSplitRowsN && batch % threads != 0 && batch < 4 * threads;
-}
-
 SlogdetInverse slogdet_inverse_cpu(const at::Tensor& a, bool with_inverse) {
   check_square_batch(a);
   auto outputs = empty_outputs(a, with_inverse);
   const int64_t batch = a.size(0);
   const int64_t n = a.size(1);
-  const bool split_rows = split_rows_across_threads(batch, n);
   std::atomic<int64_t> first_nonfinite{batch};
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fastflow_slogdet_inverse_cpu", [&] {
     const scalar_t* src = a.const_data_ptr<scalar_t>();
@@ -489,17 +469,13 @@ SlogdetInverse slogdet_inverse_cpu(const at::Tensor& a, bool with_inverse) {
           }
           continue;
         }
-        const Determinant det = gauss_jordan(ws, n, with_inverse, split_rows);
+        const Determinant det = gauss_jordan(ws, n, with_inverse);
         sign[i] = static_cast<scalar_t>(det.sign);
         logabsdet[i] = static_cast<scalar_t>(det.logabsdet);
         if (with_inverse) store_inverse(ws, n, inverse + i * n * n);
       }
     };
-    if (split_rows) {
-      run(0, batch);
-    } else {
-      at::parallel_for(0, batch, grain_size(n), run);
-    }
+    at::parallel_for(0, batch, grain_size(n), run);
   });
   TORCH_CHECK_VALUE(first_nonfinite.load() == batch, "fastflow::slogdet_inverse: matrix ", first_nonfinite.load(),
                     " of the batch has NaN or infinite entries; expected finite values");

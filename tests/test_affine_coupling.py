@@ -4,15 +4,13 @@ On a machine without a GPU the kernels run in the Triton interpreter (tests/conf
 are tiny. Every kernel buffer is poisoned with NaN first, so an element a kernel fails to write
 shows up as a mismatch.
 """
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
+from kernel_checks import compile_for_sm90, poison_outputs  # noqa: E402
 import fastflow.kernels.affine_coupling as kernels  # noqa: E402
 from fastflow.ops.affine_coupling import (  # noqa: E402
     affine_coupling,
@@ -34,37 +32,9 @@ DTYPES = [(torch.float32, 1e-5, 1e-5), (torch.float64, 1e-10, 1e-10)]
 LOW_PRECISION = [(torch.float16, 2e-3, 2e-3), (torch.bfloat16, 2e-2, 2e-2)]
 
 
-COMPILE_SCRIPT = """
-import sys
-import triton
-import triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-import {module} as kernels
-for name, types, constexprs in eval(sys.argv[1]):
-    fn = getattr(kernels, name)
-    constexprs = {{k: getattr(tl, v[3:]) if str(v).startswith("tl.") else v for k, v in constexprs.items()}}
-    signature = {{a: "constexpr" if a in constexprs else types.get(a, "i32") for a in fn.arg_names}}
-    triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32))
-"""
-
-
-def compile_for_sm90(module: str, variants: list) -> None:
-    """Compile kernels to an sm_90 cubin (no GPU needed): catches what the interpreter lets pass."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = COMPILE_SCRIPT.format(module=module)
-    done = subprocess.run([sys.executable, "-c", script, repr(variants)], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
 @pytest.fixture(autouse=True)
 def poison_kernel_buffers(monkeypatch):
-    """Every buffer the launchers allocate starts as NaN."""
-
-    def nan_buffer(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-
-    monkeypatch.setattr(kernels, "_new_output", nan_buffer)
+    poison_outputs(monkeypatch, kernels)
 
 
 def make_inputs(batch, channels, spatial=(3, 3), dtype=torch.float32, layout="contiguous", additive=False, seed=0):

@@ -1,0 +1,47 @@
+"""Checks shared by the fused-op tests (test_actnorm_conv1x1, test_affine_coupling, test_cond_bias_elu).
+
+- :func:`compile_for_sm90`: compile Triton kernels to an sm_90 cubin without a GPU (in a subprocess
+  without ``TRITON_INTERPRET``), which catches what the interpreter lets pass;
+- :func:`poison_outputs`: make every buffer a kernel module's launchers allocate start as NaN, so an
+  element a kernel forgets to write cannot pass as a correct zero.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+import torch
+
+COMPILE_SCRIPT = """
+import sys
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import {module} as kernels
+for name, types, constexprs in eval(sys.argv[1]):
+    fn = getattr(kernels, name)
+    constexprs = {{k: getattr(tl, v[3:]) if str(v).startswith("tl.") else v for k, v in constexprs.items()}}
+    signature = {{a: "constexpr" if a in constexprs else types.get(a, "i32") for a in fn.arg_names}}
+    triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32))
+"""
+
+
+def compile_for_sm90(module: str, variants: list) -> None:
+    """Compile ``(kernel name, argument types, constexprs)`` variants of ``module`` for sm_90."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = COMPILE_SCRIPT.format(module=module)
+    done = subprocess.run([sys.executable, "-c", script, repr(variants)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def poison_outputs(monkeypatch: pytest.MonkeyPatch, kernels: ModuleType) -> None:
+    """Every buffer that ``kernels._new_output`` allocates starts as NaN."""
+
+    def nan_buffer(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(kernels, "_new_output", nan_buffer)

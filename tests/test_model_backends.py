@@ -1,6 +1,7 @@
 """A whole refined Glow and a whole Wolf give the same bits/dim, v, decode and parameter gradients
-with the fused Triton kernels (``backend="triton"``, run by the interpreter here) as with the
-plain-PyTorch reference ops, in float32 (tolerances stated per check).
+with the fused Triton kernels (``backend="triton"``, run by the interpreter on a CPU-only machine,
+compiled on a CUDA device) as with the plain-PyTorch reference ops, in float32 (tolerances stated
+per check; looser on a GPU, where reductions and convolution algorithms differ between runs).
 """
 from __future__ import annotations
 
@@ -11,20 +12,23 @@ pytest.importorskip("triton")
 
 from fastflow.models import build_model  # noqa: E402
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {"bpd": 1e-5, "v": 1e-4, "grad": 1e-4} if DEVICE == "cpu" else {"bpd": 1e-4, "v": 1e-3, "grad": 1e-3}
+
 
 def images(n: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, 16, 16), generator=gen, dtype=torch.uint8)
+    return torch.randint(0, 256, (n, 3, 16, 16), generator=gen, dtype=torch.uint8).to(DEVICE)
 
 
 @pytest.mark.parametrize("name", [pytest.param("tiny_refined_glow", marks=pytest.mark.slow), "tiny_wolf"])
 def test_triton_backend_matches_torch(name: str) -> None:
     torch.manual_seed(0)
-    model = build_model(name)
+    model = build_model(name).to(DEVICE)
     model.initialize(images(16, 0), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # off the identity init so every kernel does real work
         for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+            p.add_(0.05 * torch.randn(p.shape).to(p.device))
     x = images(3, 1)
     results = {}
     for backend in ("torch", "triton"):
@@ -38,18 +42,18 @@ def test_triton_backend_matches_torch(name: str) -> None:
             "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
         }
     ref, fused = results["torch"], results["triton"]
-    torch.testing.assert_close(fused["bpd"], ref["bpd"], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(fused["v"], ref["v"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fused["bpd"], ref["bpd"], atol=TOL["bpd"], rtol=TOL["bpd"])
+    torch.testing.assert_close(fused["v"], ref["v"], atol=TOL["v"], rtol=TOL["v"])
     assert torch.equal(fused["decoded"], ref["decoded"]) and torch.equal(ref["decoded"], x)
     assert fused["grads"].keys() == ref["grads"].keys()
     for key, g in ref["grads"].items():
         scale = g.abs().max().clamp_min(1e-12)
-        torch.testing.assert_close(fused["grads"][key] / scale, g / scale, atol=1e-4, rtol=0, msg=key)
+        torch.testing.assert_close(fused["grads"][key] / scale, g / scale, atol=TOL["grad"], rtol=0, msg=key)
 
 
 def test_memory_efficient_with_triton_backend() -> None:
     torch.manual_seed(0)
-    model = build_model("tiny_wolf")
+    model = build_model("tiny_wolf").to(DEVICE)
     model.initialize(images(16, 0))
     x = images(2, 3)
     grads = {}
@@ -61,4 +65,4 @@ def test_memory_efficient_with_triton_backend() -> None:
         grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     for key, g in grads["torch"].items():
         scale = g.abs().max().clamp_min(1e-12)
-        torch.testing.assert_close(grads["triton"][key] / scale, g / scale, atol=1e-4, rtol=0, msg=key)
+        torch.testing.assert_close(grads["triton"][key] / scale, g / scale, atol=TOL["grad"], rtol=0, msg=key)

@@ -1,9 +1,12 @@
-"""Fused ELU(h + per-(sample, channel) bias) (Triton) against the plain-PyTorch reference.
+"""Fused ELU(h + per-(sample, channel) bias) against the plain-PyTorch reference: the Triton kernels
+and the C++ CPU kernels of the extension (what ``backend="torch"`` runs on CPU tensors).
 
-On a machine without a GPU the kernels run in the Triton interpreter (tests/conftest.py), so shapes
-are tiny. Every kernel buffer is poisoned with NaN first, so an element a kernel fails to write
-shows up as a mismatch.
+On a machine without a GPU the Triton kernels run in the Triton interpreter (tests/conftest.py), so
+shapes are tiny. Every Triton kernel buffer is poisoned with NaN first, so an element a kernel fails
+to write shows up as a mismatch.
 """
+import math
+
 
 import pytest
 import torch
@@ -12,7 +15,7 @@ pytest.importorskip("triton")
 
 from kernel_checks import compile_for_sm90, poison_outputs  # noqa: E402
 import fastflow.kernels.cond_bias_elu as kernels  # noqa: E402
-from fastflow.ops.cond_bias_elu import cond_bias_elu, cond_bias_elu_reference  # noqa: E402
+from fastflow.ops.cond_bias_elu import _cpu_kernels_loaded, cond_bias_elu, cond_bias_elu_reference  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [(torch.float32, 1e-6, 1e-5), (torch.float64, 1e-12, 1e-12)]
@@ -26,7 +29,7 @@ def poison_kernel_buffers(monkeypatch):
     poison_outputs(monkeypatch, kernels)
 
 
-def make_inputs(shape, dtype=torch.float32, with_bias=True, layout="contiguous", seed=0):
+def make_inputs(shape, dtype=torch.float32, with_bias=True, layout="contiguous", seed=0, device=DEVICE):
     """h (spread over both ELU branches) and bias ``[B, Hd]``, requiring grad.
 
     ``"strided"``: h channels-last and bias a ``[:, ::2]`` column slice; ``"sliced"``: h ``[..., ::2]``.
@@ -40,8 +43,8 @@ def make_inputs(shape, dtype=torch.float32, with_bias=True, layout="contiguous",
         h = h.contiguous(memory_format=torch.channels_last)
     bias = torch.randn(shape[0], 2 * shape[1], generator=gen, dtype=torch.float64)[:, ::2]
     bias = bias if layout == "strided" else bias.contiguous()
-    h = (2 * h).to(DEVICE, dtype).requires_grad_()
-    bias = bias.to(DEVICE, dtype).requires_grad_() if with_bias else None
+    h = (2 * h).to(device, dtype).requires_grad_()
+    bias = bias.to(device, dtype).requires_grad_() if with_bias else None
     return h, bias
 
 
@@ -54,8 +57,8 @@ def run(fn, h, bias, seed=1):
     return out, torch.autograd.grad((out.double() * w).sum(), live)
 
 
-def check(h, bias, atol, rtol):
-    out, grads = run(lambda *t: cond_bias_elu(*t, backend="triton"), h, bias)
+def check(h, bias, atol, rtol, backend="triton"):
+    out, grads = run(lambda *t: cond_bias_elu(*t, backend=backend), h, bias)
     out_ref, grads_ref = run(cond_bias_elu_reference, h, bias)
     torch.testing.assert_close(out, out_ref, atol=atol, rtol=rtol)
     for got, want in zip(grads, grads_ref):
@@ -138,3 +141,71 @@ def test_kernels_compile_for_a_gpu():
             variants += [(name, types, constexprs)
                          for name in ("_cond_bias_elu_forward_kernel", "_cond_bias_elu_backward_kernel")]
     compile_for_sm90("fastflow.kernels.cond_bias_elu", variants)
+
+
+# ---- the C++ CPU kernels (csrc/cond_bias_elu.cpp) ----
+
+needs_cpu_kernels = pytest.mark.skipif(not _cpu_kernels_loaded(), reason="the C++ extension is not built")
+
+
+@needs_cpu_kernels
+def test_torch_backend_on_cpu_runs_the_cpu_kernels():
+    h, bias = make_inputs((2, 4, 3, 3), device="cpu")
+    view = cond_bias_elu(h, bias, backend="torch").grad_fn  # the [B, Hd, P] -> [B, Hd, H, W] view
+    assert type(view.next_functions[0][0]).__name__ == "CondBiasEluFunctionBackward"
+    half = [t.detach().bfloat16().requires_grad_() for t in (h, bias)]  # other dtypes: the reference
+    assert "Elu" in type(cond_bias_elu(*half, backend="torch").grad_fn).__name__
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("shape", SHAPES + [(2, 3, 40, 41)])
+def test_cpu_kernels_match_reference(shape, with_bias, dtype, atol, rtol):
+    check(*make_inputs(shape, dtype, with_bias, device="cpu"), atol, rtol, backend="torch")
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("layout", ["strided", "sliced"])
+def test_cpu_kernels_non_contiguous_inputs(layout):
+    check(*make_inputs((2, 6, 3, 4), layout=layout, device="cpu"), 1e-6, 1e-5, backend="torch")
+
+
+@needs_cpu_kernels
+def test_cpu_expm1_within_two_float32_ulps():
+    """float32 ELU of the CPU kernel against float64 expm1 over [-100, 5] and tiny negatives (the
+    Taylor branch near 0, the exp branch below -0.35, the switch between them, the -1 plateau)."""
+    x = torch.cat([-torch.logspace(-30, 2, 200_000, dtype=torch.float64),
+                   torch.linspace(-100, 5, 200_001, dtype=torch.float64)]).float()
+    out = cond_bias_elu(x.view(1, 1, -1), backend="torch").view(-1).double()
+    truth = torch.where(x > 0, x.double(), torch.expm1(x.double()))
+    ulp = (torch.nextafter(truth.float().abs(), torch.tensor(math.inf)) - truth.float().abs()).double()
+    assert ((out - truth).abs() / ulp).max().item() <= 2.0
+
+
+@needs_cpu_kernels
+def test_cpu_kernels_extreme_values_and_gradcheck():
+    h = torch.tensor([[[-1e30, -80.0, 0.0, 80.0, 1e30]]], requires_grad=True)
+    check(h, torch.zeros(1, 1, requires_grad=True), 1e-6, 1e-6, backend="torch")
+    h, bias = make_inputs((2, 3, 2, 2), torch.float64, device="cpu")
+    assert torch.autograd.gradcheck(lambda *t: cond_bias_elu(*t, backend="torch"), (h, bias), eps=1e-6, atol=1e-7)
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("shape", [(0, 4, 3, 3), (2, 4, 0, 3)])
+def test_cpu_kernels_empty_inputs(shape):
+    h, bias = make_inputs(shape, device="cpu")
+    out = cond_bias_elu(h, bias, backend="torch")
+    out.sum().backward()
+    assert out.shape == h.shape and torch.equal(bias.grad, torch.zeros_like(bias))
+
+
+@needs_cpu_kernels
+def test_cpu_raw_op_bad_input():
+    with pytest.raises(ValueError, match=r"contiguous h of shape \[B, C, P\]"):
+        torch.ops.fastflow.cond_bias_elu(torch.zeros(2, 3), None)
+    with pytest.raises(ValueError, match=r"bias \[B, C\] = \[2, 3\]"):
+        torch.ops.fastflow.cond_bias_elu(torch.zeros(2, 3, 4), torch.zeros(3))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        torch.ops.fastflow.cond_bias_elu(torch.zeros(2, 3, 4, dtype=torch.int32), None)
+

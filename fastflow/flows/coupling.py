@@ -42,7 +42,7 @@ class CouplingNet2d(nn.Module):
         self.backend = "auto"
 
     def forward(self, x_a: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
-        h = F.elu(self.conv_in(x_a))
+        h = cond_bias_elu(self.conv_in(x_a), None, backend=self.backend)
         h = self.conv_mid(h)
         bias = self.z_proj(z) if self.z_proj is not None else None
         h = cond_bias_elu(h, bias, backend=self.backend)

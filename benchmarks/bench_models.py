@@ -104,8 +104,8 @@ class Resolution:
 CPU_VARIANTS = ("torch", "torch+bf16", "torch+channels_last")
 CUDA_VARIANTS = ("torch", "triton", "triton+bf16")
 CPU_PLAN = (  # sized for about 10 minutes on 2 shared cores
-    Resolution("cifar10", batch=2, repeats=3, variants=CPU_VARIANTS, rosinality=True),
-    Resolution("imagenet64", batch=1, repeats=2, variants=("torch", "torch+bf16"), sample_repeats=1,
+    Resolution("cifar10", batch=2, repeats=5, variants=CPU_VARIANTS, rosinality=True),
+    Resolution("imagenet64", batch=1, repeats=3, variants=("torch", "torch+bf16"), sample_repeats=1,
                sample_variants=("torch",)),
     Resolution("celeba256", batch=1, repeats=1, variants=("torch",), depth_divisor=8, sample_repeats=1),
 )

@@ -8,9 +8,11 @@
 //       grad_bias[b, c] = sum_p grad_h[b, c, p] (an empty [0] tensor without bias_grad)
 //
 // One pass each way over (b, c) planes spread over threads. The reason to exist: torch's CPU ELU
-// evaluates expm1 one element at a time (about 10 ns a float here, four times exp). float32 uses the
-// vectorisable expm1 below (within a few float32 ulps of std::expm1); float64 calls std::expm1.
+// evaluates expm1 one element at a time (about 10 ns a float here, four times exp). float32 and
+// bfloat16 (computed in float32, rounded once) use the vectorisable expm1 below (within two float32
+// ulps of the float64 result); float64 calls std::expm1.
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -67,30 +69,32 @@ inline float expm1_nonpositive(float x) {
 inline float elu(float v) { return v > 0.0f ? v : expm1_nonpositive(std::min(v, 0.0f)); }
 inline double elu(double v) { return v > 0.0 ? v : std::expm1(v); }
 
-template <typename scalar_t>
-FASTFLOW_VECTOR_CLONES void elu_plane(const scalar_t* __restrict h, scalar_t beta, int64_t n, scalar_t* __restrict out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = elu(h[i] + beta);
+// acc_t: float for float32 and bfloat16 (computed in float32, rounded once), double for float64.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+FASTFLOW_VECTOR_CLONES void elu_plane(const scalar_t* __restrict h, acc_t beta, int64_t n, scalar_t* __restrict out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(elu(static_cast<acc_t>(h[i]) + beta));
 }
 
 // grad_h of one plane; returns its sum (in double).
-template <typename scalar_t>
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 FASTFLOW_VECTOR_CLONES double elu_backward_plane(const scalar_t* __restrict out, const scalar_t* __restrict grad,
                                                  int64_t n, scalar_t* __restrict grad_h) {
-  scalar_t lanes[kLanes] = {};
+  acc_t lanes[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      const scalar_t o = out[i + l];
-      const scalar_t g = grad[i + l] * (o > scalar_t(0) ? scalar_t(1) : o + scalar_t(1));
-      grad_h[i + l] = g;
+      const acc_t o = static_cast<acc_t>(out[i + l]);
+      const acc_t g = static_cast<acc_t>(grad[i + l]) * (o > acc_t(0) ? acc_t(1) : o + acc_t(1));
+      grad_h[i + l] = static_cast<scalar_t>(g);
       lanes[l] += g;
     }
   }
   double sum = 0.0;
   for (; i < n; ++i) {
-    const scalar_t o = out[i];
-    grad_h[i] = grad[i] * (o > scalar_t(0) ? scalar_t(1) : o + scalar_t(1));
-    sum += grad_h[i];
+    const acc_t o = static_cast<acc_t>(out[i]);
+    const acc_t g = static_cast<acc_t>(grad[i]) * (o > acc_t(0) ? acc_t(1) : o + acc_t(1));
+    grad_h[i] = static_cast<scalar_t>(g);
+    sum += g;
   }
   for (int l = 0; l < kLanes; ++l) sum += lanes[l];
   return sum;
@@ -99,8 +103,8 @@ FASTFLOW_VECTOR_CLONES double elu_backward_plane(const scalar_t* __restrict out,
 void check_planes(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.dim() == 3 && t.is_contiguous(), "fastflow::cond_bias_elu expects a contiguous ", name,
                     " of shape [B, C, P], got shape ", t.sizes(), t.is_contiguous() ? "" : " (not contiguous)");
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
-                   "fastflow::cond_bias_elu expects float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble || t.scalar_type() == at::kBFloat16,
+                   "fastflow::cond_bias_elu expects float32, float64 or bfloat16, got ", t.scalar_type());
 }
 
 int64_t planes_per_chunk(int64_t pixels) { return std::max<int64_t>(1, kPlaneGrain / std::max<int64_t>(pixels, 1)); }
@@ -115,13 +119,14 @@ at::Tensor cond_bias_elu_cpu(const at::Tensor& h, const std::optional<at::Tensor
                       "] of h's dtype, got shape ", bias->sizes(), " and ", bias->scalar_type());
   }
   at::Tensor out = at::empty_like(h);
-  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "fastflow_cond_bias_elu_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, h.scalar_type(), "fastflow_cond_bias_elu_cpu", [&] {
     const scalar_t* src = h.const_data_ptr<scalar_t>();
     const scalar_t* b = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, batch * channels, planes_per_chunk(pixels), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
-        const scalar_t beta = b != nullptr ? b[plane] : scalar_t(0);
+        using acc_t = at::opmath_type<scalar_t>;
+        const acc_t beta = b != nullptr ? static_cast<acc_t>(b[plane]) : acc_t(0);
         elu_plane<scalar_t>(src + plane * pixels, beta, pixels, dst + plane * pixels);
       }
     });
@@ -139,7 +144,7 @@ std::tuple<at::Tensor, at::Tensor> cond_bias_elu_backward_cpu(const at::Tensor& 
   const int64_t batch = out.size(0), channels = out.size(1), pixels = out.size(2);
   at::Tensor grad_h = at::empty_like(out);
   at::Tensor grad_bias = at::empty(bias_grad ? at::IntArrayRef({batch, channels}) : at::IntArrayRef({0}), out.options());
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "fastflow_cond_bias_elu_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, out.scalar_type(), "fastflow_cond_bias_elu_backward_cpu", [&] {
     const scalar_t* o = out.const_data_ptr<scalar_t>();
     const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
     scalar_t* dh = grad_h.mutable_data_ptr<scalar_t>();

@@ -153,8 +153,22 @@ def test_torch_backend_on_cpu_runs_the_cpu_kernels():
     h, bias = make_inputs((2, 4, 3, 3), device="cpu")
     view = cond_bias_elu(h, bias, backend="torch").grad_fn  # the [B, Hd, P] -> [B, Hd, H, W] view
     assert type(view.next_functions[0][0]).__name__ == "CondBiasEluFunctionBackward"
-    half = [t.detach().bfloat16().requires_grad_() for t in (h, bias)]  # other dtypes: the reference
+    half = [t.detach().half().requires_grad_() for t in (h, bias)]  # float16: the reference
     assert "Elu" in type(cond_bias_elu(*half, backend="torch").grad_fn).__name__
+
+
+@needs_cpu_kernels
+def test_cpu_kernels_bfloat16_compute_in_float32():
+    """bfloat16 h and bias (autocast's conv outputs) give bfloat16 results equal to float32 math on
+    the same values, rounded once (to one bfloat16 ulp: the two expm1s may round differently)."""
+    h, bias = make_inputs((2, 6, 5, 7), torch.bfloat16, device="cpu")
+    out, grads = run(lambda *t: cond_bias_elu(*t, backend="torch"), h, bias)
+    assert out.dtype == torch.bfloat16 and [g.dtype for g in grads] == [torch.bfloat16, torch.bfloat16]
+    wide = [t.detach().float().requires_grad_() for t in (h, bias)]
+    out_ref, grads_ref = run(cond_bias_elu_reference, *wide)
+    torch.testing.assert_close(out.float(), out_ref.bfloat16().float(), atol=1e-2, rtol=8e-3)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got.float(), want, atol=1e-2 * (1 + want.abs().max().item()), rtol=8e-3)
 
 
 @needs_cpu_kernels
@@ -206,6 +220,6 @@ def test_cpu_raw_op_bad_input():
         torch.ops.fastflow.cond_bias_elu(torch.zeros(2, 3), None)
     with pytest.raises(ValueError, match=r"bias \[B, C\] = \[2, 3\]"):
         torch.ops.fastflow.cond_bias_elu(torch.zeros(2, 3, 4), torch.zeros(3))
-    with pytest.raises(TypeError, match="float32 or float64"):
+    with pytest.raises(TypeError, match="float32, float64 or bfloat16"):
         torch.ops.fastflow.cond_bias_elu(torch.zeros(2, 3, 4, dtype=torch.int32), None)
 

@@ -7,8 +7,9 @@ the conditioning network, not in the flow).
 :class:`CondBiasEluFunction` makes one pass forward and one backward, and saves only its output
 (``elu'`` is recovered from it), so the sum ``h + bias`` is never materialised. Its kernels are the
 Triton ones (``fastflow.kernels.cond_bias_elu``) for ``backend="triton"``, and on the CPU, for the
-``"torch"`` backend, the C++ ones of the extension (``csrc/cond_bias_elu.cpp``, float32 and float64;
-4x faster than torch's ELU, whose CPU expm1 runs one element at a time). Without the extension, or
+``"torch"`` backend, the C++ ones of the extension (``csrc/cond_bias_elu.cpp``, float32, float64 and
+bfloat16 computed in float32; 4x faster than torch's ELU, whose CPU expm1 runs one element at a
+time). Without the extension, or
 for other dtypes, the torch backend is :func:`cond_bias_elu_reference`.
 """
 from __future__ import annotations
@@ -95,7 +96,7 @@ def _cpu_kernels_loaded() -> bool:
 
 
 def _use_cpu_kernels(h: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    return (h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64)
+    return (h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64, torch.bfloat16)
             and (bias is None or bias.dtype == h.dtype) and _cpu_kernels_loaded())
 
 

@@ -80,14 +80,15 @@ def _scale_terms(u, alpha, ALPHA_ONE: tl.constexpr):
 
 
 @triton.jit
-def _coupling_forward_kernel(
+def _coupling_kernel(
     X, MU, U, Y, LOGDET_PART,
     C, CB, P, N_BLOCKS, START, alpha,
     s_xb, s_xc, s_xp, s_mb, s_mc, s_mp, s_ub, s_uc, s_up, s_yb, s_yc, s_yp,
-    STRIDE: tl.constexpr, HAS_U: tl.constexpr, ALPHA_ONE: tl.constexpr,
+    INVERSE: tl.constexpr, STRIDE: tl.constexpr, HAS_U: tl.constexpr, ALPHA_ONE: tl.constexpr,
     ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """x -> y over one block of one sample; one partial sum of log s per program."""
+    """One block of one sample, X -> Y: the density direction (y_b = s x_b + mu, partial sum of
+    log s per program) or, with INVERSE, the generation direction (x_b = (y_b - mu) / s, -log s)."""
     pid = tl.program_id(0)
     b = (pid // N_BLOCKS).to(tl.int64)
     i = (pid % N_BLOCKS) * BLOCK + tl.arange(0, BLOCK)
@@ -101,40 +102,16 @@ def _coupling_forward_kernel(
     if HAS_U:
         u = tl.load(U + b * s_ub + j * s_uc + p * s_up, mask=is_b, other=0.0).to(ACC)
         s, log_s, _ = _scale_terms(u, alpha, ALPHA_ONE)
-        y = tl.where(is_b, s * x + mu, x)
-        tl.store(LOGDET_PART + pid, tl.sum(tl.where(is_b, log_s, 0.0), axis=0))
+        log_det = tl.sum(tl.where(is_b, log_s, 0.0), axis=0)
+        if INVERSE:
+            y = tl.where(is_b, (x - mu) / tl.where(is_b, s, 1.0), x)
+            log_det = -log_det
+        else:
+            y = tl.where(is_b, s * x + mu, x)
+        tl.store(LOGDET_PART + pid, log_det)
     else:
-        y = tl.where(is_b, x + mu, x)
+        y = tl.where(is_b, x - mu, x) if INVERSE else tl.where(is_b, x + mu, x)
     tl.store(Y + b * s_yb + c * s_yc + p * s_yp, y.to(Y.dtype.element_ty), mask=inside)
-
-
-@triton.jit
-def _coupling_inverse_kernel(
-    Y, MU, U, X, LOGDET_PART,
-    C, CB, P, N_BLOCKS, START, alpha,
-    s_yb, s_yc, s_yp, s_mb, s_mc, s_mp, s_ub, s_uc, s_up, s_xb, s_xc, s_xp,
-    STRIDE: tl.constexpr, HAS_U: tl.constexpr, ALPHA_ONE: tl.constexpr,
-    ACC: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """y -> x over one block of one sample; one partial sum of -log s per program."""
-    pid = tl.program_id(0)
-    b = (pid // N_BLOCKS).to(tl.int64)
-    i = (pid % N_BLOCKS) * BLOCK + tl.arange(0, BLOCK)
-    inside = i < C * P
-    c = i // P
-    p = i % P
-    is_b, j = _transformed(c, START, STRIDE, CB)
-    is_b = is_b & inside
-    y = tl.load(Y + b * s_yb + c * s_yc + p * s_yp, mask=inside, other=0.0).to(ACC)
-    mu = tl.load(MU + b * s_mb + j * s_mc + p * s_mp, mask=is_b, other=0.0).to(ACC)
-    if HAS_U:
-        u = tl.load(U + b * s_ub + j * s_uc + p * s_up, mask=is_b, other=0.0).to(ACC)
-        s, log_s, _ = _scale_terms(u, alpha, ALPHA_ONE)
-        x = tl.where(is_b, (y - mu) / tl.where(is_b, s, 1.0), y)
-        tl.store(LOGDET_PART + pid, -tl.sum(tl.where(is_b, log_s, 0.0), axis=0))
-    else:
-        x = tl.where(is_b, y - mu, y)
-    tl.store(X + b * s_xb + c * s_xc + p * s_xp, x.to(X.dtype.element_ty), mask=inside)
 
 
 @triton.jit
@@ -232,12 +209,11 @@ def coupling_apply(
     block = _block_size(channels * pixels)
     n_blocks, grid = _grid(batch, channels * pixels, block)
     partial = _new_output((batch, n_blocks), acc, x.device) if u is not None else zeros
-    kernel = _coupling_inverse_kernel if inverse else _coupling_forward_kernel
-    kernel[grid](
+    _coupling_kernel[grid](
         x, mu, u if u is not None else mu, out, partial,
         channels, mu.shape[1], pixels, n_blocks, start, float(alpha),
         *x.stride(), *mu.stride(), *_strides(u), *out.stride(),
-        STRIDE=stride, HAS_U=u is not None, ALPHA_ONE=alpha == 1.0,
+        INVERSE=inverse, STRIDE=stride, HAS_U=u is not None, ALPHA_ONE=alpha == 1.0,
         ACC=_tl_dtype(acc), BLOCK=block,
     )
     return out, (partial.sum(1) if u is not None else zeros)

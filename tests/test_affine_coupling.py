@@ -230,7 +230,7 @@ def test_kernels_compile_for_a_gpu():
         types = {"alpha": "fp32", "LOGDET_PART": f"*{acc}", "DLOGDET": f"*{acc}"}
         types |= {n: f"*{dtype}" for n in ("X", "Y", "MU", "U", "DX", "DY", "DMU", "DU")}
         constexprs = dict(STRIDE=stride, HAS_U=has_u, ALPHA_ONE=alpha_one, ACC=f"tl.float{acc[2:]}", BLOCK=1024)
+        variants += [("_coupling_kernel", types, constexprs | {"INVERSE": inverse}) for inverse in (False, True)]
         variants += [(name, types, constexprs) for name in (
-            "_coupling_forward_kernel", "_coupling_inverse_kernel",
             "_coupling_forward_backward_kernel", "_coupling_inverse_backward_kernel")]
     compile_for_sm90("fastflow.kernels.affine_coupling", variants)

@@ -3,7 +3,8 @@
 - :func:`compile_for_sm90`: compile Triton kernels to an sm_90 cubin without a GPU (in a subprocess
   without ``TRITON_INTERPRET``), which catches what the interpreter lets pass;
 - :func:`poison_outputs`: make every buffer a kernel module's launchers allocate start as NaN, so an
-  element a kernel forgets to write cannot pass as a correct zero.
+  element a kernel forgets to write cannot pass as a correct zero;
+- :func:`random_layout`: a float64 normal tensor in one of the memory layouts the ops must accept.
 """
 from __future__ import annotations
 
@@ -45,3 +46,13 @@ def poison_outputs(monkeypatch: pytest.MonkeyPatch, kernels: ModuleType) -> None
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
     monkeypatch.setattr(kernels, "_new_output", nan_buffer)
+
+
+def random_layout(shape: tuple[int, ...], layout: str, generator: torch.Generator) -> torch.Tensor:
+    """float64 N(0, 1) of ``shape``: ``"contiguous"``, ``"strided"`` (channels-last, 4-D shapes) or
+    ``"sliced"`` (every other element of a twice-as-wide last dimension)."""
+    if layout == "sliced":
+        return torch.randn(*shape[:-1], 2 * shape[-1], generator=generator, dtype=torch.float64)[..., ::2]
+    t = torch.randn(shape, generator=generator, dtype=torch.float64)
+    return t.contiguous(memory_format=torch.channels_last) if layout == "strided" else t
+

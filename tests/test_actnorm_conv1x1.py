@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from kernel_checks import compile_for_sm90, poison_outputs  # noqa: E402
+from kernel_checks import compile_for_sm90, poison_outputs, random_layout  # noqa: E402
 import fastflow.kernels.actnorm_conv1x1 as kernels  # noqa: E402
 from fastflow.ops.actnorm_conv1x1 import (  # noqa: E402
     actnorm_conv1x1,
@@ -41,12 +41,7 @@ def make_inputs(batch, channels, spatial=(3, 5), dtype=torch.float32, param_dtyp
     gen = torch.Generator().manual_seed(seed)
     param_dtype = param_dtype or dtype
     shape = (batch, channels, *spatial)
-    if layout == "sliced":
-        x = torch.randn(*shape[:-1], 2 * shape[-1], generator=gen, dtype=torch.float64)[..., ::2]
-    else:
-        x = torch.randn(shape, generator=gen, dtype=torch.float64)
-    if layout == "strided":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = random_layout(shape, layout, gen)
     log_scale = 0.3 * torch.randn(channels, generator=gen, dtype=torch.float64)
     bias = torch.randn(channels, generator=gen, dtype=torch.float64)
     q = torch.linalg.qr(torch.randn(channels, channels, generator=gen, dtype=torch.float64))[0]

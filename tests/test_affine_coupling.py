@@ -77,28 +77,29 @@ def run(fn, inputs, seed=1):
     return out, logdet, torch.autograd.grad(loss, live)
 
 
+def compare(fused, ref, inputs, atol, rtol):
+    """Output, logdet and every gradient of ``fused`` against ``ref``; returns fused's output and logdet."""
+    out, logdet, grads = run(fused, inputs)
+    out_ref, logdet_ref, grads_ref = run(ref, inputs)
+    torch.testing.assert_close(out, out_ref, atol=atol, rtol=rtol)
+    torch.testing.assert_close(logdet, logdet_ref, atol=atol, rtol=rtol)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
+    return out, logdet
+
+
 def check_both_directions(x, mu, u, split, order, alpha, atol, rtol):
     """Forward, inverse and all gradients of both backends agree; the inverse undoes the forward."""
     fused = lambda *t: affine_coupling(*t, split=split, order=order, alpha=alpha, backend="triton")  # noqa: E731
     ref = lambda *t: affine_coupling_reference(*t, split, order, alpha)  # noqa: E731
-    y, logdet, grads = run(fused, (x, mu, u))
-    y_ref, logdet_ref, grads_ref = run(ref, (x, mu, u))
-    torch.testing.assert_close(y, y_ref, atol=atol, rtol=rtol)
-    torch.testing.assert_close(logdet, logdet_ref, atol=atol, rtol=rtol)
-    for got, want in zip(grads, grads_ref):
-        torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
+    y, logdet = compare(fused, ref, (x, mu, u), atol, rtol)
 
     y = y.detach().requires_grad_()
     fused_inv = lambda *t: affine_coupling_inverse(  # noqa: E731
         *t, split=split, order=order, alpha=alpha, backend="triton"
     )
     ref_inv = lambda *t: affine_coupling_inverse_reference(*t, split, order, alpha)  # noqa: E731
-    x_back, logdet_inv, grads_inv = run(fused_inv, (y, mu, u))
-    x_ref, logdet_inv_ref, grads_inv_ref = run(ref_inv, (y, mu, u))
-    torch.testing.assert_close(x_back, x_ref, atol=atol, rtol=rtol)
-    torch.testing.assert_close(logdet_inv, logdet_inv_ref, atol=atol, rtol=rtol)
-    for got, want in zip(grads_inv, grads_inv_ref):
-        torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
+    x_back, logdet_inv = compare(fused_inv, ref_inv, (y, mu, u), atol, rtol)
     torch.testing.assert_close(x_back, x.detach(), atol=10 * atol, rtol=10 * rtol)
     torch.testing.assert_close(logdet_inv, -logdet, atol=atol, rtol=rtol)
 

@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from kernel_checks import compile_for_sm90, poison_outputs  # noqa: E402
+from kernel_checks import compile_for_sm90, poison_outputs, random_layout  # noqa: E402
 import fastflow.kernels.cond_bias_elu as kernels  # noqa: E402
 from fastflow.ops.cond_bias_elu import _cpu_kernels_loaded, cond_bias_elu, cond_bias_elu_reference  # noqa: E402
 
@@ -35,12 +35,7 @@ def make_inputs(shape, dtype=torch.float32, with_bias=True, layout="contiguous",
     ``"strided"``: h channels-last and bias a ``[:, ::2]`` column slice; ``"sliced"``: h ``[..., ::2]``.
     """
     gen = torch.Generator().manual_seed(seed)
-    if layout == "sliced":
-        h = torch.randn(*shape[:-1], 2 * shape[-1], generator=gen, dtype=torch.float64)[..., ::2]
-    else:
-        h = torch.randn(shape, generator=gen, dtype=torch.float64)
-    if layout == "strided":
-        h = h.contiguous(memory_format=torch.channels_last)
+    h = random_layout(shape, layout, gen)
     bias = torch.randn(shape[0], 2 * shape[1], generator=gen, dtype=torch.float64)[:, ::2]
     bias = bias if layout == "strided" else bias.contiguous()
     h = (2 * h).to(device, dtype).requires_grad_()

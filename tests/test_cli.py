@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from fastflow.cli import main
 
@@ -18,24 +17,15 @@ TRAIN_FLAGS = ["--set", "valid_limit=32", "--set", "eval_k=1", "--set", "num_sam
                "--no-progress"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine run several times faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def wolf_run(tmp_path_factory, one_thread):
+def wolf_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("cli") / "wolf"
     assert main(["train", "--config", "tiny_wolf", "--out", str(run), "--steps", "3", *TRAIN_FLAGS]) == 0
     return run
 
 
 @pytest.fixture(scope="module")
-def glow_run(tmp_path_factory, one_thread):
+def glow_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("cli") / "glow"
     assert main(["train", "--config", "tiny_refined_glow", "--out", str(run), "--steps", "1", *TRAIN_FLAGS]) == 0
     return run

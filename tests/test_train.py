@@ -10,15 +10,6 @@ from fastflow.train.checkpoint import CheckpointError, load_checkpoint
 from fastflow.train.config import load_run_config
 from fastflow.train.loop import train
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine run several times faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 FAST = {"valid_limit": 64, "eval_k": 1, "num_samples": 4, "sample_temperatures": [1.0], "log_interval": 2,
         "batch_size": 16, "warmup_steps": 5}
 

@@ -53,3 +53,11 @@ def test_op_speed_benchmarks_run_once() -> None:
                            "benchmarks/test_op_speed.py"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def test_cpu_elu_benchmark_runs() -> None:
+    """``python -m benchmarks.bench_cpu_elu`` on a tiny config (its numbers go to RESULTS.md)."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_cpu_elu", "--config", "tiny_wolf", "--batch", "2",
+                           "--rounds", "1", "--threads", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "speed-up" in proc.stdout and "median of paired ratios" in proc.stdout

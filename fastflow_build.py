@@ -16,6 +16,7 @@ folder) is wrong. The CUDA code needs only the toolkit's own headers, so torch's
 include cuBLAS/cuSOLVER (and the pip ``nvidia/cu13/include`` folder they would need) stay out.
 Without a visible GPU, ``TORCH_CUDA_ARCH_LIST`` defaults to ``DEFAULT_CUDA_ARCHS``.
 """
+
 from __future__ import annotations
 
 import glob
@@ -122,6 +123,9 @@ def extension_kwargs(root: str) -> dict:
     if with_cuda:
         configure_cuda(home)
         compile_args["nvcc"] = list(NVCC_FLAGS)
-    ext = {"sources": [os.path.relpath(s, root) for s in sources], "extra_compile_args": compile_args,
-           "extra_link_args": list(LINK_FLAGS)}
+    ext = {
+        "sources": [os.path.relpath(s, root) for s in sources],
+        "extra_compile_args": compile_args,
+        "extra_link_args": list(LINK_FLAGS),
+    }
     return {"with_cuda": with_cuda, "ext": ext}

@@ -10,6 +10,7 @@ compiler are present; its CUDA sources join the build when nvcc and a CUDA build
 compiled on first use by ``torch.utils.cpp_extension.load`` (see ``fastflow/ops/_extension.py``).
 Install with ``pip install --no-build-isolation -e ".[dev]"`` after torch is installed.
 """
+
 from __future__ import annotations
 
 import os

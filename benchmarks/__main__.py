@@ -11,6 +11,7 @@ fused ops and the batched log-determinant against their reference ops.
 Writes ``RESULTS.md`` (only its own marked block; other sections are kept), ``results.csv`` and
 ``throughput.png`` into ``--out`` (default: this directory).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,15 +36,20 @@ OP_BENCHMARKS = ("bench_kernels", "bench_slogdet")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="tiny configs, one repeat, one thread")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     parser.add_argument("--out", type=Path, default=HERE, help="where the result files go")
-    parser.add_argument("--rosinality", default=None,
-                        help="path of rosinality/glow-pytorch's model.py (read, never copied)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads per process (default: torch's; 1 with --quick)")
+    parser.add_argument(
+        "--rosinality", default=None, help="path of rosinality/glow-pytorch's model.py (read, never copied)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads per process (default: torch's; 1 with --quick)"
+    )
     parser.add_argument("--resolutions", nargs="+", default=None, help="e.g. cifar10 imagenet64 celeba256")
     parser.add_argument("--variants", nargs="+", default=None, choices=sorted(VARIANTS))
     parser.add_argument("--models", nargs="+", default=None, choices=KINDS, help="default: all three")
@@ -59,11 +65,16 @@ def make_plan(args: argparse.Namespace, device: str) -> tuple[Resolution, ...]:
     plan = bench_models.default_plan(device, args.quick)
     if args.resolutions:
         known = {r.name: r for r in plan}
-        plan = tuple(known.get(name, Resolution(name, batch=1, repeats=2, variants=("torch",)))
-                     for name in args.resolutions)
-    overrides = {"variants": tuple(args.variants) if args.variants else None, "batch": args.batch,
-                 "models": tuple(args.models) if args.models else None,
-                 "repeats": args.repeats, "depth_divisor": args.depth_divisor}
+        plan = tuple(
+            known.get(name, Resolution(name, batch=1, repeats=2, variants=("torch",))) for name in args.resolutions
+        )
+    overrides = {
+        "variants": tuple(args.variants) if args.variants else None,
+        "batch": args.batch,
+        "models": tuple(args.models) if args.models else None,
+        "repeats": args.repeats,
+        "depth_divisor": args.depth_divisor,
+    }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return tuple(dataclasses.replace(r, **overrides) for r in plan)
 
@@ -100,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     plan = make_plan(args, device)
     info = machine_info(device)
     start = time.perf_counter()
-    print(f"{info['date']} | {info['cpu']} | {info['cores']} cores | {info['device']} | torch {info['torch']} | "
-          f"load {info['load_average']}", flush=True)
+    print(
+        f"{info['date']} | {info['cpu']} | {info['cores']} cores | {info['device']} | torch {info['torch']} | "
+        f"load {info['load_average']}",
+        flush=True,
+    )
     rows = bench_models.main(args.quick, device, args.rosinality, threads, plan)
     ops = {} if args.skip_ops else run_op_benchmarks(args.quick, device)
     info["wall_s"] = time.perf_counter() - start

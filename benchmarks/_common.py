@@ -3,6 +3,7 @@
 Nothing here estimates a number: every figure comes from a clock, ``/proc/self/status`` or the CUDA
 allocator, and a value that cannot be measured is ``None``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -50,8 +51,9 @@ def synchronizer(device: str) -> Callable[[], None]:
     return torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
 
-def time_interleaved(fns: dict[str, Callable[[], None]], repeats: int,
-                     sync: Callable[[], None]) -> dict[str, list[float]]:
+def time_interleaved(
+    fns: dict[str, Callable[[], None]], repeats: int, sync: Callable[[], None]
+) -> dict[str, list[float]]:
     """Seconds of each function over ``repeats`` rounds, one call of each per round, the order
     reversed every other round (A B C, C B A, ...), so that load from other processes, and its drift,
     falls on every function alike."""
@@ -118,12 +120,15 @@ class StepMemory:
     def __init__(self, device: str) -> None:
         self.device = device
         self.bytes: int | None = None
-        self.method = ("torch.cuda.max_memory_allocated" if device == "cuda"
-                       else "peak RSS rise (VmHWM after clear_refs, malloc_trim)")
+        self.method = (
+            "torch.cuda.max_memory_allocated"
+            if device == "cuda"
+            else "peak RSS rise (VmHWM after clear_refs, malloc_trim)"
+        )
         self._start = 0
         self._ok = True
 
-    def __enter__(self) -> "StepMemory":
+    def __enter__(self) -> StepMemory:
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -164,8 +169,7 @@ def _csv_value(value: object) -> object:
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     """A markdown table of ``rows``; ``columns`` are (title, key, format spec), '-' for None."""
-    lines = ["| " + " | ".join(title for title, _, _ in columns) + " |",
-             "|" + "|".join(" --- " for _ in columns) + "|"]
+    lines = ["| " + " | ".join(title for title, _, _ in columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
     for row in rows:
         cells = []
         for _, key, spec in columns:

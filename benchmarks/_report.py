@@ -3,6 +3,7 @@
 Everything written here comes from the rows a run measured; the text around the numbers only says how
 they were measured.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -14,15 +15,26 @@ from benchmarks.bench_models import ROSINALITY, Resolution
 SPEEDUP_TARGET = 1.3
 
 TRAIN_COLUMNS = [
-    ("resolution", "resolution", ""), ("depth", "depth", ""), ("batch", "batch", "d"), ("model", "model", ""),
-    ("variant", "variant", ""), ("params (M)", "params_m", ".2f"), ("fwd GFLOP/img", "gflop_per_image", ".3g"),
-    ("FLOPs vs Glow", "flops_vs_glow", ".2f"), ("train img/s", "train_img_s", ".3g"),
-    ("vs Glow torch", "vs_glow", ".2f"), ("vs own torch", "vs_own_torch", ".2f"),
-    ("step memory MiB", "step_mem_mib", ".1f"), ("resident MiB", "state_mib", ".1f"),
+    ("resolution", "resolution", ""),
+    ("depth", "depth", ""),
+    ("batch", "batch", "d"),
+    ("model", "model", ""),
+    ("variant", "variant", ""),
+    ("params (M)", "params_m", ".2f"),
+    ("fwd GFLOP/img", "gflop_per_image", ".3g"),
+    ("FLOPs vs Glow", "flops_vs_glow", ".2f"),
+    ("train img/s", "train_img_s", ".3g"),
+    ("vs Glow torch", "vs_glow", ".2f"),
+    ("vs own torch", "vs_own_torch", ".2f"),
+    ("step memory MiB", "step_mem_mib", ".1f"),
+    ("resident MiB", "state_mib", ".1f"),
 ]
 SAMPLE_COLUMNS = [
-    ("resolution", "resolution", ""), ("model", "model", ""), ("variant", "variant", ""),
-    ("sample img/s (T=0.7)", "sample_img_s", ".3g"), ("round-trip max error (8-bit levels)", "roundtrip_max_err", "d"),
+    ("resolution", "resolution", ""),
+    ("model", "model", ""),
+    ("variant", "variant", ""),
+    ("sample img/s (T=0.7)", "sample_img_s", ".3g"),
+    ("round-trip max error (8-bit levels)", "roundtrip_max_err", "d"),
     ("after AdamW steps", "adamw_steps", "d"),
 ]
 
@@ -42,12 +54,16 @@ def _header(info: dict, command: str) -> str:
 
 
 def _settings(plan: tuple[Resolution, ...], rows: list[dict]) -> str:
-    lines = ["| resolution | models | batch | timed repeats | depth | variants | sampled variants |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| resolution | models | batch | timed repeats | depth | variants | sampled variants |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for res in plan:
         sampled = ", ".join(res.sample_variants or res.variants)
-        lines.append(f"| {res.name} | {', '.join(res.models)} | {res.batch} | {res.repeats} | {res.depth} | "
-                     f"{', '.join(res.variants)} | {sampled} |")
+        lines.append(
+            f"| {res.name} | {', '.join(res.models)} | {res.batch} | {res.repeats} | {res.depth} | "
+            f"{', '.join(res.variants)} | {sampled} |"
+        )
     method = next((r["memory_method"] for r in _ok(rows)), "-")
     return "\n".join(lines) + (
         "\n\nTraining throughput: images/s of forward + backward + AdamW (lr 1e-4), the median of the timed "
@@ -70,17 +86,21 @@ def _rosinality(rows: list[dict]) -> str:
     theirs = [r for r in _ok(rows) if r["model"] == ROSINALITY]
     if not theirs:
         return "Not run (pass `--rosinality PATH/TO/rosinality/glow-pytorch/model.py`)."
-    lines = ["| resolution | batch | fastflow Glow img/s | rosinality Glow img/s | fastflow speed / rosinality "
-             "(paired) | params (fastflow, rosinality) | fwd GFLOP/img (fastflow, rosinality) | "
-             "step memory MiB (fastflow, rosinality) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| resolution | batch | fastflow Glow img/s | rosinality Glow img/s | fastflow speed / rosinality "
+        "(paired) | params (fastflow, rosinality) | fwd GFLOP/img (fastflow, rosinality) | "
+        "step memory MiB (fastflow, rosinality) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for t in theirs:
         o = ours[t["resolution"]]
         speed = paired_ratio(t["train_step_times_s"], o["train_step_times_s"])
-        lines.append(f"| {t['resolution']} | {t['batch']} | {o['train_img_s']:.3g} | {t['train_img_s']:.3g} | "
-                     f"{speed:.2f} | {o['params']:,}, {t['params']:,} | "
-                     f"{o['gflop_per_image']:.3g}, {t['gflop_per_image']:.3g} | "
-                     f"{_num(o['step_mem_mib'])}, {_num(t['step_mem_mib'])} |")
+        lines.append(
+            f"| {t['resolution']} | {t['batch']} | {o['train_img_s']:.3g} | {t['train_img_s']:.3g} | "
+            f"{speed:.2f} | {o['params']:,}, {t['params']:,} | "
+            f"{o['gflop_per_image']:.3g}, {t['gflop_per_image']:.3g} | "
+            f"{_num(o['step_mem_mib'])}, {_num(t['step_mem_mib'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -97,8 +117,10 @@ def _variants(rows: list[dict]) -> str:
     if not table:
         return "Only the torch backend ran."
     models = sorted({m for v in table.values() for m in v})
-    lines = ["| variant | resolution | " + " | ".join(models) + f" | all >= {SPEEDUP_TARGET}x? |",
-             "| --- | --- | " + " | ".join("---" for _ in models) + " | --- |"]
+    lines = [
+        "| variant | resolution | " + " | ".join(models) + f" | all >= {SPEEDUP_TARGET}x? |",
+        "| --- | --- | " + " | ".join("---" for _ in models) + " | --- |",
+    ]
     for (variant, res), speedups in table.items():
         cells = [f"{speedups[m]:.2f}x" if m in speedups else "-" for m in models]
         verdict = "yes" if all(s >= SPEEDUP_TARGET for s in speedups.values()) else "no"
@@ -125,30 +147,42 @@ def _cell(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def render(info: dict, plan: tuple[Resolution, ...], rows: list[dict], ops: dict[str, list[dict] | str],
-           command: str) -> str:
+def render(
+    info: dict, plan: tuple[Resolution, ...], rows: list[dict], ops: dict[str, list[dict] | str], command: str
+) -> str:
     """Our block of RESULTS.md."""
     shown = [{**r, "params_m": r["params"] / 1e6} for r in _ok(rows)]
     failed = [f"- {r['resolution']}: FAILED ({r['error']})" for r in rows if "error" in r]
     parts = [
         f"## Models against stock Glow on the {'GPU' if info['device'] != 'cpu' else 'CPU'} (`python -m benchmarks`)",
-        _header(info, command), _settings(plan, rows),
-        "### Training step", markdown_table(shown, TRAIN_COLUMNS), *failed,
+        _header(info, command),
+        _settings(plan, rows),
+        "### Training step",
+        markdown_table(shown, TRAIN_COLUMNS),
+        *failed,
         "### Sampling and encode/decode round trip",
         markdown_table([r for r in shown if r.get("roundtrip_max_err") is not None], SAMPLE_COLUMNS),
         "The round trip `decode(encode(x))` runs on the training batch after the benchmark's training steps "
         "(the last column; variants of a model share its weights, except channels-last, which trains a copy).",
         "### fastflow's stock Glow against rosinality/glow-pytorch (same architecture, same loss)",
         _rosinality(rows),
-        f"### Variants against their own torch backend (target {SPEEDUP_TARGET}x)", _variants(rows),
-        "### Op benchmarks run from here", *(_ops(name, result) for name, result in ops.items()),
+        f"### Variants against their own torch backend (target {SPEEDUP_TARGET}x)",
+        _variants(rows),
+        "### Op benchmarks run from here",
+        *(_ops(name, result) for name, result in ops.items()),
     ]
     return "\n\n".join(parts)
 
 
 COLOURS = {"glow": "C0", "refined_glow": "C1", "wolf": "C2", ROSINALITY: "C3"}
-STYLES = {"torch": "o-", "torch+bf16": "s--", "torch+channels_last": "^:", "torch+compile": "v-.",
-          "triton": "D-", "triton+bf16": "P--"}
+STYLES = {
+    "torch": "o-",
+    "torch+bf16": "s--",
+    "torch+channels_last": "^:",
+    "torch+compile": "v-.",
+    "triton": "D-",
+    "triton+bf16": "P--",
+}
 
 
 def plot(path: Path, rows: list[dict]) -> None:
@@ -192,8 +226,14 @@ def csv_rows(info: dict, rows: list[dict], ops: dict[str, list[dict] | str]) -> 
     return out
 
 
-def write_all(out_dir: Path, info: dict, plan: tuple[Resolution, ...], rows: list[dict],
-              ops: dict[str, list[dict] | str], command: str) -> str:
+def write_all(
+    out_dir: Path,
+    info: dict,
+    plan: tuple[Resolution, ...],
+    rows: list[dict],
+    ops: dict[str, list[dict] | str],
+    command: str,
+) -> str:
     """RESULTS.md (our block for this device, other sections kept), results.csv and throughput.png in
     ``out_dir`` (``results_cuda.csv`` and ``throughput_cuda.png`` for a GPU run); returns the block."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ per-round ratios, so that load from other processes falls on both alike.
 
     python -m benchmarks.bench_cpu_elu --config cifar10_wolf --batch 8 --rounds 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,16 +55,18 @@ def main() -> None:
         step()
     kernel, reference = [], []
     for round_ in range(args.rounds):
-        for use_kernel in ((True, False) if round_ % 2 == 0 else (False, True)):
+        for use_kernel in (True, False) if round_ % 2 == 0 else (False, True):
             if use_kernel:
                 kernel.append(step())
             else:
                 with reference_elu():
                     reference.append(step())
     ratios = [r / k for r, k in zip(reference, kernel)]
-    print(f"{args.config} batch {args.batch}, {torch.get_num_threads()} threads, {args.rounds} rounds: "
-          f"torch ELU {statistics.median(reference):.3f} s, C++ bias+ELU {statistics.median(kernel):.3f} s "
-          f"per step; speed-up {statistics.median(ratios):.2f}x (median of paired ratios)")
+    print(
+        f"{args.config} batch {args.batch}, {torch.get_num_threads()} threads, {args.rounds} rounds: "
+        f"torch ELU {statistics.median(reference):.3f} s, C++ bias+ELU {statistics.median(kernel):.3f} s "
+        f"per step; speed-up {statistics.median(ratios):.2f}x (median of paired ratios)"
+    )
 
 
 if __name__ == "__main__":

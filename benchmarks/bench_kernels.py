@@ -12,13 +12,14 @@ says nothing about speed); the fused columns are then None. No number here is ev
 
 ``main(quick) -> list[dict]`` returns the rows for a later ``python -m benchmarks`` entry point.
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -76,8 +77,12 @@ def make_inputs(case: Case, device: str, dtype: torch.dtype) -> list[torch.Tenso
 
     if case.op == "actnorm_conv1x1":
         weight = torch.linalg.qr(torch.randn(channels, channels, generator=gen))[0]
-        return [rand(batch, channels, height, width), rand(channels, scale=0.05), rand(channels, scale=0.05),
-                weight.to(device, dtype).requires_grad_()]
+        return [
+            rand(batch, channels, height, width),
+            rand(channels, scale=0.05),
+            rand(channels, scale=0.05),
+            weight.to(device, dtype).requires_grad_(),
+        ]
     if case.op == "affine_coupling":
         half = (batch, channels // 2, height, width)
         return [rand(*case.shape), rand(*half), rand(*half)]
@@ -86,6 +91,7 @@ def make_inputs(case: Case, device: str, dtype: torch.dtype) -> list[torch.Tenso
 
 def make_step(case: Case, inputs: list[torch.Tensor], backend: str) -> Callable[[], None]:
     """One forward + backward of the op with fixed output gradients."""
+
     def forward() -> tuple[torch.Tensor, ...]:
         if case.op == "actnorm_conv1x1":
             return actnorm_conv1x1(*inputs, backend=backend)
@@ -163,8 +169,12 @@ def _fmt(value: float | None, width: int, decimals: int) -> str:
 
 
 COLUMNS = [  # (title, key, width, decimals)
-    ("ref ms", "reference_ms", 9, 3), ("ref GB/s", "reference_gbps", 9, 2), ("fused ms", "fused_ms", 9, 3),
-    ("fused GB/s", "fused_gbps", 10, 1), ("speedup", "speedup", 8, 2), ("copy GB/s", "copy_gbps", 10, 1),
+    ("ref ms", "reference_ms", 9, 3),
+    ("ref GB/s", "reference_gbps", 9, 2),
+    ("fused ms", "fused_ms", 9, 3),
+    ("fused GB/s", "fused_gbps", 10, 1),
+    ("speedup", "speedup", 8, 2),
+    ("copy GB/s", "copy_gbps", 10, 1),
     ("% copy", "fused_pct_of_copy", 7, 1),
 ]
 
@@ -186,8 +196,10 @@ def main(quick: bool = False) -> list[dict]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cases = QUICK_CASES if quick else FULL_CASES
     rows = [bench_case(case, device, torch.float32, quick) for case in cases]
-    print(f"device: {rows[0]['device'] if rows else device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads, float32, forward + backward")
+    print(
+        f"device: {rows[0]['device'] if rows else device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads, float32, forward + backward"
+    )
     print_rows(rows)
     return rows
 

@@ -8,6 +8,7 @@ images, timed after ``warmup`` untimed steps (median of ``repeats``).
 
     python -m benchmarks.bench_memory --config celeba256_wolf --batch 1 4 --repeats 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,7 @@ import sys
 import time
 
 
-def measure(config: str, batch: int, memory_efficient: bool, repeats: int, device: str,
-            warmup: int = 1) -> dict:
+def measure(config: str, batch: int, memory_efficient: bool, repeats: int, device: str, warmup: int = 1) -> dict:
     """One measurement, run in this process (call through :func:`run_isolated`)."""
     import resource
 
@@ -48,18 +48,30 @@ def measure(config: str, batch: int, memory_efficient: bool, repeats: int, devic
             torch.cuda.synchronize()
         if step >= warmup:
             times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"config": config, "batch": batch, "memory_efficient": memory_efficient, "device": device,
-            "step_s": sorted(times)[len(times) // 2], "peak_bytes": peak,
-            "rss_before_step_bytes": base_rss * 1024}
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    return {
+        "config": config,
+        "batch": batch,
+        "memory_efficient": memory_efficient,
+        "device": device,
+        "step_s": sorted(times)[len(times) // 2],
+        "peak_bytes": peak,
+        "rss_before_step_bytes": base_rss * 1024,
+    }
 
 
-def run_isolated(config: str, batch: int, memory_efficient: bool, repeats: int, device: str,
-                 warmup: int = 1, timeout: float = 3600) -> dict:
+def run_isolated(
+    config: str, batch: int, memory_efficient: bool, repeats: int, device: str, warmup: int = 1, timeout: float = 3600
+) -> dict:
     """:func:`measure` in a fresh Python process; an out-of-memory kill is reported, not raised."""
-    code = (f"import json; from benchmarks.bench_memory import measure; "
-            f"print(json.dumps(measure({config!r}, {batch}, {memory_efficient}, {repeats}, {device!r}, {warmup})))")
+    code = (
+        f"import json; from benchmarks.bench_memory import measure; "
+        f"print(json.dumps(measure({config!r}, {batch}, {memory_efficient}, {repeats}, {device!r}, {warmup})))"
+    )
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -70,15 +82,20 @@ def run_isolated(config: str, batch: int, memory_efficient: bool, repeats: int, 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(configs: list[str], batches: list[int], repeats: int, device: str,
-         modes: tuple[str, ...] = ("standard", "memory-efficient"), warmup: int = 1) -> list[dict]:
+def main(
+    configs: list[str],
+    batches: list[int],
+    repeats: int,
+    device: str,
+    modes: tuple[str, ...] = ("standard", "memory-efficient"),
+    warmup: int = 1,
+) -> list[dict]:
     """Measure every (config, batch) in each of ``modes``; print a table and return its rows."""
     rows = []
     print(f"{'config':<24}{'batch':>6}{'mode':>18}{'step s':>10}{'peak GiB':>10}{'ratio':>8}")
     for config in configs:
         for batch in batches:
-            pair = [run_isolated(config, batch, mode == "memory-efficient", repeats, device, warmup)
-                    for mode in modes]
+            pair = [run_isolated(config, batch, mode == "memory-efficient", repeats, device, warmup) for mode in modes]
             for row in pair:
                 ratio = ""
                 if len(pair) == 2 and "error" not in row and "error" not in pair[0]:
@@ -87,8 +104,10 @@ def main(configs: list[str], batches: list[int], repeats: int, device: str,
                 if "error" in row:
                     print(f"{config:<24}{batch:>6}{mode:>18}  {row['error']}")
                 else:
-                    print(f"{config:<24}{batch:>6}{mode:>18}{row['step_s']:>10.2f}"
-                          f"{row['peak_bytes'] / 2**30:>10.2f}{ratio:>8}")
+                    print(
+                        f"{config:<24}{batch:>6}{mode:>18}{row['step_s']:>10.2f}"
+                        f"{row['peak_bytes'] / 2**30:>10.2f}{ratio:>8}"
+                    )
                 rows.append(row)
     return rows
 
@@ -100,7 +119,8 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
-    parser.add_argument("--modes", nargs="+", default=["standard", "memory-efficient"],
-                        choices=["standard", "memory-efficient"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["standard", "memory-efficient"], choices=["standard", "memory-efficient"]
+    )
     args = parser.parse_args()
     main(args.config, args.batch, args.repeats, args.device, tuple(args.modes), args.warmup)

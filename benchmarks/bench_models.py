@@ -23,6 +23,7 @@ Variants (:data:`VARIANTS`): the op backends ``torch`` and ``triton`` (CUDA only
 Run it through ``python -m benchmarks`` (which also writes the result files); this module's own
 command line is the worker that :func:`run_isolated` starts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,7 @@ from fastflow.models import build_model
 KINDS = ("glow", "refined_glow", "wolf")
 ROSINALITY = "rosinality_glow"
 REPO = Path(__file__).resolve().parent.parent
-MIB = 2 ** 20
+MIB = 2**20
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,17 @@ class Variant:
     compile: bool = False
 
 
-VARIANTS = {v.name: v for v in [
-    Variant("torch"),
-    Variant("torch+bf16", bf16=True),
-    Variant("torch+channels_last", channels_last=True),
-    Variant("torch+compile", compile=True),
-    Variant("triton", backend="triton"),
-    Variant("triton+bf16", backend="triton", bf16=True),
-]}
+VARIANTS = {
+    v.name: v
+    for v in [
+        Variant("torch"),
+        Variant("torch+bf16", bf16=True),
+        Variant("torch+channels_last", channels_last=True),
+        Variant("torch+compile", compile=True),
+        Variant("triton", backend="triton"),
+        Variant("triton+bf16", backend="triton", bf16=True),
+    ]
+}
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,9 @@ CPU_VARIANTS = ("torch", "torch+bf16", "torch+channels_last")
 CUDA_VARIANTS = ("torch", "triton", "triton+bf16")
 CPU_PLAN = (  # sized for about 10 minutes on 2 shared cores
     Resolution("cifar10", batch=2, repeats=5, variants=CPU_VARIANTS, rosinality=True),
-    Resolution("imagenet64", batch=1, repeats=3, variants=("torch", "torch+bf16"), sample_repeats=1,
-               sample_variants=("torch",)),
+    Resolution(
+        "imagenet64", batch=1, repeats=3, variants=("torch", "torch+bf16"), sample_repeats=1, sample_variants=("torch",)
+    ),
     Resolution("celeba256", batch=1, repeats=1, variants=("torch",), depth_divisor=8, sample_repeats=1),
 )
 CUDA_PLAN = (
@@ -120,8 +125,11 @@ QUICK_PLAN = (Resolution("tiny", batch=2, repeats=1, variants=CPU_VARIANTS, samp
 def default_plan(device: str, quick: bool) -> tuple[Resolution, ...]:
     """The resolutions, batch sizes and variants a run uses unless told otherwise."""
     if quick:
-        return tuple(dataclasses.replace(r, variants=CUDA_VARIANTS) for r in QUICK_PLAN) if device == "cuda" \
+        return (
+            tuple(dataclasses.replace(r, variants=CUDA_VARIANTS) for r in QUICK_PLAN)
+            if device == "cuda"
             else QUICK_PLAN
+        )
     return CUDA_PLAN if device == "cuda" else CPU_PLAN
 
 
@@ -129,14 +137,16 @@ def model_config(res: Resolution, kind: str) -> ModelConfig:
     """The bundled config ``{res.name}_{kind}``, with its step counts divided for reduced depth."""
     cfg = load_model_config(f"{res.name}_{kind}")
     if res.depth_divisor > 1:
+
         def scale(n: int) -> int:
             return max(1, math.ceil(n / res.depth_divisor))
-        cfg.flow.num_steps = [[scale(n) for n in s] if isinstance(s, list) else scale(s)
-                              for s in cfg.flow.num_steps]
+
+        cfg.flow.num_steps = [[scale(n) for n in s] if isinstance(s, list) else scale(s) for s in cfg.flow.num_steps]
     return cfg
 
 
 # -- one (model, variant) case --------------------------------------------------------------------
+
 
 @dataclass
 class Trainable:
@@ -149,8 +159,9 @@ class Trainable:
     def state_bytes(self) -> int:
         """Parameters + gradients + optimiser state, counted from the tensors."""
         params = sum(p.numel() * p.element_size() for p in self.net.parameters())
-        state = sum(t.numel() * t.element_size() for s in self.opt.state.values()
-                    for t in s.values() if torch.is_tensor(t))
+        state = sum(
+            t.numel() * t.element_size() for s in self.opt.state.values() for t in s.values() if torch.is_tensor(t)
+        )
         return 2 * params + state
 
 
@@ -175,13 +186,17 @@ def precision(device: str, variant: Variant) -> contextlib.AbstractContextManage
     return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=variant.bf16)
 
 
-def fastflow_case(kind: str, trainable: Trainable, variant: Variant, x: torch.Tensor, seed: int,
-                  sampled: bool = True) -> Case:
+def fastflow_case(
+    kind: str, trainable: Trainable, variant: Variant, x: torch.Tensor, seed: int, sampled: bool = True
+) -> Case:
     """Training step, and unless ``sampled`` is False or the loss is compiled, sampling and round
     trip, of a fastflow model under ``variant``."""
     model, device = trainable.net, x.device.type
-    loss_fn = torch.compile(lambda images: model.loss(images)["loss"]) if variant.compile \
+    loss_fn = (
+        torch.compile(lambda images: model.loss(images)["loss"])
+        if variant.compile
         else (lambda images: model.loss(images)["loss"])
+    )
     generator = torch.Generator(device=x.device)
 
     def step(forward_context: contextlib.AbstractContextManager) -> None:
@@ -237,7 +252,7 @@ def rosinality_case(module: ModuleType, cfg: ModelConfig, x: torch.Tensor) -> Ca
     dequantisation, its own [-0.5, 0.5] pixel scaling)."""
     f = cfg.flow
     net = module.Glow(cfg.in_channels, f.num_steps[0], f.levels, affine=True, conv_lu=f.lu).to(x.device)
-    bins = 2 ** cfg.n_bits
+    bins = 2**cfg.n_bits
     dims = x[0].numel()
     unit = torch.floor(x.float() / 2 ** (8 - cfg.n_bits)) / bins - 0.5
 
@@ -269,8 +284,9 @@ def build_cases(res: Resolution, device: str, rosinality: str | None, seed: int)
         cfg = model_config(res, kind)
         if x is None:
             gen = torch.Generator().manual_seed(seed)
-            x = torch.randint(0, 256, (res.batch, cfg.in_channels, cfg.image_size, cfg.image_size),
-                              generator=gen, dtype=torch.uint8).to(device)
+            x = torch.randint(
+                0, 256, (res.batch, cfg.in_channels, cfg.image_size, cfg.image_size), generator=gen, dtype=torch.uint8
+            ).to(device)
         torch.manual_seed(seed)
         model = build_model(cfg).to(device)
         model.initialize(x, generator=torch.Generator(device=device).manual_seed(seed))
@@ -291,14 +307,14 @@ def build_cases(res: Resolution, device: str, rosinality: str | None, seed: int)
 
 # -- the measurements -----------------------------------------------------------------------------
 
+
 def measure_training(cases: list[Case], res: Resolution, device: str) -> dict[str, list[float]]:
     """Warm-up (two steps for compiled losses, one otherwise), then interleaved timed steps."""
     null = contextlib.nullcontext
     for case in cases:
         for _ in range(2 if case.variant.compile else 1):
             case.step(null())
-    return time_interleaved({c.name: (lambda c=c: c.step(null())) for c in cases}, res.repeats,
-                            synchronizer(device))
+    return time_interleaved({c.name: (lambda c=c: c.step(null())) for c in cases}, res.repeats, synchronizer(device))
 
 
 def measure_memory_and_flops(case: Case, device: str, count_flops: bool) -> tuple[StepMemory, int | None]:
@@ -309,8 +325,11 @@ def measure_memory_and_flops(case: Case, device: str, count_flops: bool) -> tupl
     return memory, counter.get_total_flops() if count_flops else None
 
 
-def measure_roundtrip_and_sampling(cases: list[Case], res: Resolution, device: str,
-                                   ) -> tuple[dict[str, int], dict[str, list[float]]]:
+def measure_roundtrip_and_sampling(
+    cases: list[Case],
+    res: Resolution,
+    device: str,
+) -> tuple[dict[str, int], dict[str, list[float]]]:
     """The round-trip error of each case (which also warms its inverse up), then interleaved timed
     draws of ``batch`` samples at T = 0.7."""
     errors = {c.name: c.roundtrip() for c in cases if c.roundtrip is not None}
@@ -322,8 +341,7 @@ def run_resolution(res: Resolution, device: str, rosinality: str | None = None, 
     """All measurements of one resolution, in this process; one row per (model, variant)."""
     start = time.perf_counter()
     cases, x = build_cases(res, device, rosinality, seed)
-    print(f"[{res.name}] {len(cases)} cases built and initialised in {time.perf_counter() - start:.0f} s",
-          flush=True)
+    print(f"[{res.name}] {len(cases)} cases built and initialised in {time.perf_counter() - start:.0f} s", flush=True)
     train = measure_training(cases, res, device)
     print(f"[{res.name}] training timed ({time.perf_counter() - start:.0f} s)", flush=True)
     rows, counted = [], set()
@@ -343,8 +361,9 @@ def run_resolution(res: Resolution, device: str, rosinality: str | None = None, 
     return rows
 
 
-def case_row(res: Resolution, image_size: int, case: Case, times: list[float], memory: StepMemory,
-             flops: int | None) -> dict:
+def case_row(
+    res: Resolution, image_size: int, case: Case, times: list[float], memory: StepMemory, flops: int | None
+) -> dict:
     """The measured numbers of one case (ratios are added by :func:`add_ratios`)."""
     step_s = median(times)
     return {
@@ -387,13 +406,23 @@ def add_ratios(rows: list[dict]) -> list[dict]:
 
 # -- worker processes -----------------------------------------------------------------------------
 
+
 def run_isolated(res: Resolution, device: str, rosinality: str | None, threads: int | None) -> list[dict]:
     """:func:`run_resolution` in a fresh Python process (its own memory peak, no state carried
     over); its progress lines pass through. A failure becomes one row with an ``error``."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rows.json"
-        cmd = [sys.executable, "-m", "benchmarks.bench_models", "--worker", json.dumps(dataclasses.asdict(res)),
-               "--device", device, "--rows-out", str(out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_models",
+            "--worker",
+            json.dumps(dataclasses.asdict(res)),
+            "--device",
+            device,
+            "--rows-out",
+            str(out),
+        ]
         if rosinality:
             cmd += ["--rosinality", rosinality]
         if threads:
@@ -408,8 +437,13 @@ def run_isolated(res: Resolution, device: str, rosinality: str | None, threads: 
         return json.loads(out.read_text())
 
 
-def main(quick: bool = False, device: str | None = None, rosinality: str | None = None,
-         threads: int | None = None, plan: tuple[Resolution, ...] | None = None) -> list[dict]:
+def main(
+    quick: bool = False,
+    device: str | None = None,
+    rosinality: str | None = None,
+    threads: int | None = None,
+    plan: tuple[Resolution, ...] | None = None,
+) -> list[dict]:
     """Run every resolution of ``plan`` (default: :func:`default_plan`) in its own process and
     return the rows with their ratios."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

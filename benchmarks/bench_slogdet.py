@@ -17,6 +17,7 @@ raises is timed as nan.
 
     python -m benchmarks.bench_slogdet [--quick] [--threads N] [--device cpu|cuda] [--clock wall|cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,10 @@ CONFIGS: dict[str, tuple[dict[int, int], dict[int, int]]] = {
     "cifar10_wolf": ({3: 2, 12: 7, 9: 7, 24: 7, 18: 7, 48: 4}, {64: 2}),
     "imagenet64_wolf": ({3: 2, 12: 9, 9: 9, 24: 9, 18: 9, 48: 7, 36: 7, 96: 4}, {128: 2}),
     "lsun128_wolf": ({3: 2, 12: 17, 9: 17, 24: 17, 18: 17, 48: 9, 36: 9, 96: 5, 72: 5, 192: 2}, {256: 2}),
-    "celeba256_wolf": ({3: 2, 12: 13, 9: 13, 24: 11, 18: 11, 48: 9, 36: 9, 96: 5, 72: 5, 192: 3, 144: 3, 384: 1},
-                       {256: 2}),
+    "celeba256_wolf": (
+        {3: 2, 12: 13, 9: 13, 24: 11, 18: 11, 48: 9, 36: 9, 96: 5, 72: 5, 192: 3, 144: 3, 384: 1},
+        {256: 2},
+    ),
 }
 
 
@@ -77,8 +80,9 @@ def _fastflow(groups: list[torch.Tensor]) -> torch.Tensor:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def time_methods(methods: dict[str, Callable[[], torch.Tensor]], device: str, calls: int, rounds: int,
-                 clock: str = "wall") -> dict[str, list[float]]:
+def time_methods(
+    methods: dict[str, Callable[[], torch.Tensor]], device: str, calls: int, rounds: int, clock: str = "wall"
+) -> dict[str, list[float]]:
     """Mean ms of ``total().backward()`` per method and round, after a warm-up; the methods take
     turns within each round, in reversed order every other round, so that load from other processes
     falls on all of them alike. A method that raises gets no times (and a printed note)."""
@@ -139,11 +143,23 @@ def bench_config(config: str, device: str, calls: int, rounds: int, clock: str =
     weights = make_weights(matrix_counts(config), device)
     groups = [w.clone().requires_grad_() for w in weights.values()]
     layers = [m.clone().requires_grad_() for w in weights.values() for m in w]
-    times = time_methods({"torch batched": lambda: _torch_batched(groups), "torch loop": lambda: _torch_loop(layers),
-                          "fastflow": lambda: _fastflow(groups)}, device, calls, rounds, clock)
+    times = time_methods(
+        {
+            "torch batched": lambda: _torch_batched(groups),
+            "torch loop": lambda: _torch_loop(layers),
+            "fastflow": lambda: _fastflow(groups),
+        },
+        device,
+        calls,
+        rounds,
+        clock,
+    )
     ms = {name: statistics.median(t) if t else float("nan") for name, t in times.items()}
-    speedup = (paired_ratio(times["torch batched"], times["fastflow"])
-               if times["torch batched"] and times["fastflow"] else float("nan"))
+    speedup = (
+        paired_ratio(times["torch batched"], times["fastflow"])
+        if times["torch batched"] and times["fastflow"]
+        else float("nan")
+    )
     return {
         "config": config,
         "matrices": sum(w.shape[0] for w in weights.values()),
@@ -166,7 +182,8 @@ def format_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['config']} | {r['matrices']} ({r['max_n']}) | {r['torch_batched_ms']:.3f} | {r['torch_loop_ms']:.3f} "
+            f"| {r['config']} | {r['matrices']} ({r['max_n']}) | {r['torch_batched_ms']:.3f} "
+            f"| {r['torch_loop_ms']:.3f} "
             f"| {r['fastflow_ms']:.3f} | {r['speedup']:.2f}x | {r['torch_error']:.1e} | {r['fastflow_error']:.1e} |"
         )
     return "\n".join(lines)
@@ -178,8 +195,10 @@ def main(quick: bool = False, device: str = "cpu", threads: int | None = None, c
         torch.set_num_threads(threads)
     calls, rounds = (5, 5) if quick else (20, 15)
     rows = [bench_config(config, device, calls, rounds, clock) for config in CONFIGS]
-    print(f"batched log-determinant, forward + backward, float32 weights, device={device}, "
-          f"threads={torch.get_num_threads()}, {clock} clock, torch {torch.__version__}")
+    print(
+        f"batched log-determinant, forward + backward, float32 weights, device={device}, "
+        f"threads={torch.get_num_threads()}, {clock} clock, torch {torch.__version__}"
+    )
     print(format_table(rows))
     return rows
 

@@ -14,6 +14,7 @@ Groups are one op at one shape; within a group:
 Shapes are those of ``benchmarks/bench_kernels.py`` and ``benchmarks/bench_slogdet.py``. Under the
 repository's default ``--benchmark-disable`` (pytest.ini) each case runs once, as a smoke test.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -33,6 +34,7 @@ BACKENDS = ["unfused", "torch"] + (["triton"] if DEVICE == "cuda" else [])
 
 def unfused_step(case: bench_kernels.Case, inputs: list[torch.Tensor]) -> Callable[[], None]:
     """Forward + backward of the op's plain-PyTorch reference, with fixed output gradients."""
+
     def forward() -> list[torch.Tensor]:
         if case.op == "actnorm_conv1x1":
             return [actnorm_conv1x1_reference(*inputs)]

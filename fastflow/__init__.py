@@ -1,2 +1,3 @@
 """fastflow: Wolf, refined Glow and Glow with fused Triton kernels and a batched-logdet extension."""
+
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
 """``python -m fastflow ...`` runs the command line (:mod:`fastflow.cli`)."""
+
 import sys
 
 from fastflow.cli import main

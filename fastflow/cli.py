@@ -4,14 +4,16 @@ Every command but ``train`` and ``demo`` works from a run folder alone (``config
 ``checkpoint.pt`` / ``best.pt``) and prints where it wrote its outputs. Multi-process training:
 ``torchrun --nproc_per_node N -m fastflow.cli train ...``.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fastflow.config import ConfigError
 from fastflow.data import DATASETS, DataNotFoundError
@@ -58,8 +60,16 @@ def set_threads(requested: str) -> None:
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = dict(args.set or [])
-    for flag, key in (("dataset", "dataset"), ("data", "data_path"), ("steps", "steps"), ("epochs", "epochs"),
-                      ("batch_size", "batch_size"), ("batch_steps", "batch_steps"), ("lr", "lr"), ("seed", "seed")):
+    for flag, key in (
+        ("dataset", "dataset"),
+        ("data", "data_path"),
+        ("steps", "steps"),
+        ("epochs", "epochs"),
+        ("batch_size", "batch_size"),
+        ("batch_steps", "batch_steps"),
+        ("lr", "lr"),
+        ("seed", "seed"),
+    ):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     return overrides
@@ -80,12 +90,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     model_config, train_config = load_run_config(source, _train_overrides(args))
     if args.threads:
         set_threads(args.threads)
-    summary = train(model_config, train_config, out, resume=args.resume, device=args.device,
-                    progress=not args.no_progress, max_seconds=args.time_limit)
+    summary = train(
+        model_config,
+        train_config,
+        out,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.no_progress,
+        max_seconds=args.time_limit,
+    )
     if summary["rank"] == 0:
-        print(f"trained {model_config.kind} to step {summary['step']} of {summary['total_steps']}: valid bits/dim {summary['valid_bpd']:.4f} "
-              f"(best {summary['best_valid_bpd']:.4f}, {summary['skipped_steps']} non-finite steps skipped)")
-        print(f"wrote {files.checkpoint}, {files.best}, {files.config}, {files.metrics}, {files.plot}, {files.samples}/")
+        print(
+            f"trained {model_config.kind} to step {summary['step']} of {summary['total_steps']}: "
+            f"valid bits/dim {summary['valid_bpd']:.4f} "
+            f"(best {summary['best_valid_bpd']:.4f}, {summary['skipped_steps']} non-finite steps skipped)"
+        )
+        print(
+            f"wrote {files.checkpoint}, {files.best}, {files.config}, {files.metrics}, {files.plot}, {files.samples}/"
+        )
 
 
 def _load(args: argparse.Namespace):
@@ -97,10 +119,20 @@ def _load(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> None:
     from fastflow.train import commands
 
-    r = commands.evaluate(_load(args), args.split, args.k, args.limit, args.batch_size, args.data, args.seed,
-                          Path(args.out) if args.out else None)
-    print(f"{r['split']}: {r['bpd']:.4f} bits/dim (KL part {r['kl_bpd']:.4f}) on {r['images']} images, "
-          f"k={r['k']}, step {r['step']}")
+    r = commands.evaluate(
+        _load(args),
+        args.split,
+        args.k,
+        args.limit,
+        args.batch_size,
+        args.data,
+        args.seed,
+        Path(args.out) if args.out else None,
+    )
+    print(
+        f"{r['split']}: {r['bpd']:.4f} bits/dim (KL part {r['kl_bpd']:.4f}) on {r['images']} images, "
+        f"k={r['k']}, step {r['step']}"
+    )
     print(f"wrote {r['path']}")
 
 
@@ -122,8 +154,16 @@ def cmd_switch(args: argparse.Namespace) -> None:
 def cmd_interpolate(args: argparse.Namespace) -> None:
     from fastflow.train import commands
 
-    r = commands.interpolate(_load(args), args.pairs, args.alphas, args.betas, args.split, args.seed, args.data,
-                             Path(args.out) if args.out else None)
+    r = commands.interpolate(
+        _load(args),
+        args.pairs,
+        args.alphas,
+        args.betas,
+        args.split,
+        args.seed,
+        args.data,
+        Path(args.out) if args.out else None,
+    )
     for path in r["paths"]:
         print(f"wrote a {len(r['alphas'])}x{len(r['betas'])} interpolation grid (rows: z, columns: v) to {path}")
 
@@ -131,7 +171,9 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     from fastflow.train import commands
 
-    r = commands.reconstruct(_load(args), args.n, args.split, args.seed, args.data, Path(args.out) if args.out else None)
+    r = commands.reconstruct(
+        _load(args), args.n, args.split, args.seed, args.data, Path(args.out) if args.out else None
+    )
     print(f"largest pixel error of decode(encode(x)) over {r['n']} images: {r['max_pixel_error']}")
     print(f"wrote originals (top) and reconstructions (bottom) to {r['path']}")
 
@@ -140,8 +182,9 @@ def cmd_probe(args: argparse.Namespace) -> None:
     from fastflow.train import commands
     from fastflow.train.probe import format_probe
 
-    r = commands.probe(_load(args), args.max_train, args.max_test, args.C, args.data,
-                       Path(args.out) if args.out else None)
+    r = commands.probe(
+        _load(args), args.max_train, args.max_test, args.C, args.data, Path(args.out) if args.out else None
+    )
     print(format_probe(r))
     print(f"wrote {r['path']}")
 
@@ -156,12 +199,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastflow", description="Train, evaluate and explore Wolf, refined Glow and Glow models.")
+    parser = argparse.ArgumentParser(
+        prog="fastflow", description="Train, evaluate and explore Wolf, refined Glow and Glow models."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train (or --resume) a model; torchrun-aware")
-    p.add_argument("--config", help="bundled config name (e.g. cifar10_wolf, tiny_wolf) or JSON path "
-                                    "(default demo_wolf; with --resume, the run's config.json)")
+    p.add_argument(
+        "--config",
+        help="bundled config name (e.g. cifar10_wolf, tiny_wolf) or JSON path "
+        "(default demo_wolf; with --resume, the run's config.json)",
+    )
     p.add_argument("--out", help="run folder (default runs/<config name>)")
     p.add_argument("--data", help="data folder (sets train.data_path)")
     p.add_argument("--dataset", choices=DATASETS, help="data set (sets train.dataset; default embedded)")
@@ -171,12 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-steps", type=int, help="micro-batches per step (sets train.batch_steps)")
     p.add_argument("--lr", type=float, help="peak learning rate (sets train.lr)")
     p.add_argument("--seed", type=int, help="sets train.seed")
-    p.add_argument("--set", type=_key_value, action="append", metavar="KEY=VALUE",
-                   help="any train-config key, value as JSON (repeatable), e.g. --set valid_interval=500")
+    p.add_argument(
+        "--set",
+        type=_key_value,
+        action="append",
+        metavar="KEY=VALUE",
+        help="any train-config key, value as JSON (repeatable), e.g. --set valid_interval=500",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--time-limit", type=float, metavar="SECONDS",
-                   help="stop (validate and checkpoint) after this much wall time; --resume continues")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="stop (validate and checkpoint) after this much wall time; --resume continues",
+    )
     p.add_argument("--threads", help="CPU threads: a number or 'auto' (default: PyTorch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_train)
@@ -184,8 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     def run_command(name: str, help_text: str, handler) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=help_text)
         q.add_argument("run", help="run folder written by `fastflow train` (holds config.json and checkpoint.pt)")
-        q.add_argument("--checkpoint", choices=("checkpoint", "best"), default="checkpoint",
-                       help="latest checkpoint.pt (default) or best.pt (best validation bits/dim)")
+        q.add_argument(
+            "--checkpoint",
+            choices=("checkpoint", "best"),
+            default="checkpoint",
+            help="latest checkpoint.pt (default) or best.pt (best validation bits/dim)",
+        )
         q.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
         q.add_argument("--seed", type=int, default=0, help="seed of the noise / image choice (default 0)")
         q.set_defaults(handler=handler)

@@ -4,6 +4,7 @@ A config file holds ``{"model": {...}, "train": {...}}``; ``model`` is a :class:
 ``train`` is :class:`fastflow.train.config.TrainConfig`. Unknown keys are an error that names the key,
 where it was found and the keys that are allowed.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -4,6 +4,7 @@ weight = g * v / ||v|| with the norm taken per output unit. ``initialize(x, init
 data-dependent init: it sets g and the bias so that the outputs on ``x`` have zero mean and standard
 deviation ``init_scale`` per output unit (``init_scale=0`` makes the layer output exactly zero).
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,9 @@ def _normalised(v: torch.Tensor) -> torch.Tensor:
 class WeightNormConv2d(nn.Module):
     """Conv2d ``[B, Cin, H, W] -> [B, Cout, H', W']`` with a weight-normalised kernel and a bias."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
-                 zero_init: bool = False) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0, zero_init: bool = False
+    ) -> None:
         super().__init__()
         self.padding = padding
         self.v = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size) * 0.05)

@@ -21,6 +21,7 @@ float16/bfloat16 inputs are converted to float32 before the dot; float64 inputs 
 float32 dots follow ``torch.get_float32_matmul_precision()``: "highest" (PyTorch's default) runs
 them in IEEE float32, "high"/"medium" allows TF32 on GPUs that have it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -58,11 +59,28 @@ def _dot_precision(acc: torch.dtype) -> str:
 
 @triton.jit
 def _pixel_affine_kernel(
-    X, M, BIAS, Y,
-    C_IN, C_OUT, P, N_PBLOCKS,
-    s_xb, s_xc, s_xp, s_mo, s_mk, s_yb, s_yc, s_yp,
-    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+    X,
+    M,
+    BIAS,
+    Y,
+    C_IN,
+    C_OUT,
+    P,
+    N_PBLOCKS,
+    s_xb,
+    s_xc,
+    s_xp,
+    s_mo,
+    s_mk,
+    s_yb,
+    s_yc,
+    s_yp,
+    HAS_BIAS: tl.constexpr,
+    ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """``Y[b, o, p] = sum_k M[o, k] X[b, k, p] + BIAS[o]`` for one (sample, pixel block, out block)."""
     pid = tl.program_id(0)
@@ -75,24 +93,47 @@ def _pixel_affine_kernel(
     for k0 in range(0, C_IN, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < C_IN
-        m = tl.load(M + offs_o[:, None] * s_mo + offs_k[None, :] * s_mk,
-                    mask=mask_o[:, None] & mask_k[None, :], other=0.0).to(ACC)
-        x = tl.load(X + b * s_xb + offs_k[:, None] * s_xc + offs_p[None, :] * s_xp,
-                    mask=mask_k[:, None] & mask_p[None, :], other=0.0).to(ACC)
+        m = tl.load(
+            M + offs_o[:, None] * s_mo + offs_k[None, :] * s_mk, mask=mask_o[:, None] & mask_k[None, :], other=0.0
+        ).to(ACC)
+        x = tl.load(
+            X + b * s_xb + offs_k[:, None] * s_xc + offs_p[None, :] * s_xp,
+            mask=mask_k[:, None] & mask_p[None, :],
+            other=0.0,
+        ).to(ACC)
         acc = tl.dot(m, x, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(BIAS + offs_o, mask=mask_o, other=0.0).to(ACC)[:, None]
-    tl.store(Y + b * s_yb + offs_o[:, None] * s_yc + offs_p[None, :] * s_yp,
-             acc.to(Y.dtype.element_ty), mask=mask_o[:, None] & mask_p[None, :])
+    tl.store(
+        Y + b * s_yb + offs_o[:, None] * s_yc + offs_p[None, :] * s_yp,
+        acc.to(Y.dtype.element_ty),
+        mask=mask_o[:, None] & mask_p[None, :],
+    )
 
 
 @triton.jit
 def _outer_sum_kernel(
-    DY, X, G_PART, R_PART,
-    C_OUT, C_IN, P, N_PBLOCKS, N_ITEMS, ITEMS_PER_SPLIT,
-    s_db, s_dc, s_dp, s_xb, s_xc, s_xp,
-    ACC: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+    DY,
+    X,
+    G_PART,
+    R_PART,
+    C_OUT,
+    C_IN,
+    P,
+    N_PBLOCKS,
+    N_ITEMS,
+    ITEMS_PER_SPLIT,
+    s_db,
+    s_dc,
+    s_dp,
+    s_xb,
+    s_xc,
+    s_xp,
+    ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """Partial ``G[o, k] = sum dy[b, o, p] x[b, k, p]`` and ``r[o] = sum dy[b, o, p]`` over one chunk
     of (sample, pixel block) items; ``G_PART [S, C_OUT, C_IN]``, ``R_PART [S, C_OUT]``."""
@@ -111,10 +152,16 @@ def _outer_sum_kernel(
         b = (item // N_PBLOCKS).to(tl.int64)
         offs_p = (item % N_PBLOCKS) * BLOCK_P + tl.arange(0, BLOCK_P)
         mask_p = offs_p < P
-        dy = tl.load(DY + b * s_db + offs_o[:, None] * s_dc + offs_p[None, :] * s_dp,
-                     mask=mask_o[:, None] & mask_p[None, :], other=0.0).to(ACC)
-        x = tl.load(X + b * s_xb + offs_k[None, :] * s_xc + offs_p[:, None] * s_xp,
-                    mask=mask_p[:, None] & mask_k[None, :], other=0.0).to(ACC)
+        dy = tl.load(
+            DY + b * s_db + offs_o[:, None] * s_dc + offs_p[None, :] * s_dp,
+            mask=mask_o[:, None] & mask_p[None, :],
+            other=0.0,
+        ).to(ACC)
+        x = tl.load(
+            X + b * s_xb + offs_k[None, :] * s_xc + offs_p[:, None] * s_xp,
+            mask=mask_p[:, None] & mask_k[None, :],
+            other=0.0,
+        ).to(ACC)
         acc = tl.dot(dy, x, acc, input_precision=PRECISION)
         r += tl.sum(dy, axis=1)
     g_ptrs = G_PART + split.to(tl.int64) * C_OUT * C_IN + offs_o[:, None] * C_IN + offs_k[None, :]
@@ -122,9 +169,7 @@ def _outer_sum_kernel(
     tl.store(R_PART + split.to(tl.int64) * C_OUT + offs_o, r, mask=mask_o & (pid_k == 0))
 
 
-def pixel_affine(
-    x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
+def pixel_affine(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``y[b] = matrix @ x[b] + bias[:, None]`` on ``[B, C_in, P]`` (any strides).
 
     matrix ``[C_out, C_in]`` (any strides), bias ``[C_out]`` or None; returns a contiguous
@@ -140,11 +185,23 @@ def pixel_affine(
     n_pblocks = triton.cdiv(pixels, block_p)
     grid = (batch * n_pblocks, triton.cdiv(c_out, block_o))
     _pixel_affine_kernel[grid](
-        x, matrix, bias if bias is not None else matrix, y,
-        c_in, c_out, pixels, n_pblocks,
-        *x.stride(), *matrix.stride(), *y.stride(),
-        HAS_BIAS=bias is not None, ACC=_tl_dtype(acc), PRECISION=_dot_precision(acc),
-        BLOCK_O=block_o, BLOCK_K=block_k, BLOCK_P=block_p,
+        x,
+        matrix,
+        bias if bias is not None else matrix,
+        y,
+        c_in,
+        c_out,
+        pixels,
+        n_pblocks,
+        *x.stride(),
+        *matrix.stride(),
+        *y.stride(),
+        HAS_BIAS=bias is not None,
+        ACC=_tl_dtype(acc),
+        PRECISION=_dot_precision(acc),
+        BLOCK_O=block_o,
+        BLOCK_K=block_k,
+        BLOCK_P=block_p,
     )
     return y
 
@@ -154,9 +211,7 @@ def _num_splits(items: int, tiles: int) -> int:
     return max(1, min(items, TARGET_PROGRAMS // tiles))
 
 
-def outer_sum(
-    dy: torch.Tensor, x: torch.Tensor, splits: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def outer_sum(dy: torch.Tensor, x: torch.Tensor, splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``G = sum_b dy[b] @ x[b]^T`` ``[C_out, C_in]`` and ``r = dy.sum((0, 2))`` ``[C_out]``.
 
     dy ``[B, C_out, P]``, x ``[B, C_in, P]`` (any strides); both results in float32 (float64 for
@@ -166,8 +221,7 @@ def outer_sum(
     c_in = x.shape[1]
     acc = _acc_dtype(dy, x)
     if batch * pixels == 0:
-        return (torch.zeros(c_out, c_in, dtype=acc, device=x.device),
-                torch.zeros(c_out, dtype=acc, device=x.device))
+        return (torch.zeros(c_out, c_in, dtype=acc, device=x.device), torch.zeros(c_out, dtype=acc, device=x.device))
     block_o, block_k, block_p = _tile(c_out, 64), _tile(c_in, 64), _tile(pixels, 128)
     n_pblocks = triton.cdiv(pixels, block_p)
     items = batch * n_pblocks
@@ -178,10 +232,22 @@ def outer_sum(
     g_part = _new_output((splits, c_out, c_in), acc, x.device)
     r_part = _new_output((splits, c_out), acc, x.device)
     _outer_sum_kernel[(splits, *tiles)](
-        dy, x, g_part, r_part,
-        c_out, c_in, pixels, n_pblocks, items, per_split,
-        *dy.stride(), *x.stride(),
-        ACC=_tl_dtype(acc), PRECISION=_dot_precision(acc),
-        BLOCK_O=block_o, BLOCK_K=block_k, BLOCK_P=block_p,
+        dy,
+        x,
+        g_part,
+        r_part,
+        c_out,
+        c_in,
+        pixels,
+        n_pblocks,
+        items,
+        per_split,
+        *dy.stride(),
+        *x.stride(),
+        ACC=_tl_dtype(acc),
+        PRECISION=_dot_precision(acc),
+        BLOCK_O=block_o,
+        BLOCK_K=block_k,
+        BLOCK_P=block_p,
     )
     return g_part.sum(0), r_part.sum(0)

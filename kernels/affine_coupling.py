@@ -17,6 +17,7 @@ the per-sample logdet is the sum of a sample's partials (a tiny torch sum, deter
 atomics). The backward kernels recompute s and d(log s)/du from u instead of storing them.
 All arithmetic is in float32 (float64 for float64 inputs); outputs are stored in their input dtype.
 """
+
 from __future__ import annotations
 
 import torch
@@ -81,11 +82,35 @@ def _scale_terms(u, alpha, ALPHA_ONE: tl.constexpr):
 
 @triton.jit
 def _coupling_kernel(
-    X, MU, U, Y, LOGDET_PART,
-    C, CB, P, N_BLOCKS, START, alpha,
-    s_xb, s_xc, s_xp, s_mb, s_mc, s_mp, s_ub, s_uc, s_up, s_yb, s_yc, s_yp,
-    INVERSE: tl.constexpr, STRIDE: tl.constexpr, HAS_U: tl.constexpr, ALPHA_ONE: tl.constexpr,
-    ACC: tl.constexpr, BLOCK: tl.constexpr,
+    X,
+    MU,
+    U,
+    Y,
+    LOGDET_PART,
+    C,
+    CB,
+    P,
+    N_BLOCKS,
+    START,
+    alpha,
+    s_xb,
+    s_xc,
+    s_xp,
+    s_mb,
+    s_mc,
+    s_mp,
+    s_ub,
+    s_uc,
+    s_up,
+    s_yb,
+    s_yc,
+    s_yp,
+    INVERSE: tl.constexpr,
+    STRIDE: tl.constexpr,
+    HAS_U: tl.constexpr,
+    ALPHA_ONE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """One block of one sample, X -> Y: the density direction (y_b = s x_b + mu, partial sum of
     log s per program) or, with INVERSE, the generation direction (x_b = (y_b - mu) / s, -log s)."""
@@ -116,11 +141,33 @@ def _coupling_kernel(
 
 @triton.jit
 def _coupling_forward_backward_kernel(
-    X, U, DY, DLOGDET, DX, DMU, DU,
-    C, CB, P, N_BLOCKS, START, alpha,
-    s_xb, s_xc, s_xp, s_ub, s_uc, s_up, s_gb, s_gc, s_gp,
-    STRIDE: tl.constexpr, HAS_U: tl.constexpr, ALPHA_ONE: tl.constexpr,
-    ACC: tl.constexpr, BLOCK: tl.constexpr,
+    X,
+    U,
+    DY,
+    DLOGDET,
+    DX,
+    DMU,
+    DU,
+    C,
+    CB,
+    P,
+    N_BLOCKS,
+    START,
+    alpha,
+    s_xb,
+    s_xc,
+    s_xp,
+    s_ub,
+    s_uc,
+    s_up,
+    s_gb,
+    s_gc,
+    s_gp,
+    STRIDE: tl.constexpr,
+    HAS_U: tl.constexpr,
+    ALPHA_ONE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Gradients of the density direction: dx_b = s dy_b, dx_a = dy_a, dmu = dy_b,
     du = d(log s)/du * (dy_b * x_b * s + dlogdet[b]).  DY, DX ``[B, C, P]`` and DMU, DU
@@ -151,11 +198,37 @@ def _coupling_forward_backward_kernel(
 
 @triton.jit
 def _coupling_inverse_backward_kernel(
-    Y, MU, U, DX, DLOGDET, DY, DMU, DU,
-    C, CB, P, N_BLOCKS, START, alpha,
-    s_yb, s_yc, s_yp, s_mb, s_mc, s_mp, s_ub, s_uc, s_up, s_gb, s_gc, s_gp,
-    STRIDE: tl.constexpr, HAS_U: tl.constexpr, ALPHA_ONE: tl.constexpr,
-    ACC: tl.constexpr, BLOCK: tl.constexpr,
+    Y,
+    MU,
+    U,
+    DX,
+    DLOGDET,
+    DY,
+    DMU,
+    DU,
+    C,
+    CB,
+    P,
+    N_BLOCKS,
+    START,
+    alpha,
+    s_yb,
+    s_yc,
+    s_yp,
+    s_mb,
+    s_mc,
+    s_mp,
+    s_ub,
+    s_uc,
+    s_up,
+    s_gb,
+    s_gc,
+    s_gp,
+    STRIDE: tl.constexpr,
+    HAS_U: tl.constexpr,
+    ALPHA_ONE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Gradients of the generation direction, recomputing x_b = (y_b - mu) / s:
     dy_b = dx_b / s, dy_a = dx_a, dmu = -dx_b / s, du = -d(log s)/du * (dx_b * x_b + dlogdet[b])."""
@@ -191,8 +264,13 @@ def _grid(batch: int, plane: int, block: int) -> tuple[int, tuple[int]]:
 
 
 def coupling_apply(
-    x: torch.Tensor, mu: torch.Tensor, u: torch.Tensor | None,
-    start: int, stride: int, alpha: float, inverse: bool = False,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    u: torch.Tensor | None,
+    start: int,
+    stride: int,
+    alpha: float,
+    inverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One direction of the coupling on ``[B, C, P]`` views.
 
@@ -210,18 +288,41 @@ def coupling_apply(
     n_blocks, grid = _grid(batch, channels * pixels, block)
     partial = _new_output((batch, n_blocks), acc, x.device) if u is not None else zeros
     _coupling_kernel[grid](
-        x, mu, u if u is not None else mu, out, partial,
-        channels, mu.shape[1], pixels, n_blocks, start, float(alpha),
-        *x.stride(), *mu.stride(), *_strides(u), *out.stride(),
-        INVERSE=inverse, STRIDE=stride, HAS_U=u is not None, ALPHA_ONE=alpha == 1.0,
-        ACC=_tl_dtype(acc), BLOCK=block,
+        x,
+        mu,
+        u if u is not None else mu,
+        out,
+        partial,
+        channels,
+        mu.shape[1],
+        pixels,
+        n_blocks,
+        start,
+        float(alpha),
+        *x.stride(),
+        *mu.stride(),
+        *_strides(u),
+        *out.stride(),
+        INVERSE=inverse,
+        STRIDE=stride,
+        HAS_U=u is not None,
+        ALPHA_ONE=alpha == 1.0,
+        ACC=_tl_dtype(acc),
+        BLOCK=block,
     )
     return out, (partial.sum(1) if u is not None else zeros)
 
 
 def coupling_backward(
-    x: torch.Tensor, mu: torch.Tensor, u: torch.Tensor | None, grad_out: torch.Tensor,
-    grad_logdet: torch.Tensor, start: int, stride: int, alpha: float, inverse: bool = False,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    u: torch.Tensor | None,
+    grad_out: torch.Tensor,
+    grad_logdet: torch.Tensor,
+    start: int,
+    stride: int,
+    alpha: float,
+    inverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients of :func:`coupling_apply` with respect to its input, mu and u.
 
@@ -246,12 +347,34 @@ def coupling_backward(
     sizes = (channels, cb, pixels, n_blocks, start, float(alpha))
     if inverse:
         _coupling_inverse_backward_kernel[grid](
-            x, mu, u_or_mu, grad_out, grad_logdet, d_in, d_mu, d_u if d_u is not None else d_mu,
-            *sizes, *x.stride(), *mu.stride(), *_strides(u), *grad_out.stride(), **common,
+            x,
+            mu,
+            u_or_mu,
+            grad_out,
+            grad_logdet,
+            d_in,
+            d_mu,
+            d_u if d_u is not None else d_mu,
+            *sizes,
+            *x.stride(),
+            *mu.stride(),
+            *_strides(u),
+            *grad_out.stride(),
+            **common,
         )
     else:
         _coupling_forward_backward_kernel[grid](
-            x, u_or_mu, grad_out, grad_logdet, d_in, d_mu, d_u if d_u is not None else d_mu,
-            *sizes, *x.stride(), *_strides(u), *grad_out.stride(), **common,
+            x,
+            u_or_mu,
+            grad_out,
+            grad_logdet,
+            d_in,
+            d_mu,
+            d_u if d_u is not None else d_mu,
+            *sizes,
+            *x.stride(),
+            *_strides(u),
+            *grad_out.stride(),
+            **common,
         )
     return d_in, d_mu, d_u

@@ -9,6 +9,7 @@ coupling net, where the next convolution keeps it anyway (the input h could then
 bias sum is deterministic: one partial per (sample, channel, pixel block), summed by torch.
 Arithmetic is float32 (float64 for float64 inputs); results are stored in their input dtype.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,10 +37,21 @@ def _acc(*tensors: torch.Tensor | None) -> tl.dtype:
 
 @triton.jit
 def _cond_bias_elu_forward_kernel(
-    H, BIAS, OUT,
-    HD, P, N_PBLOCKS,
-    s_hb, s_hc, s_hp, s_bb, s_bc,
-    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    H,
+    BIAS,
+    OUT,
+    HD,
+    P,
+    N_PBLOCKS,
+    s_hb,
+    s_hc,
+    s_hp,
+    s_bb,
+    s_bc,
+    HAS_BIAS: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """``OUT[b, c, p] = elu(H[b, c, p] + BIAS[b, c])``; OUT is contiguous ``[B, HD, P]``."""
     pid = tl.program_id(0)
@@ -57,10 +69,23 @@ def _cond_bias_elu_forward_kernel(
 
 @triton.jit
 def _cond_bias_elu_backward_kernel(
-    OUT, DOUT, DH, DBIAS_PART,
-    HD, P, N_PBLOCKS,
-    s_ob, s_oc, s_op, s_gb, s_gc, s_gp,
-    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    OUT,
+    DOUT,
+    DH,
+    DBIAS_PART,
+    HD,
+    P,
+    N_PBLOCKS,
+    s_ob,
+    s_oc,
+    s_op,
+    s_gb,
+    s_gc,
+    s_gp,
+    HAS_BIAS: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """``DH = DOUT * elu'`` from the saved output; ``DBIAS_PART [B, HD, N_PBLOCKS]`` gets the tile's
     per-channel sums of DH. DH is contiguous ``[B, HD, P]``."""
@@ -94,10 +119,18 @@ def cond_bias_elu_forward(h: torch.Tensor, bias: torch.Tensor | None) -> torch.T
         return out
     block_c, block_p, n_pblocks, grid = _grid(batch, channels, pixels)
     _cond_bias_elu_forward_kernel[grid](
-        h, bias if bias is not None else h, out,
-        channels, pixels, n_pblocks,
-        *h.stride(), *(bias.stride() if bias is not None else (0, 0)),
-        HAS_BIAS=bias is not None, ACC=_acc(h, bias), BLOCK_C=block_c, BLOCK_P=block_p,
+        h,
+        bias if bias is not None else h,
+        out,
+        channels,
+        pixels,
+        n_pblocks,
+        *h.stride(),
+        *(bias.stride() if bias is not None else (0, 0)),
+        HAS_BIAS=bias is not None,
+        ACC=_acc(h, bias),
+        BLOCK_C=block_c,
+        BLOCK_P=block_p,
     )
     return out
 
@@ -116,10 +149,18 @@ def cond_bias_elu_backward(
     acc = torch.float64 if torch.float64 in (out.dtype, bias_dtype) else torch.float32
     partial = _new_output((batch, channels, n_pblocks), acc, out.device) if bias_dtype is not None else grad_h
     _cond_bias_elu_backward_kernel[grid](
-        out, grad_out, grad_h, partial,
-        channels, pixels, n_pblocks,
-        *out.stride(), *grad_out.stride(),
-        HAS_BIAS=bias_dtype is not None, ACC=tl.float64 if acc == torch.float64 else tl.float32,
-        BLOCK_C=block_c, BLOCK_P=block_p,
+        out,
+        grad_out,
+        grad_h,
+        partial,
+        channels,
+        pixels,
+        n_pblocks,
+        *out.stride(),
+        *grad_out.stride(),
+        HAS_BIAS=bias_dtype is not None,
+        ACC=tl.float64 if acc == torch.float64 else tl.float32,
+        BLOCK_C=block_c,
+        BLOCK_P=block_p,
     )
     return grad_h, None if bias_dtype is None else partial.sum(2).to(bias_dtype)

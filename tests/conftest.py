@@ -3,6 +3,7 @@
 TRITON_INTERPRET must be set before any Triton kernel module is imported, so it is set here, before
 the test modules are collected.
 """
+
 import os
 
 import torch

@@ -6,6 +6,7 @@
   element a kernel forgets to write cannot pass as a correct zero;
 - :func:`random_layout`: a float64 normal tensor in one of the memory layouts the ops must accept.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,4 +56,3 @@ def random_layout(shape: tuple[int, ...], layout: str, generator: torch.Generato
         return torch.randn(*shape[:-1], 2 * shape[-1], generator=generator, dtype=torch.float64)[..., ::2]
     t = torch.randn(shape, generator=generator, dtype=torch.float64)
     return t.contiguous(memory_format=torch.channels_last) if layout == "strided" else t
-

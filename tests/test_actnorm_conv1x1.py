@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("triton")
 
 from kernel_checks import compile_for_sm90, poison_outputs, random_layout  # noqa: E402
+
 import fastflow.kernels.actnorm_conv1x1 as kernels  # noqa: E402
 from fastflow.ops.actnorm_conv1x1 import (  # noqa: E402
     actnorm_conv1x1,
@@ -72,11 +73,13 @@ def check_both_directions(x, log_scale, bias, weight, atol, rtol):
     y_in = y_ref.detach().requires_grad_()
     x_ref, grads_inv_ref = run(reference_inverse, (y_in, *params))
     for backend in ("torch", "triton"):
-        y, grads = run(lambda *t: actnorm_conv1x1(*t, backend=backend)[0], (x, *params))
+        y, grads = run(lambda *t, backend=backend: actnorm_conv1x1(*t, backend=backend)[0], (x, *params))
         torch.testing.assert_close(y, y_ref, atol=atol, rtol=rtol)
         for got, want in zip(grads, grads_ref):
             torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
-        x_back, grads_inv = run(lambda *t: actnorm_conv1x1_inverse(*t, backend=backend)[0], (y_in, *params))
+        x_back, grads_inv = run(
+            lambda *t, backend=backend: actnorm_conv1x1_inverse(*t, backend=backend)[0], (y_in, *params)
+        )
         torch.testing.assert_close(x_back, x_ref, atol=atol, rtol=rtol)
         for got, want in zip(grads_inv, grads_inv_ref):
             torch.testing.assert_close(got, want, atol=10 * atol, rtol=10 * rtol)
@@ -154,6 +157,7 @@ def test_gradcheck_float64(inverse):
     inputs = make_inputs(1, 3, spatial=(2, 2), dtype=torch.float64)
     op = actnorm_conv1x1_inverse if inverse else actnorm_conv1x1
     for backend in ("torch", "triton"):
+
         def fn(*t, backend=backend):
             return op(*t, backend=backend)
 
@@ -183,8 +187,14 @@ def test_empty_batch(backend):
     ],
 )
 def test_bad_input_raises(change, message):
-    args = dict(x=torch.zeros(2, 4, 3, 3), log_scale=torch.zeros(4), bias=torch.zeros(4), weight=torch.eye(4),
-                weight_inverse=torch.eye(4), backend="triton")
+    args = dict(
+        x=torch.zeros(2, 4, 3, 3),
+        log_scale=torch.zeros(4),
+        bias=torch.zeros(4),
+        weight=torch.eye(4),
+        weight_inverse=torch.eye(4),
+        backend="triton",
+    )
     args.update(change)
     args = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in args.items()}
     inverse_args = dict(args, y=args.pop("x"))
@@ -200,8 +210,10 @@ def test_kernels_compile_for_a_gpu():
     """Both kernels with IEEE float32, TF32, float16 and float64 dots, small and large tiles."""
     variants = []
     for dtype, acc, precision, (block_o, block_k, block_p) in (
-        ("fp32", "fp32", "ieee", (16, 16, 16)), ("fp32", "fp32", "tf32", (64, 32, 128)),
-        ("fp16", "fp32", "ieee", (64, 32, 128)), ("fp64", "fp64", "ieee", (16, 16, 16)),
+        ("fp32", "fp32", "ieee", (16, 16, 16)),
+        ("fp32", "fp32", "tf32", (64, 32, 128)),
+        ("fp16", "fp32", "ieee", (64, 32, 128)),
+        ("fp64", "fp64", "ieee", (16, 16, 16)),
     ):
         types = {"X": f"*{dtype}", "Y": f"*{dtype}", "DY": f"*{dtype}"}
         types |= {n: f"*{acc}" for n in ("M", "BIAS", "G_PART", "R_PART")}

@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("triton")
 
 from kernel_checks import compile_for_sm90, poison_outputs  # noqa: E402
+
 import fastflow.kernels.affine_coupling as kernels  # noqa: E402
 from fastflow.ops.affine_coupling import (  # noqa: E402
     affine_coupling,
@@ -177,6 +178,7 @@ def test_gradcheck_float64(split, alpha, additive, inverse):
     op = affine_coupling_inverse if inverse else affine_coupling
     inputs = tuple(t for t in (x, mu, u) if t is not None)
     for backend in ("torch", "triton"):
+
         def fn(*t, backend=backend):
             return op(*t, split=split, order="up", alpha=alpha, backend=backend)
 
@@ -219,19 +221,31 @@ def test_bad_input_raises(kwargs, message, inverse):
     u = torch.zeros(2, kwargs.get("u_channels", mu_channels), 3, mu_width, device=DEVICE)
     op = affine_coupling_inverse if inverse else affine_coupling
     with pytest.raises(ValueError, match=message):
-        op(x, mu, u, kwargs.get("split", "continuous"), kwargs.get("order", "up"),
-           kwargs.get("alpha", 1.0), backend=kwargs.get("backend", "triton"))
+        op(
+            x,
+            mu,
+            u,
+            kwargs.get("split", "continuous"),
+            kwargs.get("order", "up"),
+            kwargs.get("alpha", 1.0),
+            backend=kwargs.get("backend", "triton"),
+        )
 
 
 def test_kernels_compile_for_a_gpu():
     """Every kernel: float32 skip split, float64 continuous split with alpha = 1, float16 additive."""
     variants = []
-    for dtype, acc, stride, has_u, alpha_one in (("fp32", "fp32", 2, True, False), ("fp64", "fp64", 1, True, True),
-                                                 ("fp16", "fp32", 1, False, True)):
+    for dtype, acc, stride, has_u, alpha_one in (
+        ("fp32", "fp32", 2, True, False),
+        ("fp64", "fp64", 1, True, True),
+        ("fp16", "fp32", 1, False, True),
+    ):
         types = {"alpha": "fp32", "LOGDET_PART": f"*{acc}", "DLOGDET": f"*{acc}"}
         types |= {n: f"*{dtype}" for n in ("X", "Y", "MU", "U", "DX", "DY", "DMU", "DU")}
         constexprs = dict(STRIDE=stride, HAS_U=has_u, ALPHA_ONE=alpha_one, ACC=f"tl.float{acc[2:]}", BLOCK=1024)
         variants += [("_coupling_kernel", types, constexprs | {"INVERSE": inverse}) for inverse in (False, True)]
-        variants += [(name, types, constexprs) for name in (
-            "_coupling_forward_backward_kernel", "_coupling_inverse_backward_kernel")]
+        variants += [
+            (name, types, constexprs)
+            for name in ("_coupling_forward_backward_kernel", "_coupling_inverse_backward_kernel")
+        ]
     compile_for_sm90("fastflow.kernels.affine_coupling", variants)

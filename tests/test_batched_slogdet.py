@@ -12,6 +12,7 @@ torch.linalg runs single-threaded here (truths and the reference path): with two
 LU in torch 2.14.1 returns wrong factors for n >= 160 on the AMD EPYC development machines (log|det|
 off by tens, sometimes "Parameter 6 was incorrect on entry to DLASWP").
 """
+
 import contextlib
 import warnings
 
@@ -37,8 +38,31 @@ ILL = {"logdet": dict(atol=1e-6, rtol=0.0), "inverse": 1e-5}
 F32_RTOL = 2.0**-23
 # (n, B): n from 1 to 512 across both CPU paths (unblocked up to 56 with the inverse and 80 without,
 # blocked above, and rows split over threads for a few matrices from 128), large n with small B.
-SIZES = [(1, 5), (2, 4), (3, 7), (5, 3), (8, 3), (9, 4), (12, 6), (16, 2), (17, 3), (24, 3), (33, 2), (48, 3),
-         (56, 2), (57, 2), (64, 2), (80, 2), (81, 2), (96, 2), (128, 1), (130, 3), (200, 1), (256, 2), (512, 1)]
+SIZES = [
+    (1, 5),
+    (2, 4),
+    (3, 7),
+    (5, 3),
+    (8, 3),
+    (9, 4),
+    (12, 6),
+    (16, 2),
+    (17, 3),
+    (24, 3),
+    (33, 2),
+    (48, 3),
+    (56, 2),
+    (57, 2),
+    (64, 2),
+    (80, 2),
+    (81, 2),
+    (96, 2),
+    (128, 1),
+    (130, 3),
+    (200, 1),
+    (256, 2),
+    (512, 1),
+]
 
 
 @contextlib.contextmanager
@@ -244,8 +268,9 @@ def test_zero_by_zero_matrices(path):
 def test_float32_input_is_rounded_float64(path, n):
     """float32 in, float32 out, within one float32 ulp of the float64 result for the same matrix."""
     slogdet, inverse = path
-    w = (random_orthogonal(2, n, rng(n)) + 0.3 * torch.randn(2, n, n, generator=rng(n + 1), dtype=torch.float64)
-         / n**0.5).float()
+    w = (
+        random_orthogonal(2, n, rng(n)) + 0.3 * torch.randn(2, n, n, generator=rng(n + 1), dtype=torch.float64) / n**0.5
+    ).float()
     sign, logabsdet = slogdet(w)
     inv = inverse(w)
     with single_thread():
@@ -311,15 +336,18 @@ def test_autograd_of_the_raw_op():
     torch.testing.assert_close(w.grad, torch.linalg.inv(w.detach()).mT, atol=1e-12, rtol=1e-12)
 
 
-@pytest.mark.parametrize("bad,error,match", [
-    (torch.zeros(2, 3, 4), ValueError, r"\[B, n, n\]"),
-    (torch.zeros(3, 3), ValueError, r"\[B, n, n\]"),
-    (torch.zeros(1, 2, 3, 3), ValueError, r"\[B, n, n\]"),
-    (torch.zeros(2, 3, 3, dtype=torch.int64), TypeError, "float32 or float64"),
-    (torch.zeros(2, 3, 3, dtype=torch.float16), TypeError, "float32 or float64"),
-    (torch.tensor([[[1.0, float("nan")], [0.0, 1.0]]]), ValueError, "finite"),
-    (torch.tensor([[[1.0, 0.0], [float("inf"), 1.0]]]), ValueError, "finite"),
-])
+@pytest.mark.parametrize(
+    "bad,error,match",
+    [
+        (torch.zeros(2, 3, 4), ValueError, r"\[B, n, n\]"),
+        (torch.zeros(3, 3), ValueError, r"\[B, n, n\]"),
+        (torch.zeros(1, 2, 3, 3), ValueError, r"\[B, n, n\]"),
+        (torch.zeros(2, 3, 3, dtype=torch.int64), TypeError, "float32 or float64"),
+        (torch.zeros(2, 3, 3, dtype=torch.float16), TypeError, "float32 or float64"),
+        (torch.tensor([[[1.0, float("nan")], [0.0, 1.0]]]), ValueError, "finite"),
+        (torch.tensor([[[1.0, 0.0], [float("inf"), 1.0]]]), ValueError, "finite"),
+    ],
+)
 def test_bad_input(path, bad, error, match):
     for fn in path:
         with pytest.raises(error, match=match):
@@ -387,13 +415,15 @@ def test_fallback_warns_once(monkeypatch):
 
 needs_cuda_kernel = pytest.mark.skipif(
     not (torch.cuda.is_available() and _extension.load_library() and _extension.has_kernel(ops.OP, "cuda")),
-    reason="needs a CUDA device and the extension built with its CUDA sources")
+    reason="needs a CUDA device and the extension built with its CUDA sources",
+)
 
 
 @needs_cuda_kernel
 @pytest.mark.gpu
-@pytest.mark.parametrize("n,batch", [(1, 5), (3, 1024), (12, 64), (33, 7), (48, 34), (64, 8), (65, 4), (128, 3),
-                                     (384, 2)])
+@pytest.mark.parametrize(
+    "n,batch", [(1, 5), (3, 1024), (12, 64), (33, 7), (48, 34), (64, 8), (65, 4), (128, 3), (384, 2)]
+)
 def test_cuda_matches_float64_truth(n, batch):
     """One block per matrix up to n = 64, the ATen LU hand-off above: both against CPU float64."""
     w = torch.randn(batch, n, n, generator=rng(n), dtype=torch.float64)

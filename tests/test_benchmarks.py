@@ -1,5 +1,6 @@
 """Smoke test of ``python -m benchmarks --quick`` (tiny configs, one repeat), so the benchmarks do not rot,
 and of the one piece of file handling that must not lose other engineers' work."""
+
 from __future__ import annotations
 
 import csv
@@ -25,8 +26,13 @@ def test_replace_block_keeps_everything_outside_it(tmp_path: Path) -> None:
 
 def test_quick_benchmark_writes_every_result(tmp_path: Path) -> None:
     (tmp_path / "RESULTS.md").write_text("# fastflow benchmarks\n\n" + OTHER_SECTION)
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     text = (tmp_path / "RESULTS.md").read_text()
@@ -49,15 +55,46 @@ def test_quick_benchmark_writes_every_result(tmp_path: Path) -> None:
 
 def test_op_speed_benchmarks_run_once() -> None:
     """``make bench-ops`` (pytest-benchmark) with benchmarking disabled: every case runs once."""
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
-                           "benchmarks/test_op_speed.py"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--benchmark-disable",
+            "benchmarks/test_op_speed.py",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
 
 
 def test_cpu_elu_benchmark_runs() -> None:
     """``python -m benchmarks.bench_cpu_elu`` on a tiny config (its numbers go to RESULTS.md)."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_cpu_elu", "--config", "tiny_wolf", "--batch", "2",
-                           "--rounds", "1", "--threads", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_cpu_elu",
+            "--config",
+            "tiny_wolf",
+            "--batch",
+            "2",
+            "--rounds",
+            "1",
+            "--threads",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "speed-up" in proc.stdout and "median of paired ratios" in proc.stdout

@@ -1,4 +1,5 @@
 """Every ``fastflow`` command end to end on a tiny config, and its errors for bad input."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,21 @@ import pytest
 
 from fastflow.cli import main
 
-TRAIN_FLAGS = ["--set", "valid_limit=32", "--set", "eval_k=1", "--set", "num_samples=4",
-               "--set", "sample_temperatures=[1.0]", "--set", "valid_interval=0", "--batch-size", "16",
-               "--no-progress"]
+TRAIN_FLAGS = [
+    "--set",
+    "valid_limit=32",
+    "--set",
+    "eval_k=1",
+    "--set",
+    "num_samples=4",
+    "--set",
+    "sample_temperatures=[1.0]",
+    "--set",
+    "valid_interval=0",
+    "--batch-size",
+    "16",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +55,27 @@ def test_train_writes_a_run_folder_and_resume_extends_it(wolf_run, tmp_path, cap
     assert json.loads((run / "config.json").read_text())["train"]["steps"] == 4
 
 
-@pytest.mark.parametrize("argv, outputs, printed", [
-    (["eval", "--k", "2", "--limit", "16"], ["eval_valid.json"], r"valid: \d+\.\d+ bits/dim .* on 16 images, k=2"),
-    (["eval", "--split", "train", "--limit", "8", "--out", "{tmp}/e.json"], ["{tmp}/e.json"], "train: "),
-    (["sample", "--temperature", "0", "0.7", "--n", "4"], ["samples/sample_t0.png", "samples/sample_t0.7.png"],
-     "4 samples at temperature 0.7"),
-    (["switch", "--pairs", "3"], ["switch.png"], "3 switched pairs"),
-    (["interpolate", "--pairs", "2", "--alphas", "0,1", "--betas", "0,0.5,1"],
-     ["interpolate_pair0.png", "interpolate_pair1.png"], "a 2x3 interpolation grid"),
-    (["reconstruct", "--n", "4", "--checkpoint", "best"], ["reconstruct.png"], "largest pixel error .*: 0\n"),
-    (["probe", "--max-train", "200", "--max-test", "60"], ["probe.json"], r"z +v +raw pixels\n +\d+\.\d\d%"),
-], ids=["eval", "eval-train-out", "sample", "switch", "interpolate", "reconstruct", "probe"])
+@pytest.mark.parametrize(
+    "argv, outputs, printed",
+    [
+        (["eval", "--k", "2", "--limit", "16"], ["eval_valid.json"], r"valid: \d+\.\d+ bits/dim .* on 16 images, k=2"),
+        (["eval", "--split", "train", "--limit", "8", "--out", "{tmp}/e.json"], ["{tmp}/e.json"], "train: "),
+        (
+            ["sample", "--temperature", "0", "0.7", "--n", "4"],
+            ["samples/sample_t0.png", "samples/sample_t0.7.png"],
+            "4 samples at temperature 0.7",
+        ),
+        (["switch", "--pairs", "3"], ["switch.png"], "3 switched pairs"),
+        (
+            ["interpolate", "--pairs", "2", "--alphas", "0,1", "--betas", "0,0.5,1"],
+            ["interpolate_pair0.png", "interpolate_pair1.png"],
+            "a 2x3 interpolation grid",
+        ),
+        (["reconstruct", "--n", "4", "--checkpoint", "best"], ["reconstruct.png"], "largest pixel error .*: 0\n"),
+        (["probe", "--max-train", "200", "--max-test", "60"], ["probe.json"], r"z +v +raw pixels\n +\d+\.\d\d%"),
+    ],
+    ids=["eval", "eval-train-out", "sample", "switch", "interpolate", "reconstruct", "probe"],
+)
 def test_run_commands_write_what_they_say(wolf_run, tmp_path, capsys, argv, outputs, printed):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main([argv[0], str(wolf_run), *argv[1:]]) == 0
@@ -111,8 +134,22 @@ def test_checkpoint_of_another_model_is_refused(wolf_run, glow_run, tmp_path, ca
 
 def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
     missing = tmp_path / "no-cifar"
-    assert main(["train", "--config", "cifar10_wolf", "--dataset", "cifar10", "--data", str(missing),
-                 "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "cifar10_wolf",
+                "--dataset",
+                "cifar10",
+                "--data",
+                str(missing),
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert str(missing) in err and "cifar-10-python.tar.gz" in err
 
@@ -128,6 +165,10 @@ def test_corrupt_checkpoint_and_missing_run_are_clear_errors(wolf_run, tmp_path,
 
 
 def test_python_dash_m_fastflow_exits_with_status_2_on_bad_input(wolf_run):
-    result = subprocess.run([sys.executable, "-m", "fastflow", "sample", str(wolf_run), "--temperature", "-1"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "fastflow", "sample", str(wolf_run), "--temperature", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "fastflow sample: error: temperature must be >= 0" in result.stderr

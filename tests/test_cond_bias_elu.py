@@ -5,8 +5,8 @@ On a machine without a GPU the Triton kernels run in the Triton interpreter (tes
 shapes are tiny. Every Triton kernel buffer is poisoned with NaN first, so an element a kernel fails
 to write shows up as a mismatch.
 """
-import math
 
+import math
 
 import pytest
 import torch
@@ -14,6 +14,7 @@ import torch
 pytest.importorskip("triton")
 
 from kernel_checks import compile_for_sm90, poison_outputs, random_layout  # noqa: E402
+
 import fastflow.kernels.cond_bias_elu as kernels  # noqa: E402
 from fastflow.ops.cond_bias_elu import _cpu_kernels_loaded, cond_bias_elu, cond_bias_elu_reference  # noqa: E402
 
@@ -97,6 +98,7 @@ def test_gradcheck_float64(with_bias):
     h, bias = make_inputs((2, 3, 2, 2), torch.float64, with_bias)
     inputs = (h, bias) if with_bias else (h,)
     for backend in ("torch", "triton"):
+
         def fn(*t, backend=backend):
             return cond_bias_elu(*t, backend=backend)
 
@@ -133,8 +135,10 @@ def test_kernels_compile_for_a_gpu():
         types = {n: f"*{dtype}" for n in ("H", "BIAS", "OUT", "DOUT", "DH")} | {"DBIAS_PART": f"*{acc}"}
         for has_bias, tiles in ((True, (512, 1)), (False, (64, 16))):
             constexprs = dict(HAS_BIAS=has_bias, ACC=f"tl.float{acc[2:]}", BLOCK_C=tiles[0], BLOCK_P=tiles[1])
-            variants += [(name, types, constexprs)
-                         for name in ("_cond_bias_elu_forward_kernel", "_cond_bias_elu_backward_kernel")]
+            variants += [
+                (name, types, constexprs)
+                for name in ("_cond_bias_elu_forward_kernel", "_cond_bias_elu_backward_kernel")
+            ]
     compile_for_sm90("fastflow.kernels.cond_bias_elu", variants)
 
 
@@ -184,8 +188,9 @@ def test_cpu_kernels_non_contiguous_inputs(layout):
 def test_cpu_expm1_within_two_float32_ulps():
     """float32 ELU of the CPU kernel against float64 expm1 over [-100, 5] and tiny negatives (the
     Taylor branch near 0, the exp branch below -0.35, the switch between them, the -1 plateau)."""
-    x = torch.cat([-torch.logspace(-30, 2, 200_000, dtype=torch.float64),
-                   torch.linspace(-100, 5, 200_001, dtype=torch.float64)]).float()
+    x = torch.cat(
+        [-torch.logspace(-30, 2, 200_000, dtype=torch.float64), torch.linspace(-100, 5, 200_001, dtype=torch.float64)]
+    ).float()
     out = cond_bias_elu(x.view(1, 1, -1), backend="torch").view(-1).double()
     truth = torch.where(x > 0, x.double(), torch.expm1(x.double()))
     ulp = (torch.nextafter(truth.float().abs(), torch.tensor(math.inf)) - truth.float().abs()).double()
@@ -217,4 +222,3 @@ def test_cpu_raw_op_bad_input():
         torch.ops.fastflow.cond_bias_elu(torch.zeros(2, 3, 4), torch.zeros(3))
     with pytest.raises(TypeError, match="float32, float64 or bfloat16"):
         torch.ops.fastflow.cond_bias_elu(torch.zeros(2, 3, 4, dtype=torch.int32), None)
-

@@ -1,4 +1,5 @@
 """Data sets, augmentations and data order (fastflow.data)."""
+
 from __future__ import annotations
 
 import pickle
@@ -58,7 +59,7 @@ def test_pad_crop_flip_is_a_seeded_crop_of_the_reflect_padded_image():
     assert len({o.numpy().tobytes() for o in outs}) > 5
     padded = torch.nn.functional.pad(x[None].float(), (4, 4, 4, 4), mode="reflect")[0].to(torch.uint8)
     for o in outs:
-        windows = [padded[:, t:t + 8, l:l + 8] for t in range(9) for l in range(9)]
+        windows = [padded[:, t : t + 8, w : w + 8] for t in range(9) for w in range(9)]
         assert any(torch.equal(o, win) or torch.equal(o, win.flip(-1)) for win in windows)
 
 

@@ -1,4 +1,5 @@
 """Two CPU processes (gloo, launched by torchrun) train in lockstep with identical parameters."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ import textwrap
 
 import torch
 
-WORKER = textwrap.dedent('''
+WORKER = textwrap.dedent("""
     import sys
     from pathlib import Path
 
@@ -30,7 +31,7 @@ WORKER = textwrap.dedent('''
     torch.save({"rank": ctx.rank, "world_size": ctx.world_size, "initial": initial,
                 "final": trainer.model.state_dict(), "summary": summary}, out / f"rank{ctx.rank}.pt")
     D.teardown(ctx)
-''')
+""")
 
 
 def test_two_gloo_processes_keep_identical_parameters(tmp_path):
@@ -38,8 +39,20 @@ def test_two_gloo_processes_keep_identical_parameters(tmp_path):
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["world_size"] == 2

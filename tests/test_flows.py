@@ -4,6 +4,7 @@ gradcheck with and without the condition z, and the data-dependent init.
 Tolerances (float64): inverse round trip 1e-10 absolute; logdet against log|det J| 1e-8 absolute;
 gradcheck at its defaults (eps 1e-6, atol 1e-5, rtol 1e-3).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -57,17 +58,25 @@ def make_cases() -> list[tuple[str, callable, tuple, int]]:
         for channels in (4, 5):
             for split, order in SPLITS:
                 for transform, alpha in (("affine", 1.0), ("affine", 0.5), ("additive", 1.0)):
-                    cases.append((
-                        f"coupling_{split}_{order}_c{channels}_{transform}_a{alpha}_z{z_dim}",
-                        lambda c=channels, s=split, o=order, t=transform, a=alpha, zd=z_dim:
-                            image_coupling(c, 6, zd, s, o, transform=t, alpha=a),
-                        (2, channels, 3, 2), z_dim,
-                    ))
+                    cases.append(
+                        (
+                            f"coupling_{split}_{order}_c{channels}_{transform}_a{alpha}_z{z_dim}",
+                            lambda c=channels, s=split, o=order, t=transform, a=alpha, zd=z_dim: image_coupling(
+                                c, 6, zd, s, o, transform=t, alpha=a
+                            ),
+                            (2, channels, 3, 2),
+                            z_dim,
+                        )
+                    )
         cases += [
             (f"refined_step_z{z_dim}", lambda zd=z_dim: refined_step(4, 6, zd, "affine", 1.0), (2, 4, 2, 2), z_dim),
             (f"split_prior_z{z_dim}", lambda zd=z_dim: SplitPrior(8, 4, 6, zd, "affine", 1.0), (2, 8, 2, 2), z_dim),
-            (f"refined_glow_z{z_dim}",
-             lambda zd=z_dim: build_refined_glow(3, 3, [1, [1, 1], 1], [4, 6, 6], [4], z_dim=zd), (2, 3, 4, 4), z_dim),
+            (
+                f"refined_glow_z{z_dim}",
+                lambda zd=z_dim: build_refined_glow(3, 3, [1, [1, 1], 1], [4, 6, 6], [4], z_dim=zd),
+                (2, 3, 4, 4),
+                z_dim,
+            ),
         ]
     return cases
 
@@ -169,10 +178,15 @@ def test_coupling_starts_as_identity(split: str, order: str, z_dim: int) -> None
     torch.testing.assert_close(logdet, torch.zeros(2), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("split,order,expected", [
-    ("continuous", "up", [3, 4, 5]), ("continuous", "down", [0, 1, 2]),
-    ("skip", "up", [1, 3, 5]), ("skip", "down", [0, 2, 4]),
-])
+@pytest.mark.parametrize(
+    "split,order,expected",
+    [
+        ("continuous", "up", [3, 4, 5]),
+        ("continuous", "down", [0, 1, 2]),
+        ("skip", "up", [1, 3, 5]),
+        ("skip", "down", [0, 2, 4]),
+    ],
+)
 def test_coupling_transforms_the_right_channels(split: str, order: str, expected: list[int]) -> None:
     layer = perturb(image_coupling(6, 8, 0, split, order))
     x = torch.randn(2, 6, 3, 3)

@@ -5,6 +5,7 @@ Tolerances: float64 gradients equal standard backprop to 1e-10 relative (per ten
 largest entry); float32 to 1e-3 relative; parameters after 5 Adam steps to 1e-9 (float64) and 1e-4
 (float32) absolute.
 """
+
 from __future__ import annotations
 
 import dataclasses

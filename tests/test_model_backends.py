@@ -3,6 +3,7 @@ with the fused Triton kernels (``backend="triton"``, run by the interpreter on a
 compiled on a CUDA device) as with the plain-PyTorch reference ops, in float32 (tolerances stated
 per check; looser on a GPU, where reductions and convolution algorithms differ between runs).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -38,7 +39,9 @@ def test_triton_backend_matches_torch(name: str) -> None:
         out["loss"].backward()
         z, v = model.encode(x)
         results[backend] = {
-            "bpd": out["bpd"], "v": v, "decoded": model.decode(z, v),
+            "bpd": out["bpd"],
+            "v": v,
+            "decoded": model.decode(z, v),
             "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
         }
     ref, fused = results["torch"], results["triton"]

@@ -1,6 +1,7 @@
 """Whole models: parameter counts against the paper, exact encode/decode, the Wolf decoder's logdet
 against a brute-force Jacobian, bits/dim on noise against the analytic value, learning on real images,
 and clear errors on bad input."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,10 +23,13 @@ def count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("cifar10_refined_glow", 46_521_601),  # paper Table 6: 46.5M
-    ("cifar10_wolf", 51_860_457),  # paper Table 6: 51.8M
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("cifar10_refined_glow", 46_521_601),  # paper Table 6: 46.5M
+        ("cifar10_wolf", 51_860_457),  # paper Table 6: 51.8M
+    ],
+)
 def test_parameter_counts_match_the_paper(name: str, expected: int) -> None:
     assert count(build_model(name)) == expected
 
@@ -111,6 +115,7 @@ def test_wolf_decoder_logdet_matches_jacobian() -> None:
     z = torch.randn(2, model.z_dim, dtype=torch.float64, generator=gen)
     _, logdet = model.flow(x, z)
     for i in range(2):
+
         def f(flat: torch.Tensor, i: int = i) -> torch.Tensor:
             return model.flow(flat.view(1, 3, 8, 8), z[i : i + 1])[0].flatten()
 
@@ -201,6 +206,7 @@ def test_batched_weight_statistics_give_the_same_loss() -> None:
 
 # -- bad input --------------------------------------------------------------------------------------
 
+
 def test_wrong_image_shape() -> None:
     model = initialised("tiny_wolf")
     with pytest.raises(ValueError, match=r"\[B, 3, 16, 16\]"):
@@ -227,15 +233,21 @@ def test_wrong_z_size() -> None:
 
 
 def test_image_size_not_divisible_by_levels() -> None:
-    data = {"kind": "refined_glow", "image_size": 20,
-            "flow": {"levels": 4, "num_steps": [1, [1, 1], [1, 1], 1], "hidden_channels": [4, 8, 8, 8], "factors": [4, 4]}}
+    data = {
+        "kind": "refined_glow",
+        "image_size": 20,
+        "flow": {"levels": 4, "num_steps": [1, [1, 1], [1, 1], 1], "hidden_channels": [4, 8, 8, 8], "factors": [4, 4]},
+    }
     with pytest.raises(ConfigError, match=r"divisible by 2\*\*3 = 8"):
         build_model(data)
 
 
 def test_unknown_config_key() -> None:
-    data = {"kind": "glow", "image_size": 16, "flow": {"levels": 2, "num_steps": [1, 1], "hidden_channels": [4, 4],
-                                                       "hiden": 3}}
+    data = {
+        "kind": "glow",
+        "image_size": 16,
+        "flow": {"levels": 2, "num_steps": [1, 1], "hidden_channels": [4, 4], "hiden": 3},
+    }
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['hiden'\] in model.flow"):
         build_model(data)
 

@@ -1,4 +1,5 @@
 """The training loop on the embedded data set (tiny configs, CPU)."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,15 @@ from fastflow.train.checkpoint import CheckpointError, load_checkpoint
 from fastflow.train.config import load_run_config
 from fastflow.train.loop import train
 
-FAST = {"valid_limit": 64, "eval_k": 1, "num_samples": 4, "sample_temperatures": [1.0], "log_interval": 2,
-        "batch_size": 16, "warmup_steps": 5}
+FAST = {
+    "valid_limit": 64,
+    "eval_k": 1,
+    "num_samples": 4,
+    "sample_temperatures": [1.0],
+    "log_interval": 2,
+    "batch_size": 16,
+    "warmup_steps": 5,
+}
 
 
 def configs(name: str = "tiny_wolf", **overrides):
@@ -30,12 +38,11 @@ def test_short_run_lowers_validation_bpd_and_writes_its_files(tmp_path):
     assert [s for s, _ in curve] == [0, 15, 30]
     assert curve[-1][1] < curve[0][1] - 0.2, curve
     assert summary["valid_bpd"] == pytest.approx(curve[-1][1]) and summary["skipped_steps"] == 0
-    for name in ("config.json", "checkpoint.pt", "best.pt", "metrics.jsonl", "bpd.png",
-                 "samples/step0000030_t1.png"):
+    for name in ("config.json", "checkpoint.pt", "best.pt", "metrics.jsonl", "bpd.png", "samples/step0000030_t1.png"):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["train"]["steps"] == 30 and saved["model"]["kind"] == "wolf"
-    train_records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert {"bpd", "lr", "images_per_s", "grad_norm"} <= set(train_records[1])
 
 
@@ -106,8 +113,9 @@ def test_wolf_versus_refined_glow_with_the_same_steps(tmp_path):
     """Reports the validation bits/dim of tiny Wolf and tiny refined Glow after the same training."""
     results = {}
     for name in ("tiny_wolf", "tiny_refined_glow"):
-        model, config = load_run_config(name, {"steps": 300, "valid_interval": 0, "eval_k": 5,
-                                               "num_samples": 4, "sample_temperatures": [1.0]})
+        model, config = load_run_config(
+            name, {"steps": 300, "valid_interval": 0, "eval_k": 5, "num_samples": 4, "sample_temperatures": [1.0]}
+        )
         results[name] = train(model, config, tmp_path / name, progress=False)["valid_bpd"]
     print(f"\nvalid bits/dim after 300 steps: {results}")
     assert results["tiny_wolf"] < results["tiny_refined_glow"], results

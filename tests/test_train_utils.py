@@ -1,4 +1,5 @@
 """Training pieces that need no model: LR schedule, train config, checkpoint files, RNG state."""
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,7 @@ def test_lr_schedule_values():
     assert lr_at(0, lr, warmup, decay) == pytest.approx(1e-7)
     assert lr_at(25, lr, warmup, decay) == pytest.approx(1e-7 + (1e-3 - 1e-7) / 2)
     assert lr_at(50, lr, warmup, decay) == pytest.approx(1e-3)
-    assert lr_at(1050, lr, warmup, decay) == pytest.approx(1e-3 * 0.999997 ** 1000)
+    assert lr_at(1050, lr, warmup, decay) == pytest.approx(1e-3 * 0.999997**1000)
     assert lr_at(3, lr, 0, 0.5) == pytest.approx(1e-3 / 8)
 
 
@@ -34,7 +35,7 @@ def test_scheduler_sets_the_optimizer_lr_per_update():
         seen.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    expected = [INIT_LR + (1e-3 - INIT_LR) * t / 4 for t in range(4)] + [1e-3 * 0.9 ** k for k in range(3)]
+    expected = [INIT_LR + (1e-3 - INIT_LR) * t / 4 for t in range(4)] + [1e-3 * 0.9**k for k in range(3)]
     assert seen == pytest.approx(expected)
 
 
@@ -65,18 +66,23 @@ def test_train_block_overrides_defaults_and_rejects_unknown_keys():
 
 def test_run_config_file_rejects_unknown_blocks_and_keys(tmp_path):
     path = tmp_path / "c.json"
-    path.write_text('{"model": {"kind": "glow", "image_size": 8, "flow": {"levels": 1, "num_steps": [1], '
-                    '"hidden_channels": [4]}}, "optim": {}}')
+    path.write_text(
+        '{"model": {"kind": "glow", "image_size": 8, "flow": {"levels": 1, "num_steps": [1], '
+        '"hidden_channels": [4]}}, "optim": {}}'
+    )
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['optim'\]"):
         load_run_config(path)
-    path.write_text('{"model": {"kind": "glow", "image_size": 8, "colour": 1, "flow": {"levels": 1, '
-                    '"num_steps": [1], "hidden_channels": [4]}}}')
+    path.write_text(
+        '{"model": {"kind": "glow", "image_size": 8, "colour": 1, "flow": {"levels": 1, '
+        '"num_steps": [1], "hidden_channels": [4]}}}'
+    )
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['colour'\] in model"):
         load_run_config(path)
 
 
-@pytest.mark.parametrize("name", ["tiny_wolf", "demo_wolf", "cifar10_wolf", "imagenet64_refined_glow",
-                                  "lsun128_glow", "celeba256_wolf"])
+@pytest.mark.parametrize(
+    "name", ["tiny_wolf", "demo_wolf", "cifar10_wolf", "imagenet64_refined_glow", "lsun128_glow", "celeba256_wolf"]
+)
 def test_bundled_configs_resolve_a_train_config(name):
     model, train = load_run_config(name)
     assert model.kind in name and train.lr == 1e-3

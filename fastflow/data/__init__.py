@@ -4,6 +4,7 @@
 the training split in :class:`Augmented` with the data set's augmentation from
 :data:`fastflow.data.transforms.AUGMENTATIONS`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,8 +42,10 @@ def build_datasets(dataset: str, data_path: str | Path | None, image_size: int) 
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     if dataset in NATIVE_SIZES and image_size != NATIVE_SIZES[dataset]:
-        raise ValueError(f"{dataset} images are {NATIVE_SIZES[dataset]}x{NATIVE_SIZES[dataset]}, "
-                         f"but the model expects {image_size}x{image_size}")
+        raise ValueError(
+            f"{dataset} images are {NATIVE_SIZES[dataset]}x{NATIVE_SIZES[dataset]}, "
+            f"but the model expects {image_size}x{image_size}"
+        )
     if dataset == "embedded":
         return embedded_patches(image_size)
     root = Path(data_path) if data_path else default_data_path(dataset)
@@ -54,6 +57,13 @@ def build_datasets(dataset: str, data_path: str | Path | None, image_size: int) 
 
 
 __all__ = [
-    "AUGMENTATIONS", "Augmented", "DATASETS", "DataNotFoundError", "EpochBatchSampler", "ImageFolderDataset",
-    "TensorImageDataset", "build_datasets", "default_data_path",
+    "AUGMENTATIONS",
+    "Augmented",
+    "DATASETS",
+    "DataNotFoundError",
+    "EpochBatchSampler",
+    "ImageFolderDataset",
+    "TensorImageDataset",
+    "build_datasets",
+    "default_data_path",
 ]

@@ -14,14 +14,15 @@ Sources (nothing is ever downloaded):
   3,000, as in the paper). Each image is center-cropped to its largest square and resized to the
   model's size. A file that is not a readable image is skipped with a warning.
 """
+
 from __future__ import annotations
 
 import bisect
 import re
 import warnings
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,10 +36,10 @@ VALID_FOLDERS = ("valid", "val", "validation")
 
 HOW_TO_GET = {
     "cifar10": "download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it there "
-               "(it creates cifar-10-batches-py/)",
+    "(it creates cifar-10-batches-py/)",
     "imagenet64": "download Imagenet64_train_part1/part2_npz and Imagenet64_val_npz from "
-                  "https://image-net.org/download-images (downsampled ImageNet 64x64) and unpack the "
-                  "train_data_batch_*.npz and val_data.npz files there",
+    "https://image-net.org/download-images (downsampled ImageNet 64x64) and unpack the "
+    "train_data_batch_*.npz and val_data.npz files there",
     "lsun": "export the LSUN bedroom lmdb (https://github.com/fyu/lsun) to image files in that folder",
     "celeba": "put the 30,000 CelebA-HQ images there (e.g. extracted from Glow's celeba-tfr records)",
 }
@@ -99,7 +100,9 @@ def npz_member(path: Path, key: str) -> np.ndarray:
     with open(path, "rb") as f:
         f.seek(info.header_offset)
         local = f.read(30)  # the member's local header: name and extra-field lengths at bytes 26-29
-        f.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"))
+        f.seek(
+            info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+        )
         major, _ = np.lib.format.read_magic(f)
         read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read_header(f)
@@ -202,11 +205,12 @@ def image_folder(dataset: str, root: Path, train: bool, size: int) -> ImageFolde
     else:
         files = _image_files(root)
         held_out = min(3000, len(files) // 10)
-        files = files[:len(files) - held_out] if train else files[len(files) - held_out:]
+        files = files[: len(files) - held_out] if train else files[len(files) - held_out :]
     split = ImageFolderDataset(files, size)
     if len(split) == 0:
-        raise not_found(dataset, root, f"no readable {'training' if train else 'validation'} images "
-                                       f"({', '.join(IMAGE_SUFFIXES)})")
+        raise not_found(
+            dataset, root, f"no readable {'training' if train else 'validation'} images ({', '.join(IMAGE_SUFFIXES)})"
+        )
     return split
 
 
@@ -217,8 +221,9 @@ class Augmented(Dataset):
     are the same whatever the worker count, the rank or the point a run was resumed from.
     """
 
-    def __init__(self, base: Dataset, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-                 seed: int) -> None:
+    def __init__(
+        self, base: Dataset, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor], seed: int
+    ) -> None:
         self.base, self.augment, self.seed, self.epoch = base, augment, seed, 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -9,6 +9,7 @@ training pixel appears in a validation patch. The label of a patch is the photo 
 
 With ``size = 32``: 64 validation patches (32 per photo) and 1,483 training patches.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,14 +47,14 @@ def _patches(photo: np.ndarray, size: int, index: int) -> tuple[list[np.ndarray]
     held_out = np.zeros(photo.shape[:2], dtype=bool)
     valid = []
     for r, c in zip(*np.nonzero(cells)):
-        held_out[r * size:(r + 1) * size, c * size:(c + 1) * size] = True
-        valid.append(photo[r * size:(r + 1) * size, c * size:(c + 1) * size])
+        held_out[r * size : (r + 1) * size, c * size : (c + 1) * size] = True
+        valid.append(photo[r * size : (r + 1) * size, c * size : (c + 1) * size])
     stride = max(1, size // 2)
     train = []
     for top in range(0, photo.shape[0] - size + 1, stride):
         for left in range(0, photo.shape[1] - size + 1, stride):
-            if not held_out[top:top + size, left:left + size].any():
-                train.append(photo[top:top + size, left:left + size])
+            if not held_out[top : top + size, left : left + size].any():
+                train.append(photo[top : top + size, left : left + size])
     return train, valid
 
 

@@ -5,9 +5,10 @@ Each epoch is a permutation of the training set drawn from (seed, epoch), cut in
 of W equal slices of every global batch, so the images of each global batch are the same whatever
 the number of processes, and a resumed run can start inside an epoch at any batch.
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
@@ -46,4 +47,4 @@ class EpochBatchSampler(Sampler[list[int]]):
         local = self.batch_size // self.world_size
         for step in range(self.start, self.steps_per_epoch):
             first = step * self.batch_size + self.rank * local
-            yield order[first:first + local].tolist()
+            yield order[first : first + local].tolist()

@@ -4,9 +4,10 @@ folder images.
 Augmentations take an explicit ``torch.Generator``, so that :class:`fastflow.data.Augmented` can make
 every random crop and flip a function of (seed, epoch, index) and a resumed run sees the same images.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ def pad_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     _, h, w = x.shape
     padded = F.pad(x.unsqueeze(0).float(), (pad, pad, pad, pad), mode="reflect").squeeze(0).to(x.dtype)
     top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator))
-    return random_flip(padded[:, top:top + h, left:left + w], generator)
+    return random_flip(padded[:, top : top + h, left : left + w], generator)
 
 
 AUGMENTATIONS: dict[str, Augmentation | None] = {

@@ -1,4 +1,5 @@
 """Invertible layers: ``forward(x, cond) -> (y, logdet[B])`` is the density direction (x to v)."""
+
 from fastflow.flows.actnorm import ActNorm
 from fastflow.flows.base import Flow, FlowSequence
 from fastflow.flows.conv1x1 import (
@@ -14,9 +15,27 @@ from fastflow.flows.refined import MultiScaleLevel, SplitPrior, build_refined_gl
 from fastflow.flows.squeeze import squeeze, unsqueeze
 
 __all__ = [
-    "ActNorm", "ActNormConv1x1", "AffineCoupling", "CouplingNet1d", "CouplingNet2d", "Flow",
-    "FlowSequence", "GlowCoupling", "GlowLevel", "InvertibleConv1x1", "InvertibleLinear",
-    "LUConv1x1", "MultiScaleLevel", "SplitPrior", "build_glow", "build_prior_flow",
-    "build_refined_glow", "image_coupling", "refined_step", "squeeze", "unsqueeze",
-    "vector_coupling", "weight_statistics",
+    "ActNorm",
+    "ActNormConv1x1",
+    "AffineCoupling",
+    "CouplingNet1d",
+    "CouplingNet2d",
+    "Flow",
+    "FlowSequence",
+    "GlowCoupling",
+    "GlowLevel",
+    "InvertibleConv1x1",
+    "InvertibleLinear",
+    "LUConv1x1",
+    "MultiScaleLevel",
+    "SplitPrior",
+    "build_glow",
+    "build_prior_flow",
+    "build_refined_glow",
+    "image_coupling",
+    "refined_step",
+    "squeeze",
+    "unsqueeze",
+    "vector_coupling",
+    "weight_statistics",
 ]

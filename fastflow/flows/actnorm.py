@@ -4,6 +4,7 @@ Density direction: y = x * exp(log_scale) + bias, logdet = (pixels per channel) 
 Inverse: x = (y - bias) * exp(-log_scale). Works on images ``[B, C, H, W]`` and vectors ``[B, C]``.
 The init sets the output on the init batch to zero mean and unit (unbiased) std per channel.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,9 +27,7 @@ class ActNorm(Flow):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() < 2 or x.shape[1] != self.num_channels:
-            raise ValueError(
-                f"ActNorm expects [B, {self.num_channels}, ...], got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"ActNorm expects [B, {self.num_channels}, ...], got shape {tuple(x.shape)}")
 
     def logdet(self, x: torch.Tensor) -> torch.Tensor:
         pixels = x[0, 0].numel()

@@ -6,6 +6,7 @@ forward, log|det dx/dy| for inverse). ``initialize(x, cond=None)`` does the laye
 init on ``x`` and returns what ``forward`` then returns, so a stack initialises layer by layer.
 ``cond`` is the global code z ``[B, dz]`` (or None) and only the couplings read it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

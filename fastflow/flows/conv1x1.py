@@ -6,6 +6,7 @@ log|det W| are computed from the current weight each call, or taken from a :func
 block that computes those of every layer of a model in one batched call per weight size and checks
 each weight's version counter before use, so an optimiser step can never leave them stale.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -113,8 +114,12 @@ class ActNormConv1x1(Flow):
         stats = self.conv.statistics(need_inverse=False)
         with full_precision(x):
             return actnorm_conv1x1(
-                x, self.actnorm.log_scale, self.actnorm.bias, self.conv.weight,
-                log_abs_det=stats.log_abs_det, backend=self.backend,
+                x,
+                self.actnorm.log_scale,
+                self.actnorm.bias,
+                self.conv.weight,
+                log_abs_det=stats.log_abs_det,
+                backend=self.backend,
             )
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,8 +127,13 @@ class ActNormConv1x1(Flow):
         stats = self.conv.statistics(need_inverse=True)
         with full_precision(y):
             return actnorm_conv1x1_inverse(
-                y, self.actnorm.log_scale, self.actnorm.bias, self.conv.weight,
-                weight_inverse=stats.inverse, log_abs_det=stats.log_abs_det, backend=self.backend,
+                y,
+                self.actnorm.log_scale,
+                self.actnorm.bias,
+                self.conv.weight,
+                weight_inverse=stats.inverse,
+                log_abs_det=stats.log_abs_det,
+                backend=self.backend,
             )
 
     @torch.no_grad()

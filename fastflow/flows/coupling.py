@@ -8,6 +8,7 @@ and x_b is set by ``split`` ("continuous" or "skip") and ``order`` ("up" or "dow
 as in the paper's code. The last layer of every net starts at zero, so every coupling starts as
 the identity.
 """
+
 from __future__ import annotations
 
 import torch
@@ -74,8 +75,16 @@ class AffineCoupling(Flow):
     the first Cb outputs are the shift mu, the last Cb the raw scale u (affine only).
     """
 
-    def __init__(self, num_channels: int, net: nn.Module, split: str = "continuous", order: str = "up",
-                 num_transformed: int | None = None, transform: str = "affine", alpha: float = 1.0) -> None:
+    def __init__(
+        self,
+        num_channels: int,
+        net: nn.Module,
+        split: str = "continuous",
+        order: str = "up",
+        num_transformed: int | None = None,
+        transform: str = "affine",
+        alpha: float = 1.0,
+    ) -> None:
         super().__init__()
         if transform not in TRANSFORMS:
             raise ValueError(f"unknown coupling transform {transform!r}; expected one of {TRANSFORMS}")
@@ -124,14 +133,20 @@ class AffineCoupling(Flow):
             full[:, self._trans_idx] = parts[1]
             return full
 
-        out, logdet = affine_coupling(join([x_a, x_b]), mu, u, self.split, self.order, self.alpha,
-                                      backend=self.backend)
+        out, logdet = affine_coupling(join([x_a, x_b]), mu, u, self.split, self.order, self.alpha, backend=self.backend)
         return Recomputed([x_a, x_b], join, out, logdet)
 
 
-def image_coupling(num_channels: int, hidden: int, z_dim: int, split: str, order: str,
-                   num_transformed: int | None = None, transform: str = "affine",
-                   alpha: float = 1.0) -> AffineCoupling:
+def image_coupling(
+    num_channels: int,
+    hidden: int,
+    z_dim: int,
+    split: str,
+    order: str,
+    num_transformed: int | None = None,
+    transform: str = "affine",
+    alpha: float = 1.0,
+) -> AffineCoupling:
     """An image coupling with Wolf's conditioning network (z-conditioned when ``z_dim`` > 0)."""
     cb = num_transformed or num_channels // 2
     net = CouplingNet2d(num_channels - cb, cb * (2 if transform == "affine" else 1), hidden, z_dim)

@@ -5,6 +5,7 @@
 
 Used by the training loop to report the layer when a step's loss or gradient is not finite.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,6 +35,7 @@ def _finite(tensors: list[torch.Tensor]) -> bool:
 def locate_nonfinite(module: nn.Module) -> Iterator[None]:
     """Within the block, the first submodule of ``module`` (innermost first) whose inputs are finite
     but whose outputs are not raises :class:`NonFiniteError` with its qualified name."""
+
     def hook(name: str):
         def check(mod: nn.Module, inputs: tuple, output: object) -> None:
             if not _finite(_tensors(output)) and _finite(_tensors(inputs)):
@@ -41,6 +43,7 @@ def locate_nonfinite(module: nn.Module) -> Iterator[None]:
                     f"first non-finite output in {name or type(module).__name__} "
                     f"({type(mod).__name__}) from finite inputs"
                 )
+
         return check
 
     handles = [m.register_forward_hook(hook(n)) for n, m in module.named_modules()]

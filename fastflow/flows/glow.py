@@ -12,6 +12,7 @@ Under autocast (mixed precision) the main path stays in the input's precision, a
 convs run with autocast off, and the coupling and prior networks' outputs are cast back before they
 touch it, so that only the convolutional networks run in bfloat16/float16.
 """
+
 from __future__ import annotations
 
 import torch
@@ -85,8 +86,9 @@ class GlowCoupling(Flow):
         conv_mid = nn.Conv2d(hidden, hidden, 1)
         conv_mid.weight.data.normal_(0, 0.05)
         conv_mid.bias.data.zero_()
-        self.net = nn.Sequential(conv_in, nn.ReLU(inplace=True), conv_mid, nn.ReLU(inplace=True),
-                                 ZeroConv2d(hidden, 2 * self.half))
+        self.net = nn.Sequential(
+            conv_in, nn.ReLU(inplace=True), conv_mid, nn.ReLU(inplace=True), ZeroConv2d(hidden, 2 * self.half)
+        )
 
     def _scale_shift(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """s, t in x_a's precision: under autocast only the network runs in low precision."""
@@ -94,13 +96,13 @@ class GlowCoupling(Flow):
         return torch.sigmoid(h + 2), t
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        x_a, x_b = x[:, : -self.half], x[:, -self.half:]
+        x_a, x_b = x[:, : -self.half], x[:, -self.half :]
         s, t = self._scale_shift(x_a)
         y_b = (x_b + t) * s
         return torch.cat([x_a, y_b], dim=1), torch.log(s).flatten(1).sum(1)
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        y_a, y_b = y[:, : -self.half], y[:, -self.half:]
+        y_a, y_b = y[:, : -self.half], y[:, -self.half :]
         s, t = self._scale_shift(y_a)
         x_b = y_b / s - t
         return torch.cat([y_a, x_b], dim=1), -torch.log(s).flatten(1).sum(1)
@@ -115,7 +117,7 @@ class GlowLevel(Flow):
     """Squeeze, ``steps``, then split half off under a learned prior (or, at the top, standardise
     all under the learned top prior). ``[B, C, H, W] -> [B, C, H, W]``."""
 
-    def __init__(self, in_channels: int, num_steps: int, hidden: int, lu: bool, child: "GlowLevel | None") -> None:
+    def __init__(self, in_channels: int, num_steps: int, hidden: int, lu: bool, child: GlowLevel | None) -> None:
         super().__init__()
         c = 4 * in_channels
         self.steps = FlowSequence([glow_step(c, hidden, lu) for _ in range(num_steps)])

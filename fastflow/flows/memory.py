@@ -17,6 +17,7 @@ than the tolerance a warning names the layer. The largest error seen is kept in
 round to 8 (or 11) mantissa bits, so a recomputed input that differs in the last float32 bits can
 flip a rounding and move the recomputed input by about 1e-3 without anything being wrong.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -65,8 +66,16 @@ class _InvertibleChain(torch.autograd.Function):
     """``(x, cond, *params) -> (y, logdet)`` for ``layers`` applied in order; see the module docstring."""
 
     @staticmethod
-    def forward(ctx, layers: list[Flow], names: list[str], monitor: ChainMonitor, num_params: int,
-                x: torch.Tensor, cond: torch.Tensor | None, *params: torch.Tensor):
+    def forward(
+        ctx,
+        layers: list[Flow],
+        names: list[str],
+        monitor: ChainMonitor,
+        num_params: int,
+        x: torch.Tensor,
+        cond: torch.Tensor | None,
+        *params: torch.Tensor,
+    ):
         logdet = x.new_zeros(x.shape[0], dtype=logdet_dtype(x))
         fingerprints = []
         with torch.no_grad():
@@ -99,13 +108,14 @@ class _InvertibleChain(torch.autograd.Function):
             error = (_fingerprint(x) - fp).abs().max().item() if x.numel() else 0.0
             ctx.monitor.record(name, error, low_precision=autocast_on)
             inputs = rec.inputs + ([c] if c is not None else []) + list(params)
-            grads = torch.autograd.grad([rec.output, rec.logdet], inputs,
-                                        [grad_y, grad_logdet.to(rec.logdet.dtype)], allow_unused=True)
+            grads = torch.autograd.grad(
+                [rec.output, rec.logdet], inputs, [grad_y, grad_logdet.to(rec.logdet.dtype)], allow_unused=True
+            )
             n = len(rec.inputs)
             grad_y = rec.join([g if g is not None else torch.zeros_like(t) for g, t in zip(grads[:n], rec.inputs)])
             if c is not None and grads[n] is not None:
                 grad_cond = grad_cond + grads[n]
-            for i, g in enumerate(grads[n + (c is not None):]):
+            for i, g in enumerate(grads[n + (c is not None) :]):
                 if g is not None:
                     grad_params[i] = g if grad_params[i] is None else grad_params[i] + g
             y = x
@@ -120,8 +130,9 @@ def leaf_layers(layers: list[Flow]) -> list[Flow]:
     return out
 
 
-def run_chain(layers: list[Flow], names: list[str], monitor: ChainMonitor, x: torch.Tensor,
-              cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def run_chain(
+    layers: list[Flow], names: list[str], monitor: ChainMonitor, x: torch.Tensor, cond: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply ``layers`` in order (density direction) keeping only the chain's output for backward."""
     params = [p for layer in layers for p in layer.parameters() if p.requires_grad]
     return _InvertibleChain.apply(layers, names, monitor, len(params), x, cond, *params)

@@ -4,6 +4,7 @@ Density direction z -> eps, eps ~ N(0, I). Each step: ActNorm, invertible linear
 analogue of the refined step: coupling continuous/up, continuous/down, ActNorm, skip/up, skip/down,
 with MLP conditioners. Sampling runs the inverse from eps ~ N(0, I) (no temperature on z).
 """
+
 from __future__ import annotations
 
 from fastflow.flows.actnorm import ActNorm

@@ -12,6 +12,7 @@ on the rest and z, ActNorm on those) and emits those C//F channels to v (C -= C/
 channels left are squeezed into the next level; the top level runs its steps. Emitted channels keep
 their positions and every squeeze is undone, so v is scored under one N(0, I).
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,14 +32,16 @@ def refined_step(channels: int, hidden: int, z_dim: int, transform: str, alpha: 
     def coupling(split: str, order: str) -> Flow:
         return image_coupling(channels, hidden, z_dim, split, order, transform=transform, alpha=alpha)
 
-    return FlowSequence([
-        ActNormConv1x1(channels),
-        coupling("continuous", "up"),
-        coupling("continuous", "down"),
-        ActNorm(channels),
-        coupling("skip", "up"),
-        coupling("skip", "down"),
-    ])
+    return FlowSequence(
+        [
+            ActNormConv1x1(channels),
+            coupling("continuous", "up"),
+            coupling("continuous", "down"),
+            ActNorm(channels),
+            coupling("skip", "up"),
+            coupling("skip", "down"),
+        ]
+    )
 
 
 class TailActNorm(Flow):
@@ -50,7 +53,7 @@ class TailActNorm(Flow):
         self.actnorm = ActNorm(num_channels)
 
     def _on_tail(self, x: torch.Tensor, fn) -> tuple[torch.Tensor, torch.Tensor]:
-        tail, logdet = fn(x[:, -self.num_channels:])
+        tail, logdet = fn(x[:, -self.num_channels :])
         return torch.cat([x[:, : -self.num_channels], tail], dim=1), logdet
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,12 +73,22 @@ class SplitPrior(FlowSequence):
 
     def __init__(self, channels: int, factor: int, hidden: int, z_dim: int, transform: str, alpha: float) -> None:
         emitted = channels // factor
-        super().__init__([
-            InvertibleConv1x1(channels),
-            image_coupling(channels, hidden, z_dim, "continuous", "up", num_transformed=emitted,
-                           transform=transform, alpha=alpha),
-            TailActNorm(emitted),
-        ])
+        super().__init__(
+            [
+                InvertibleConv1x1(channels),
+                image_coupling(
+                    channels,
+                    hidden,
+                    z_dim,
+                    "continuous",
+                    "up",
+                    num_transformed=emitted,
+                    transform=transform,
+                    alpha=alpha,
+                ),
+                TailActNorm(emitted),
+            ]
+        )
         self.emitted = emitted
 
 
@@ -83,8 +96,9 @@ class MultiScaleLevel(Flow):
     """``steps``, then each ``(steps, split prior)`` stage emitting channels, then ``child`` on the
     squeezed remainder. ``[B, C, H, W] -> [B, C, H, W]``."""
 
-    def __init__(self, steps: FlowSequence | None, stages: list[tuple[FlowSequence, SplitPrior]],
-                 child: Flow | None) -> None:
+    def __init__(
+        self, steps: FlowSequence | None, stages: list[tuple[FlowSequence, SplitPrior]], child: Flow | None
+    ) -> None:
         super().__init__()
         self.steps = steps
         self.stage_steps = nn.ModuleList([s for s, _ in stages])
@@ -101,7 +115,9 @@ class MultiScaleLevel(Flow):
         if isinstance(self.child, MultiScaleLevel):
             self.child.set_memory_efficient(enabled, monitor, name + ".child")
 
-    def _chain(self, layers: list[Flow], x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _chain(
+        self, layers: list[Flow], x: torch.Tensor, cond: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         layers = leaf_layers(layers)
         names = [f"{self.name}.{n}" for n in named_layers(self, layers)]
         return run_chain(layers, names, self.monitor, x, cond)
@@ -124,7 +140,7 @@ class MultiScaleLevel(Flow):
                 x, ld1 = call(steps, x)
                 x, ld2 = call(prior, x)
             logdet = logdet + ld1 + ld2
-            emitted.append(x[:, -prior.emitted:])
+            emitted.append(x[:, -prior.emitted :])
             x = x[:, : -prior.emitted]
         if self.child is not None:
             h, ld = call(self.child, squeeze(x))
@@ -149,7 +165,7 @@ class MultiScaleLevel(Flow):
             logdet = logdet + ld
         for steps, prior in zip(reversed(self.stage_steps), reversed(self.stage_priors)):
             x = torch.cat([x, rest[:, : prior.emitted]], dim=1)
-            rest = rest[:, prior.emitted:]
+            rest = rest[:, prior.emitted :]
             x, ld2 = prior.inverse(x, cond)
             x, ld1 = steps.inverse(x, cond)
             logdet = logdet + ld1 + ld2
@@ -159,9 +175,16 @@ class MultiScaleLevel(Flow):
         return x, logdet
 
 
-def build_refined_glow(in_channels: int, levels: int, num_steps: list, hidden_channels: list,
-                       factors: list, z_dim: int = 0, transform: str = "affine",
-                       alpha: float = 1.0) -> MultiScaleLevel:
+def build_refined_glow(
+    in_channels: int,
+    levels: int,
+    num_steps: list,
+    hidden_channels: list,
+    factors: list,
+    z_dim: int = 0,
+    transform: str = "affine",
+    alpha: float = 1.0,
+) -> MultiScaleLevel:
     """The whole refined-Glow flow over ``[B, in_channels, H, W]`` (see the module docstring)."""
     if levels < 2 or len(num_steps) != levels or len(hidden_channels) != levels:
         raise ValueError(

@@ -3,6 +3,7 @@
 Output channel ``(i * 2 + j) * C + c`` holds input pixel ``(2h + i, 2w + j)`` of channel ``c``: the
 four sub-pixel copies form four contiguous blocks of C channels (the layout continuous splits rely on).
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """The three models, built from a :class:`fastflow.config.ModelConfig`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,9 +14,9 @@ MODELS = {"glow": GlowModel, "refined_glow": RefinedGlowModel, "wolf": WolfModel
 
 def _check_sizes(config: ModelConfig) -> None:
     squeezes = config.flow.levels - (0 if config.kind == "glow" else 1)
-    if config.image_size % 2 ** squeezes:
+    if config.image_size % 2**squeezes:
         raise ConfigError(
-            f"image_size {config.image_size} must be divisible by 2**{squeezes} = {2 ** squeezes} "
+            f"image_size {config.image_size} must be divisible by 2**{squeezes} = {2**squeezes} "
             f"for a {config.flow.levels}-level {config.kind} flow"
         )
 

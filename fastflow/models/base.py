@@ -3,6 +3,7 @@
 The decoder flow maps x in [-1, 1] (``[B, C, H, W]``) to v of the same shape in the density direction,
 optionally conditioned on a global code z; subclasses say where z comes from (:meth:`_z_terms`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,7 +31,7 @@ class ImageFlowModel(nn.Module):
         super().__init__()
         self.config = config
         self.flow = flow
-        self.num_dims = config.in_channels * config.image_size ** 2
+        self.num_dims = config.in_channels * config.image_size**2
         self.recompute_monitor = ChainMonitor()
         # Saved in the state dict, so a loaded checkpoint is never initialised again by accident.
         self.register_buffer("initialized", torch.tensor(False))
@@ -38,7 +39,7 @@ class ImageFlowModel(nn.Module):
             self.set_memory_efficient(True)
 
     # -- backends -------------------------------------------------------------------------------
-    def set_backend(self, backend: str) -> "ImageFlowModel":
+    def set_backend(self, backend: str) -> ImageFlowModel:
         """Run the fused ops with ``backend`` ("auto", "torch" or "triton") in every layer."""
         for m in self.modules():
             if hasattr(m, "backend"):
@@ -50,15 +51,21 @@ class ImageFlowModel(nn.Module):
         (activation memory no longer grows with depth). Returns the monitor of reconstruction errors;
         a recomputed input off by more than ``tolerance`` raises a warning naming the layer."""
         if not isinstance(self.flow, MultiScaleLevel):
-            raise ValueError(f"memory-efficient backprop needs the refined-Glow decoder (refined_glow, wolf), not {self.kind}")
+            raise ValueError(
+                f"memory-efficient backprop needs the refined-Glow decoder (refined_glow, wolf), not {self.kind}"
+            )
         self.recompute_monitor.tolerance = tolerance
         self.flow.set_memory_efficient(enabled, self.recompute_monitor)
         self.config.memory_efficient = enabled
         return self.recompute_monitor
 
     # -- the global code (none here) ----------------------------------------------------------------
-    def _z_terms(self, x: torch.Tensor, bins: torch.Tensor, generator: torch.Generator | None,
-                 ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def _z_terms(
+        self,
+        x: torch.Tensor,
+        bins: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """z for the decoder and the KL term per image ``[B]`` (nats)."""
         return None, bins.new_zeros(bins.shape[0])
 
@@ -111,7 +118,7 @@ class ImageFlowModel(nn.Module):
         nll = nll.view(num_samples, b).mean(0)
         kl = kl.view(num_samples, b).mean(0)
         bpd = pp.bits_per_dim(nll + kl, self.num_dims, self.config.n_bits)
-        bin_nll = nll + self.num_dims * torch.log(torch.tensor(2.0 ** self.config.n_bits / 2))
+        bin_nll = nll + self.num_dims * torch.log(torch.tensor(2.0**self.config.n_bits / 2))
         return {"loss": bpd.mean(), "bpd": bpd.detach(), "nll": bin_nll.detach(), "kl": kl.detach()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,8 +127,9 @@ class ImageFlowModel(nn.Module):
 
     # -- encode, decode, sample -----------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, random: bool = False,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def encode(
+        self, x: torch.Tensor, random: bool = False, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """x (uint8 ``[B, C, H, W]``) -> (z ``[B, dz]`` or None, v ``[B, C, H, W]``).
 
         Deterministic by default: z = mu(x) and x is taken at its bin centres, so

@@ -5,6 +5,7 @@ a stride-1 and a stride-2 ResNet block (conv3x3-BN-ELU-conv3x3-BN + residual, EL
 a 1x1 conv to ``out_planes`` channels, ELU, flatten, and a weight-normed linear to ``2 dz`` whose
 data-dependent init (scale 0.01) makes q start close to N(0, I).
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,15 +37,16 @@ class ResNetBlock(nn.Module):
 class CompressionEncoder(nn.Module):
     """x ``[B, C, H, W]`` -> (mu, logvar) ``[B, z_dim]``; H = W = 4 * 2**levels."""
 
-    def __init__(self, in_channels: int, image_size: int, levels: int, hidden_planes: list,
-                 out_planes: int, z_dim: int) -> None:
+    def __init__(
+        self, in_channels: int, image_size: int, levels: int, hidden_planes: list, out_planes: int, z_dim: int
+    ) -> None:
         super().__init__()
         if len(hidden_planes) != levels:
             raise ValueError(f"encoder needs one hidden_planes entry per level ({levels}), got {hidden_planes}")
-        if image_size != 4 * 2 ** levels:
+        if image_size != 4 * 2**levels:
             raise ValueError(
                 f"the encoder halves the image {levels} times down to 4x4, so it needs image_size "
-                f"{4 * 2 ** levels}, got {image_size}"
+                f"{4 * 2**levels}, got {image_size}"
             )
         blocks, c = [], in_channels
         for h in hidden_planes:

@@ -1,4 +1,5 @@
 """Stock Glow, the baseline: plain PyTorch ops, no global code."""
+
 from __future__ import annotations
 
 from fastflow.config import ModelConfig

@@ -4,6 +4,7 @@ Pixels p in [0, 255] are reduced to n bits (``floor(p / 2**(8 - n))``, B = 2**n 
 with u ~ U[0, 1) and mapped to [-1, 1]: ``x = 2 (p + u) / B - 1``. The density of x relates to that of
 the bin-unit variable by ``D log(B / 2)`` nats (``D = C H W``), which :func:`bits_per_dim` adds.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,22 +37,22 @@ def to_bins(x: torch.Tensor, n_bits: int) -> torch.Tensor:
 def dequantize(bins: torch.Tensor, n_bits: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Bins + U[0, 1) noise mapped to [-1, 1]."""
     noise = torch.rand(bins.shape, generator=generator, device=bins.device if generator is None else generator.device)
-    return 2.0 * (bins + noise.to(bins.device)) / 2 ** n_bits - 1.0
+    return 2.0 * (bins + noise.to(bins.device)) / 2**n_bits - 1.0
 
 
 def bin_centres(bins: torch.Tensor, n_bits: int) -> torch.Tensor:
     """Deterministic dequantisation at the bin centres (encode, reconstruct)."""
-    return 2.0 * (bins + 0.5) / 2 ** n_bits - 1.0
+    return 2.0 * (bins + 0.5) / 2**n_bits - 1.0
 
 
 def bins_to_unit(bins: torch.Tensor, n_bits: int) -> torch.Tensor:
     """The encoder's input: bins mapped to [-1, 1) with no noise."""
-    return 2.0 * bins / 2 ** n_bits - 1.0
+    return 2.0 * bins / 2**n_bits - 1.0
 
 
 def postprocess(x: torch.Tensor, n_bits: int) -> torch.Tensor:
     """[-1, 1] -> uint8 pixels: back to bins, floor, scale to 8 bits, clamp. Non-finite values -> 0."""
-    bins = 2 ** n_bits
+    bins = 2**n_bits
     x = torch.nan_to_num(x.float(), nan=-1.0, posinf=1.0, neginf=-1.0)
     p = torch.floor((x + 1.0) * 0.5 * bins).clamp(0, bins - 1) * (256 // bins)
     return p.clamp(0, 255).to(torch.uint8)
@@ -59,7 +60,7 @@ def postprocess(x: torch.Tensor, n_bits: int) -> torch.Tensor:
 
 def bits_per_dim(nll_nats: torch.Tensor, num_dims: int, n_bits: int) -> torch.Tensor:
     """Per-image bits/dim from the negative log-density of x in [-1, 1] (``[B]`` -> ``[B]``)."""
-    return (nll_nats + num_dims * math.log(2 ** n_bits / 2)) / (num_dims * math.log(2))
+    return (nll_nats + num_dims * math.log(2**n_bits / 2)) / (num_dims * math.log(2))
 
 
 def standard_normal_log_prob(v: torch.Tensor) -> torch.Tensor:

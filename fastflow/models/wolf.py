@@ -4,6 +4,7 @@ Wolf is a VAE: q(z | x) from the compression encoder, a flow prior p(z), and the
 p(x | z) from x to v ~ N(0, I). Per image, the loss is -log p(x | z) + log q(z | x) - log p(z) with a
 single-sample (Monte Carlo) KL, as in the paper's code.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,16 @@ from fastflow.models.encoder import CompressionEncoder
 
 def _decoder(config: ModelConfig, z_dim: int):
     f = config.flow
-    return build_refined_glow(config.in_channels, f.levels, f.num_steps, f.hidden_channels, f.factors,
-                              z_dim=z_dim, transform=f.transform, alpha=f.alpha)
+    return build_refined_glow(
+        config.in_channels,
+        f.levels,
+        f.num_steps,
+        f.hidden_channels,
+        f.factors,
+        z_dim=z_dim,
+        transform=f.transform,
+        alpha=f.alpha,
+    )
 
 
 class RefinedGlowModel(ImageFlowModel):
@@ -42,8 +51,9 @@ class WolfModel(ImageFlowModel):
         super().__init__(config, _decoder(config, config.z_dim))
         e, p = config.encoder, config.prior
         self.z_dim = config.z_dim
-        self.encoder = CompressionEncoder(config.in_channels, config.image_size, e.levels, e.hidden_planes,
-                                          e.out_planes, config.z_dim)
+        self.encoder = CompressionEncoder(
+            config.in_channels, config.image_size, e.levels, e.hidden_planes, e.out_planes, config.z_dim
+        )
         self.prior = build_prior_flow(config.z_dim, p.num_steps, p.hidden_features, p.alpha)
 
     def _posterior(self, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,8 +62,12 @@ class WolfModel(ImageFlowModel):
         dtype = unit.dtype if unit.dtype == torch.float64 else torch.float32
         return mu.to(dtype), logvar.to(dtype)
 
-    def _z_terms(self, unit: torch.Tensor, bins: torch.Tensor, generator: torch.Generator | None,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _z_terms(
+        self,
+        unit: torch.Tensor,
+        bins: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self._posterior(unit)
         eps = randn(mu.shape, mu, generator)
         z = mu + torch.exp(0.5 * logvar) * eps
@@ -102,7 +116,9 @@ class WolfModel(ImageFlowModel):
         Returns uint8 ``[len(alphas), len(betas), C, H, W]``; (a, b) = (1, 0) is the switch image.
         """
         if x0.shape[0] != 1 or x1.shape[0] != 1:
-            raise ValueError(f"interpolate takes one pair of shape [1, C, H, W], got {tuple(x0.shape)} and {tuple(x1.shape)}")
+            raise ValueError(
+                f"interpolate takes one pair of shape [1, C, H, W], got {tuple(x0.shape)} and {tuple(x1.shape)}"
+            )
         z0, v0 = self.encode(x0)
         z1, v1 = self.encode(x1)
         a = torch.tensor(alphas, dtype=z0.dtype, device=z0.device).view(-1, 1, 1)

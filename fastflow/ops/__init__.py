@@ -3,6 +3,7 @@
 Each op takes ``backend="auto" | "torch" | "triton"``; "auto" runs the Triton kernels on CUDA
 tensors and the reference ops elsewhere.
 """
+
 from fastflow.ops.actnorm_conv1x1 import actnorm_conv1x1, actnorm_conv1x1_inverse
 from fastflow.ops.affine_coupling import (
     affine_coupling,

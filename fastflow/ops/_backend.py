@@ -4,6 +4,7 @@
 ``"torch"`` and ``"triton"`` force one (forcing Triton on CPU tensors needs ``TRITON_INTERPRET=1``
 set before ``fastflow.kernels`` is imported, which is how the tests run the kernels).
 """
+
 from __future__ import annotations
 
 import os

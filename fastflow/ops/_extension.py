@@ -9,6 +9,7 @@
    not, flags) are those of ``setup.py``, from ``fastflow_build.py``;
 3. nothing: one ``RuntimeWarning`` saying why, and the ops use their torch.linalg fallbacks.
 """
+
 from __future__ import annotations
 
 import functools
@@ -58,15 +59,25 @@ def _build_just_in_time() -> str | None:
         return "no C++ compiler found"
     flags = settings["ext"]["extra_compile_args"]
     kind = "C++/CUDA" if settings["with_cuda"] else "C++"
-    print(f"fastflow: fastflow._C does not import; loading the {kind} extension with ninja "
-          "(compiled on first use, up to a minute, then cached) ...", file=sys.stderr, flush=True)
+    print(
+        f"fastflow: fastflow._C does not import; loading the {kind} extension with ninja "
+        "(compiled on first use, up to a minute, then cached) ...",
+        file=sys.stderr,
+        flush=True,
+    )
     from torch.utils.cpp_extension import load
 
     start = time.monotonic()
     try:
-        load(name=JIT_NAME, sources=sources, extra_cflags=flags["cxx"], extra_cuda_cflags=flags.get("nvcc"),
-             extra_ldflags=settings["ext"]["extra_link_args"], with_cuda=settings["with_cuda"],
-             is_python_module=False)
+        load(
+            name=JIT_NAME,
+            sources=sources,
+            extra_cflags=flags["cxx"],
+            extra_cuda_cflags=flags.get("nvcc"),
+            extra_ldflags=settings["ext"]["extra_link_args"],
+            with_cuda=settings["with_cuda"],
+            is_python_module=False,
+        )
     except (ImportError, OSError, RuntimeError) as exc:  # cpp_extension reports compiler errors as RuntimeError
         return f"the just-in-time build failed: {exc}"
     print(f"fastflow: extension ready after {time.monotonic() - start:.0f} s.", file=sys.stderr, flush=True)

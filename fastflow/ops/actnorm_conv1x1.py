@@ -26,6 +26,7 @@ forward direction that is ``dW = G diag(e) + r b^T``, ``d bias = W^T r`` and
 materialised and only x is saved for the backward. float16/bfloat16 x is computed in float32
 against float32 parameters; y comes back in x's dtype.
 """
+
 from __future__ import annotations
 
 import torch
@@ -50,8 +51,9 @@ def _check(x: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor, weight:
         raise ValueError(f"x and the parameters must be on one device, got {sorted(map(str, devices))}")
 
 
-def _logdet(x: torch.Tensor, log_scale: torch.Tensor, log_abs_det: torch.Tensor | None,
-            weight: torch.Tensor) -> torch.Tensor:
+def _logdet(
+    x: torch.Tensor, log_scale: torch.Tensor, log_abs_det: torch.Tensor | None, weight: torch.Tensor
+) -> torch.Tensor:
     if log_abs_det is None:
         log_abs_det = batched_slogdet(weight.unsqueeze(0))[1][0]
     pixels = x.shape[2] * x.shape[3]
@@ -102,9 +104,7 @@ class PixelAffineFunction(torch.autograd.Function):
         return grad_x, grad_matrix, grad_bias
 
 
-def forward_map(
-    log_scale: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_map(log_scale: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The density direction as ``y = M x + c`` per pixel: ``(M = W diag(e^ls) [C, C], c = W b [C])``."""
     return weight * log_scale.exp(), weight @ bias
 

@@ -23,6 +23,7 @@ reads x, mu and u through their strides (a ``chunk`` of a conditioning-net outpu
 writes y and the per-sample logdet in one pass and recomputes s from u in the backward, so it saves
 only its inputs. float16/bfloat16 inputs are computed in float32 and give a float32 logdet.
 """
+
 from __future__ import annotations
 
 import math
@@ -161,7 +162,12 @@ class AffineCouplingFunction(torch.autograd.Function):
 
 
 def affine_coupling_triton(
-    x: torch.Tensor, mu: torch.Tensor, u: torch.Tensor | None, split: str, order: str, alpha: float,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    u: torch.Tensor | None,
+    split: str,
+    order: str,
+    alpha: float,
     inverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused op on ``[B, C, *S]`` tensors, either direction; see the module docstring."""

@@ -12,6 +12,7 @@ bfloat16 computed in float32; 4x faster than torch's ELU, whose CPU expm1 runs o
 time). Without the extension, or
 for other dtypes, the torch backend is :func:`cond_bias_elu_reference`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,8 +44,9 @@ def _cpu_forward(h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return torch.ops.fastflow.cond_bias_elu(h.contiguous(), None if bias is None else bias.contiguous())
 
 
-def _cpu_backward(out: torch.Tensor, grad_out: torch.Tensor,
-                  bias_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _cpu_backward(
+    out: torch.Tensor, grad_out: torch.Tensor, bias_dtype: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     grad_h, grad_bias = torch.ops.fastflow.cond_bias_elu_backward(out, grad_out.contiguous(), bias_dtype is not None)
     return grad_h, None if bias_dtype is None else grad_bias.to(bias_dtype)
 
@@ -96,8 +98,12 @@ def _cpu_kernels_loaded() -> bool:
 
 
 def _use_cpu_kernels(h: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    return (h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64, torch.bfloat16)
-            and (bias is None or bias.dtype == h.dtype) and _cpu_kernels_loaded())
+    return (
+        h.device.type == "cpu"
+        and h.dtype in (torch.float32, torch.float64, torch.bfloat16)
+        and (bias is None or bias.dtype == h.dtype)
+        and _cpu_kernels_loaded()
+    )
 
 
 def cond_bias_elu_fused(h: torch.Tensor, bias: torch.Tensor | None, kernels: str = "triton") -> torch.Tensor:

@@ -19,6 +19,7 @@ Autograd dispatch key, ``csrc/autograd.cpp``: no Python on the way forward or ba
 Without the extension, or on a device it has no kernel for, the
 ``*_reference`` functions run instead: torch.linalg in float64.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -51,6 +52,7 @@ def _check_finite(weight: torch.Tensor) -> None:
 
 # ---- torch.linalg references (the fallback) ----
 
+
 def batched_slogdet_reference(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.linalg.slogdet in float64: W ``[B, n, n]`` -> sign ``[B]``, log|det W| ``[B]``."""
     _check(weight)
@@ -68,6 +70,7 @@ def batched_inverse_reference(weight: torch.Tensor) -> torch.Tensor:
 
 
 # ---- the extension operator: fake implementation, loading ----
+
 
 def _fake(weight: torch.Tensor, with_inverse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     batch = weight.shape[0]
@@ -92,8 +95,12 @@ def _check_device(device: str) -> bool:
     """Whether the extension has a kernel for ``device``; warns once per device type without one."""
     supported = _extension.has_kernel(OP, device)
     if not supported:
-        warnings.warn(f"fastflow: the C++ extension has no {device} kernel for {QUALNAME}; "
-                      f"using torch.linalg in float64 for {device} tensors", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"fastflow: the C++ extension has no {device} kernel for {QUALNAME}; "
+            f"using torch.linalg in float64 for {device} tensors",
+            RuntimeWarning,
+            stacklevel=4,
+        )
     _device_supported[device] = supported
     return supported
 
@@ -112,6 +119,7 @@ def _slogdet_inverse(weight: torch.Tensor, with_inverse: bool) -> tuple[torch.Te
 
 
 # ---- public API ----
+
 
 def batched_slogdet(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """W ``[B, n, n]`` -> (sign ``[B]``, log|det W| ``[B]``), differentiable in log|det W|."""

@@ -1,4 +1,5 @@
 """The PNG baseline: bits/dim of images stored losslessly as PNG at maximum compression."""
+
 from __future__ import annotations
 
 import io
@@ -19,6 +20,7 @@ def png_bits_per_dim(dataset: Dataset, limit: int = 0) -> float:
         image = dataset[i][0]
         buffer = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).numpy())).save(
-            buffer, format="PNG", optimize=True, compress_level=9)
+            buffer, format="PNG", optimize=True, compress_level=9
+        )
         total += 8 * buffer.tell() / image.numel()
     return total / count

@@ -9,6 +9,7 @@ Writes go to a temporary file in the same folder, are flushed and fsync-ed, then
 the old file (and the folder is fsync-ed), so a crash at any point leaves either the old checkpoint or
 the new one, never a mix.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,10 +70,12 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"{path} is not a fastflow checkpoint (no {MAGIC.decode()} header)")
     if int(fields[1]) != VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {int(fields[1])}; this fastflow reads {VERSION}")
-    payload = raw[newline + 1:]
+    payload = raw[newline + 1 :]
     if len(payload) != int(fields[3]):
-        raise CheckpointError(f"{path} is truncated or corrupt: {len(payload)} bytes of payload, "
-                              f"{int(fields[3])} expected (was the writing process killed?)")
+        raise CheckpointError(
+            f"{path} is truncated or corrupt: {len(payload)} bytes of payload, "
+            f"{int(fields[3])} expected (was the writing process killed?)"
+        )
     if hashlib.sha256(payload).hexdigest().encode() != fields[2]:
         raise CheckpointError(f"{path} is corrupt: its checksum does not match its content")
     return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
@@ -82,8 +85,10 @@ def check_model_kind(state: dict[str, Any], kind: str, path: Path) -> None:
     """Refuse a checkpoint written by another kind of model (wolf / refined_glow / glow)."""
     found = state.get("kind")
     if found != kind:
-        raise CheckpointError(f"{path} holds a {found!r} model, but the configuration asks for a {kind!r} model; "
-                              f"use the config.json saved beside that checkpoint, or another run folder")
+        raise CheckpointError(
+            f"{path} holds a {found!r} model, but the configuration asks for a {kind!r} model; "
+            f"use the config.json saved beside that checkpoint, or another run folder"
+        )
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
@@ -92,8 +97,10 @@ def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: Path) 
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
-        raise CheckpointError(f"the weights in {path} do not fit this {model.kind} model (was it written with "
-                              f"another model config?): {err}") from None
+        raise CheckpointError(
+            f"the weights in {path} do not fit this {model.kind} model (was it written with "
+            f"another model config?): {err}"
+        ) from None
 
 
 def rng_state() -> dict[str, Any]:
@@ -105,8 +112,13 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype("int64")),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available():

@@ -3,6 +3,7 @@
 Each takes a :class:`~fastflow.train.rundir.LoadedRun` and returns a dict of results that includes
 the paths it wrote; by default outputs go into the run folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,16 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def evaluate(run: LoadedRun, split: str = "valid", k: int = 5, limit: int = 0, batch_size: int = 0,
-             data_path: str | None = None, seed: int = 0, out: Path | None = None) -> dict[str, Any]:
+def evaluate(
+    run: LoadedRun,
+    split: str = "valid",
+    k: int = 5,
+    limit: int = 0,
+    batch_size: int = 0,
+    data_path: str | None = None,
+    seed: int = 0,
+    out: Path | None = None,
+) -> dict[str, Any]:
     """Bits/dim of ``split`` with ``k`` samples per image; writes ``eval_<split>.json``."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -76,8 +85,9 @@ def evaluate(run: LoadedRun, split: str = "valid", k: int = 5, limit: int = 0, b
     return result
 
 
-def sample(run: LoadedRun, temperatures: list[float], n: int = 64, seed: int = 0,
-           out_dir: Path | None = None) -> dict[str, Any]:
+def sample(
+    run: LoadedRun, temperatures: list[float], n: int = 64, seed: int = 0, out_dir: Path | None = None
+) -> dict[str, Any]:
     """One grid of ``n`` samples per temperature: ``samples/sample_t<T>.png``."""
     for t in temperatures:
         check_temperature(t)
@@ -88,8 +98,14 @@ def sample(run: LoadedRun, temperatures: list[float], n: int = 64, seed: int = 0
     return {"temperatures": temperatures, "n": n, "paths": paths}
 
 
-def switch(run: LoadedRun, pairs: int = 8, split: str = "valid", seed: int = 0, data_path: str | None = None,
-           out: Path | None = None) -> dict[str, Any]:
+def switch(
+    run: LoadedRun,
+    pairs: int = 8,
+    split: str = "valid",
+    seed: int = 0,
+    data_path: str | None = None,
+    out: Path | None = None,
+) -> dict[str, Any]:
     """``switch.png``: one row per pair, x0 | x1 | decode(z1, v0) | decode(z0, v1)."""
     _require_z(run, "switch")
     images = pick_images(run_datasets(run, data_path)[split], 2 * pairs, mix_seed(seed, 1)).to(_device(run))
@@ -97,31 +113,62 @@ def switch(run: LoadedRun, pairs: int = 8, split: str = "valid", seed: int = 0, 
     return {"pairs": pairs, "path": str(path)}
 
 
-def interpolate(run: LoadedRun, pairs: int = 1, alphas: list[float] = PAPER_STEPS, betas: list[float] = PAPER_STEPS,
-                split: str = "valid", seed: int = 0, data_path: str | None = None,
-                out_dir: Path | None = None) -> dict[str, Any]:
+def interpolate(
+    run: LoadedRun,
+    pairs: int = 1,
+    alphas: list[float] = PAPER_STEPS,
+    betas: list[float] = PAPER_STEPS,
+    split: str = "valid",
+    seed: int = 0,
+    data_path: str | None = None,
+    out_dir: Path | None = None,
+) -> dict[str, Any]:
     """``interpolate_pair<i>.png`` per pair: rows z((1-a) z0 + a z1), columns v((1-b) v0 + b v1)."""
     _require_z(run, "interpolate")
     images = pick_images(run_datasets(run, data_path)[split], 2 * pairs, mix_seed(seed, 2)).to(_device(run))
     folder = out_dir or run.files.root
-    paths = [str(interpolation_grid(run.model, images[i:i + 1], images[pairs + i:pairs + i + 1],
-                                    folder / f"interpolate_pair{i}.png", alphas, betas)) for i in range(pairs)]
+    paths = [
+        str(
+            interpolation_grid(
+                run.model,
+                images[i : i + 1],
+                images[pairs + i : pairs + i + 1],
+                folder / f"interpolate_pair{i}.png",
+                alphas,
+                betas,
+            )
+        )
+        for i in range(pairs)
+    ]
     return {"alphas": list(alphas), "betas": list(betas), "paths": paths}
 
 
-def reconstruct(run: LoadedRun, n: int = 16, split: str = "valid", seed: int = 0, data_path: str | None = None,
-                out: Path | None = None) -> dict[str, Any]:
+def reconstruct(
+    run: LoadedRun,
+    n: int = 16,
+    split: str = "valid",
+    seed: int = 0,
+    data_path: str | None = None,
+    out: Path | None = None,
+) -> dict[str, Any]:
     """``reconstruct.png``: originals over decode(encode(x)); reports the largest pixel error."""
     images = pick_images(run_datasets(run, data_path)[split], n, mix_seed(seed, 3)).to(_device(run))
     path, error = reconstruction_grid(run.model, images, out or run.files.root / "reconstruct.png")
     return {"n": n, "max_pixel_error": error, "path": str(path)}
 
 
-def probe(run: LoadedRun, max_train: int = 0, max_test: int = 0, c: float = 1.0, data_path: str | None = None,
-          out: Path | None = None) -> dict[str, Any]:
+def probe(
+    run: LoadedRun,
+    max_train: int = 0,
+    max_test: int = 0,
+    c: float = 1.0,
+    data_path: str | None = None,
+    out: Path | None = None,
+) -> dict[str, Any]:
     """Linear SVMs on z, v and raw pixels (train split -> valid split); writes ``probe.json``."""
     data = run_datasets(run, data_path)
-    result = linear_probe(run.model, data["train"], data["valid"], max_train, max_test, c,
-                          run.train_config.eval_batch_size)
+    result = linear_probe(
+        run.model, data["train"], data["valid"], max_train, max_test, c, run.train_config.eval_batch_size
+    )
     result["path"] = str(write_json(out or run.files.root / "probe.json", result))
     return result

@@ -3,13 +3,14 @@
 A run's configuration is resolved as: :func:`default_train_config` of the data set, then the ``train``
 block of the JSON file, then command-line overrides. Unknown keys are a :class:`ConfigError`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 from typing import Any
 
-from fastflow.config import ConfigError, ModelConfig, from_dict, load_json, bundled_config_path, to_dict
+from fastflow.config import ConfigError, ModelConfig, bundled_config_path, from_dict, load_json, to_dict
 from fastflow.data import DATASETS
 
 
@@ -53,18 +54,36 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ConfigError(f"train.dataset must be one of {DATASETS}, got {self.dataset!r}")
-        positive = ("batch_size", "batch_steps", "eval_batch_size", "init_batch_size", "train_k", "eval_k",
-                    "num_samples", "log_interval")
+        positive = (
+            "batch_size",
+            "batch_steps",
+            "eval_batch_size",
+            "init_batch_size",
+            "train_k",
+            "eval_k",
+            "num_samples",
+            "log_interval",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("steps", "epochs", "valid_interval", "valid_limit", "checkpoint_interval", "warmup_steps",
-                     "workers", "grad_clip", "weight_decay"):
+        for name in (
+            "steps",
+            "epochs",
+            "valid_interval",
+            "valid_limit",
+            "checkpoint_interval",
+            "warmup_steps",
+            "workers",
+            "grad_clip",
+            "weight_decay",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size % self.batch_steps:
-            raise ConfigError(f"train.batch_size {self.batch_size} must be divisible by train.batch_steps "
-                              f"{self.batch_steps}")
+            raise ConfigError(
+                f"train.batch_size {self.batch_size} must be divisible by train.batch_steps {self.batch_steps}"
+            )
         if not self.lr > 0 or not 0 < self.lr_decay <= 1:
             raise ConfigError(f"train.lr must be > 0 and train.lr_decay in (0, 1], got {self.lr}, {self.lr_decay}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -75,16 +94,54 @@ class TrainConfig:
 
 # Paper Table 5 and the paper's CIFAR-10 command; epochs for the other data sets are not published.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "embedded": dict(batch_size=16, eval_batch_size=64, init_batch_size=256, warmup_steps=20, weight_decay=1e-6,
-                     steps=300, valid_interval=100, checkpoint_interval=100, num_samples=64),
-    "cifar10": dict(batch_size=512, batch_steps=2, eval_batch_size=1000, init_batch_size=2048, warmup_steps=50,
-                    weight_decay=1e-6, epochs=15000, valid_interval=970),
-    "imagenet64": dict(batch_size=256, eval_batch_size=256, init_batch_size=1024, warmup_steps=200,
-                       weight_decay=5e-4, epochs=500, valid_interval=5000),
-    "lsun": dict(batch_size=256, eval_batch_size=128, init_batch_size=512, warmup_steps=200, weight_decay=5e-4,
-                 epochs=500, valid_interval=5000),
-    "celeba": dict(batch_size=40, eval_batch_size=40, init_batch_size=256, warmup_steps=200, weight_decay=5e-4,
-                   epochs=500, valid_interval=5000),
+    "embedded": dict(
+        batch_size=16,
+        eval_batch_size=64,
+        init_batch_size=256,
+        warmup_steps=20,
+        weight_decay=1e-6,
+        steps=300,
+        valid_interval=100,
+        checkpoint_interval=100,
+        num_samples=64,
+    ),
+    "cifar10": dict(
+        batch_size=512,
+        batch_steps=2,
+        eval_batch_size=1000,
+        init_batch_size=2048,
+        warmup_steps=50,
+        weight_decay=1e-6,
+        epochs=15000,
+        valid_interval=970,
+    ),
+    "imagenet64": dict(
+        batch_size=256,
+        eval_batch_size=256,
+        init_batch_size=1024,
+        warmup_steps=200,
+        weight_decay=5e-4,
+        epochs=500,
+        valid_interval=5000,
+    ),
+    "lsun": dict(
+        batch_size=256,
+        eval_batch_size=128,
+        init_batch_size=512,
+        warmup_steps=200,
+        weight_decay=5e-4,
+        epochs=500,
+        valid_interval=5000,
+    ),
+    "celeba": dict(
+        batch_size=40,
+        eval_batch_size=40,
+        init_batch_size=256,
+        warmup_steps=200,
+        weight_decay=5e-4,
+        epochs=500,
+        valid_interval=5000,
+    ),
 }
 
 
@@ -111,7 +168,7 @@ def load_run_config(source: str | Path, overrides: dict[str, Any] | None = None)
         path = bundled_config_path(str(source))
     data = load_json(path)
     if not isinstance(data, dict) or "model" not in data:
-        raise ConfigError(f"config file {path} must hold {{\"model\": {{...}}, \"train\": {{...}}}}")
+        raise ConfigError(f'config file {path} must hold {{"model": {{...}}, "train": {{...}}}}')
     unknown = sorted(set(data) - {"model", "train"})
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {path}; allowed keys: ['model', 'train']")

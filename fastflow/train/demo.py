@@ -1,5 +1,6 @@
 """``fastflow demo``: train a small Wolf on the embedded photo patches on the CPU, then run every
 command on it and compare with PNG. Writes ``summary.json`` and prints a table."""
+
 from __future__ import annotations
 
 import shutil
@@ -19,12 +20,25 @@ from fastflow.train.rundir import load_run
 PROBE_TRAIN_IMAGES = 1000
 TRAIN_SECONDS = 150.0
 # On top of the embedded data set's defaults (batch 16, warmup 20; fastflow.train.config).
-DEMO_TRAIN = {"dataset": "embedded", "steps": 2000, "valid_interval": 100, "checkpoint_interval": 100,
-              "eval_k": 5, "num_samples": 36, "sample_temperatures": [0.7, 1.0]}
+DEMO_TRAIN = {
+    "dataset": "embedded",
+    "steps": 2000,
+    "valid_interval": 100,
+    "checkpoint_interval": 100,
+    "eval_k": 5,
+    "num_samples": 36,
+    "sample_temperatures": [0.7, 1.0],
+}
 
 
-def run_demo(out_dir: str | Path, config: str = "demo_wolf", steps: int | None = None,
-             seconds: float = TRAIN_SECONDS, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+def run_demo(
+    out_dir: str | Path,
+    config: str = "demo_wolf",
+    steps: int | None = None,
+    seconds: float = TRAIN_SECONDS,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train ``out_dir/run`` from scratch (replacing an earlier demo run there) for ``steps`` steps or
     ``seconds`` of wall time, whichever comes first, then write every output; returns the summary."""
     out = Path(out_dir)
@@ -67,10 +81,17 @@ def run_demo(out_dir: str | Path, config: str = "demo_wolf", steps: int | None =
         reconstruction_max_pixel_error=outputs["reconstruct"]["max_pixel_error"],
         probe_accuracy=probe["accuracy"],
         wall_seconds=time.time() - started,
-        files={"run": str(files.root), "metrics": str(files.metrics), "bpd_plot": str(files.plot),
-               "samples": outputs["samples"], "reconstruct": outputs["reconstruct"]["path"],
-               "switch": outputs.get("switch"), "interpolate": outputs.get("interpolate"), "probe": probe["path"],
-               "summary": str(out / "summary.json")},
+        files={
+            "run": str(files.root),
+            "metrics": str(files.metrics),
+            "bpd_plot": str(files.plot),
+            "samples": outputs["samples"],
+            "reconstruct": outputs["reconstruct"]["path"],
+            "switch": outputs.get("switch"),
+            "interpolate": outputs.get("interpolate"),
+            "probe": probe["path"],
+            "summary": str(out / "summary.json"),
+        },
     )
     commands.write_json(out / "summary.json", summary)
     return summary
@@ -82,8 +103,10 @@ def format_summary(s: dict[str, Any]) -> str:
     rows = [
         ("model", f"{s['model']} ({s['config']}, {s['parameters']:,} parameters)"),
         ("data", f"sklearn sample photos, {s['train_images']} train / {s['valid_images']} valid patches"),
-        ("training", f"{s['steps']} steps of {s['batch_size']} patches in {s['train_seconds']:.0f} s "
-                     f"({s['threads']} thread(s))"),
+        (
+            "training",
+            f"{s['steps']} steps of {s['batch_size']} patches in {s['train_seconds']:.0f} s ({s['threads']} thread(s))",
+        ),
         ("valid bits/dim, step 0", f"{s['valid_bpd_at_step_0']:.3f}"),
         ("valid bits/dim, final (k=5)", f"{s['valid_bpd']:.3f}  (KL part {s['valid_kl_bpd']:.4f})"),
         ("PNG, max compression", f"{s['png_bpd']:.3f} bits/dim"),

@@ -5,6 +5,7 @@ A process started by ``torchrun`` finds ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``
 in its environment; a plain ``python`` process has none and runs alone (world size 1, no process
 group). NCCL is used on GPUs, gloo on CPUs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -99,4 +100,3 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: Context) -> torch.Tensor:
         tensor = tensor.clone()
         dist.all_reduce(tensor)
     return tensor
-

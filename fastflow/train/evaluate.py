@@ -1,5 +1,6 @@
 """Bits/dim of a model on a data set: the negative ELBO averaged over ``k`` draws of noise and z
 (the paper evaluates with k = 5; not importance-weighted, so an upper bound on the NLL)."""
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,16 @@ def image_loader(dataset: Dataset, batch_size: int, indices: range | list[int], 
 
 
 @torch.no_grad()
-def evaluate_bpd(model: torch.nn.Module, dataset: Dataset, batch_size: int, k: int, seed: int,
-                 ctx: Context, limit: int = 0, workers: int = 0) -> dict[str, float]:
+def evaluate_bpd(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    k: int,
+    seed: int,
+    ctx: Context,
+    limit: int = 0,
+    workers: int = 0,
+) -> dict[str, float]:
     """Mean bits/dim and KL (in bits/dim) over ``limit`` images (all if 0; else a fixed random subset),
     split over ranks.
 
@@ -43,7 +52,7 @@ def evaluate_bpd(model: torch.nn.Module, dataset: Dataset, batch_size: int, k: i
     generator = torch.Generator(device=ctx.device).manual_seed(mix_seed(seed, ctx.rank, EVAL_STREAM))
     totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)
     try:
-        for images, _ in image_loader(dataset, batch_size, indices[ctx.rank::ctx.world_size], workers):
+        for images, _ in image_loader(dataset, batch_size, indices[ctx.rank :: ctx.world_size], workers):
             out = model.loss(images.to(ctx.device), num_samples=k, generator=generator)
             totals[0] += out["bpd"].double().sum()
             totals[1] += out["kl"].double().sum() / (model.num_dims * math.log(2))

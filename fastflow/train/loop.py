@@ -6,6 +6,7 @@ and the dequantisation / z noise of (seed, rank, step), so a run resumed from th
 k reaches the same parameters as one that never stopped. The global random states are saved and
 restored too, for anything outside the loop that draws from them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,9 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -105,32 +107,48 @@ def init_batch(dataset: Dataset, size: int, seed: int) -> torch.Tensor:
 class Trainer:
     """One training run in ``out_dir``; :meth:`run` trains to the configured number of steps."""
 
-    def __init__(self, model_config: ModelConfig, config: TrainConfig, out_dir: str | Path, ctx: D.Context,
-                 resume: bool = False, progress: bool = True) -> None:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        config: TrainConfig,
+        out_dir: str | Path,
+        ctx: D.Context,
+        resume: bool = False,
+        progress: bool = True,
+    ) -> None:
         self.model_config, self.config, self.ctx = model_config, config, ctx
         self.files = RunFiles(Path(out_dir))
         self.progress = progress
         if resume and not self.files.checkpoint.is_file():
             raise CheckpointError(f"--resume: no checkpoint at {self.files.checkpoint} to resume from")
         if not resume and self.files.checkpoint.is_file():
-            raise CheckpointError(f"{self.files.root} already holds a run ({self.files.checkpoint.name}); "
-                                  f"pass --resume to continue it, or choose another output folder")
+            raise CheckpointError(
+                f"{self.files.root} already holds a run ({self.files.checkpoint.name}); "
+                f"pass --resume to continue it, or choose another output folder"
+            )
 
         train_set, self.valid_set = build_datasets(config.dataset, config.data_path, model_config.image_size)
         augment = AUGMENTATIONS[config.dataset] if config.augment else None
         self.train_set = Augmented(train_set, augment, config.seed) if augment else train_set
-        self.sampler = EpochBatchSampler(len(train_set), config.batch_size, config.seed, self.ctx.rank,
-                                         self.ctx.world_size)
+        self.sampler = EpochBatchSampler(
+            len(train_set), config.batch_size, config.seed, self.ctx.rank, self.ctx.world_size
+        )
         local_batch = config.batch_size // self.ctx.world_size
         if local_batch % config.batch_steps:
-            raise ConfigError(f"the per-process batch {local_batch} must be divisible by train.batch_steps "
-                              f"{config.batch_steps}")
+            raise ConfigError(
+                f"the per-process batch {local_batch} must be divisible by train.batch_steps {config.batch_steps}"
+            )
         self.total = total_steps(config, self.sampler.steps_per_epoch)
 
         torch.manual_seed(config.seed)
         self.model = build_model(model_config).to(self.ctx.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=tuple(config.betas),
-                                           eps=config.eps, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=config.lr,
+            betas=tuple(config.betas),
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+        )
         self.scheduler = warmup_exponential(self.optimizer, config.lr, config.warmup_steps, config.lr_decay)
         self.metrics = MetricsLog(self.files.metrics)
         self.step, self.skipped, self.best = 0, 0, math.inf
@@ -141,7 +159,9 @@ class Trainer:
         else:
             self._initialize(train_set)
         if self.ctx.is_main:
-            atomic_write(self.files.config, (json.dumps(run_config_dict(model_config, config), indent=2) + "\n").encode())
+            atomic_write(
+                self.files.config, (json.dumps(run_config_dict(model_config, config), indent=2) + "\n").encode()
+            )
         self.wrapped = D.wrap(LossModule(self.model, config.train_k), self.ctx)
 
     # -- setup -----------------------------------------------------------------------------------
@@ -187,7 +207,8 @@ class Trainer:
         """
         self.model.train()
         generator = torch.Generator(device=self.ctx.device).manual_seed(
-            mix_seed(self.config.seed, self.ctx.rank, self.step, TRAIN_STREAM))
+            mix_seed(self.config.seed, self.ctx.rank, self.step, TRAIN_STREAM)
+        )
         chunks = images.to(self.ctx.device).chunk(self.config.batch_steps)
         bpd = kl = 0.0
         self.optimizer.zero_grad(set_to_none=True)
@@ -215,14 +236,20 @@ class Trainer:
         """Validation bits/dim (``eval_k`` samples), sample grids, and ``best.pt`` when it improves."""
         c = self.config
         D.broadcast_module(self.model, self.ctx, parameters=False)
-        result = evaluate_bpd(self.model, self.valid_set, c.eval_batch_size, c.eval_k, c.seed, self.ctx,
-                              c.valid_limit, c.workers)
+        result = evaluate_bpd(
+            self.model, self.valid_set, c.eval_batch_size, c.eval_k, c.seed, self.ctx, c.valid_limit, c.workers
+        )
         if self.ctx.is_main:
             self.metrics.write({"split": "valid", "step": self.step, **result})
             self.model.eval()
             for t in c.sample_temperatures:
-                sample_grid(self.model, c.num_samples, t, self.files.samples / f"step{self.step:07d}_t{t:g}.png",
-                            seed=mix_seed(c.seed, SAMPLE_STREAM))
+                sample_grid(
+                    self.model,
+                    c.num_samples,
+                    t,
+                    self.files.samples / f"step{self.step:07d}_t{t:g}.png",
+                    seed=mix_seed(c.seed, SAMPLE_STREAM),
+                )
             self.model.train()
             plot_bpd(self.metrics.read(), self.files.plot, title=f"{self.model.kind} on {c.dataset}")
         if result["bpd"] < self.best:
@@ -242,8 +269,12 @@ class Trainer:
         self.sampler.set_position(epoch, start)
         if isinstance(self.train_set, Augmented):
             self.train_set.set_epoch(epoch)
-        return epoch, DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=self.config.workers,
-                                 pin_memory=self.ctx.device.type == "cuda")
+        return epoch, DataLoader(
+            self.train_set,
+            batch_sampler=self.sampler,
+            num_workers=self.config.workers,
+            pin_memory=self.ctx.device.type == "cuda",
+        )
 
     def _out_of_time(self, deadline: float | None) -> bool:
         """Whether the wall-clock deadline has passed, agreed over ranks (any rank past it stops all)."""
@@ -260,8 +291,13 @@ class Trainer:
         started = time.time()
         deadline = started + max_seconds if max_seconds is not None else None
         last_valid = self.validate() if self.step == 0 and c.valid_interval > 0 else None
-        bar = tqdm(total=self.total, initial=self.step, unit="step", dynamic_ncols=True,
-                   disable=not (ctx.is_main and self.progress))
+        bar = tqdm(
+            total=self.total,
+            initial=self.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (ctx.is_main and self.progress),
+        )
         window = Window()
         stop = self.step >= self.total
         while not stop:
@@ -271,8 +307,14 @@ class Trainer:
                 self.step += 1
                 stop = self.step >= self.total or self._out_of_time(deadline)
                 if stop or self.step % c.log_interval == 0:
-                    record = {"split": "train", "step": self.step, "epoch": epoch, **window.flush(self.model.num_dims),
-                              "lr": self.scheduler.get_last_lr()[0], "skipped_steps": self.skipped}
+                    record = {
+                        "split": "train",
+                        "step": self.step,
+                        "epoch": epoch,
+                        **window.flush(self.model.num_dims),
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "skipped_steps": self.skipped,
+                    }
                     if ctx.is_main:
                         self.metrics.write(record)
                     bar.set_postfix(bpd=f"{record['bpd']:.3f}", img_s=f"{record['images_per_s']:.1f}", refresh=False)
@@ -291,9 +333,17 @@ class Trainer:
             last_valid = self.validate()
         if ctx.is_main:
             plot_bpd(self.metrics.read(), self.files.plot, title=f"{self.model.kind} on {c.dataset}")
-        return {"step": self.step, "total_steps": self.total, "valid_bpd": last_valid["bpd"],
-                "valid_kl_bpd": last_valid["kl_bpd"], "best_valid_bpd": self.best, "skipped_steps": self.skipped,
-                "wall_s": time.time() - started, "run_dir": str(self.files.root), "rank": ctx.rank}
+        return {
+            "step": self.step,
+            "total_steps": self.total,
+            "valid_bpd": last_valid["bpd"],
+            "valid_kl_bpd": last_valid["kl_bpd"],
+            "best_valid_bpd": self.best,
+            "skipped_steps": self.skipped,
+            "wall_s": time.time() - started,
+            "run_dir": str(self.files.root),
+            "rank": ctx.rank,
+        }
 
 
 class Window:
@@ -320,15 +370,26 @@ class Window:
     def flush(self, num_dims: int) -> dict[str, float]:
         """The means since the last flush (bits/dim, KL in bits/dim, grad norm, images/s); then reset."""
         n = max(self.steps, 1)
-        out = {"bpd": self.sums[0] / n, "kl_bpd": self.sums[1] / n / (num_dims * math.log(2)),
-               "grad_norm": self.sums[2] / n, "images_per_s": self.images / max(time.time() - self.start, 1e-9)}
+        out = {
+            "bpd": self.sums[0] / n,
+            "kl_bpd": self.sums[1] / n / (num_dims * math.log(2)),
+            "grad_norm": self.sums[2] / n,
+            "images_per_s": self.images / max(time.time() - self.start, 1e-9),
+        }
         self._reset()
         return out
 
 
-def train(model_config: ModelConfig, config: TrainConfig, out_dir: str | Path, resume: bool = False,
-          device: str = "auto", progress: bool = True, on_step: Callable[[int], None] | None = None,
-          max_seconds: float | None = None) -> dict[str, Any]:
+def train(
+    model_config: ModelConfig,
+    config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+    max_seconds: float | None = None,
+) -> dict[str, Any]:
     """Train (or resume) a run in ``out_dir``, joining the torchrun process group if there is one;
     returns the summary of :meth:`Trainer.run`."""
     ctx = D.setup(device)

@@ -3,6 +3,7 @@
 Each record has ``split`` ("train" or "valid"), ``step`` and numbers such as ``bpd``; train records
 are means over the last ``log_interval`` steps.
 """
+
 from __future__ import annotations
 
 import json

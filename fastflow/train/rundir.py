@@ -1,4 +1,5 @@
 """Loading a trained model from a run folder alone: ``config.json`` beside ``checkpoint.pt`` / ``best.pt``."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -4,6 +4,7 @@ lr(t) = init + (lr - init) * t / warmup        for t < warmup   (init = 1e-7)
 lr(t) = lr * decay ** (t - warmup)             for t >= warmup
 where t counts optimiser updates (a step skipped for a non-finite gradient does not count).
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,9 @@ def lr_at(step: int, lr: float, warmup_steps: int, decay: float, init_lr: float 
     return lr * decay ** (step - warmup_steps)
 
 
-def warmup_exponential(optimizer: torch.optim.Optimizer, lr: float, warmup_steps: int,
-                       decay: float) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_exponential(
+    optimizer: torch.optim.Optimizer, lr: float, warmup_steps: int, decay: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A scheduler that sets every group's lr to :func:`lr_at`; call ``step()`` once per update.
 
     The optimiser's groups must have been created with ``lr``.

@@ -2,6 +2,7 @@
 
 All functions take uint8 images ``[B, 3, H, W]`` on the model's device and write one PNG each.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,7 +34,7 @@ def sample_grid(model: torch.nn.Module, n: int, temperature: float, path: Path, 
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     images = model.sample(n, temperature=temperature, generator=generator)
-    return save_grid(images, path, nrow=max(1, round(n ** 0.5)))
+    return save_grid(images, path, nrow=max(1, round(n**0.5)))
 
 
 @torch.no_grad()
@@ -45,8 +46,14 @@ def switch_grid(model: torch.nn.Module, x0: torch.Tensor, x1: torch.Tensor, path
 
 
 @torch.no_grad()
-def interpolation_grid(model: torch.nn.Module, x0: torch.Tensor, x1: torch.Tensor, path: Path,
-                       alphas: list[float] = PAPER_STEPS, betas: list[float] = PAPER_STEPS) -> Path:
+def interpolation_grid(
+    model: torch.nn.Module,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    path: Path,
+    alphas: list[float] = PAPER_STEPS,
+    betas: list[float] = PAPER_STEPS,
+) -> Path:
     """For one pair ``[1, 3, H, W]``: row i = z at alphas[i], column j = v at betas[j]."""
     grid = model.interpolate(x0, x1, alphas=list(alphas), betas=list(betas))
     return save_grid(grid.flatten(0, 1), path, nrow=len(betas))

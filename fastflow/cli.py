@@ -76,8 +76,9 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from fastflow.runfiles import RunFiles
     from fastflow.train.config import load_run_config
-    from fastflow.train.loop import RunFiles, train
+    from fastflow.train.loop import train
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.config or "demo_wolf").stem
     files = RunFiles(out)
@@ -111,13 +112,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from fastflow.train.rundir import load_run
+    from fastflow.inference.rundir import load_run
 
     return load_run(args.run, args.checkpoint, args.device)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from fastflow.train import commands
+    from fastflow.inference import commands
 
     r = commands.evaluate(
         _load(args),
@@ -137,7 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from fastflow.train import commands
+    from fastflow.inference import commands
 
     r = commands.sample(_load(args), args.temperature, args.n, args.seed, Path(args.out) if args.out else None)
     for t, path in zip(r["temperatures"], r["paths"]):
@@ -145,14 +146,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_switch(args: argparse.Namespace) -> None:
-    from fastflow.train import commands
+    from fastflow.inference import commands
 
     r = commands.switch(_load(args), args.pairs, args.split, args.seed, args.data, Path(args.out) if args.out else None)
     print(f"wrote {r['pairs']} switched pairs (x0 | x1 | decode(z1, v0) | decode(z0, v1) per row) to {r['path']}")
 
 
 def cmd_interpolate(args: argparse.Namespace) -> None:
-    from fastflow.train import commands
+    from fastflow.inference import commands
 
     r = commands.interpolate(
         _load(args),
@@ -169,7 +170,7 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
-    from fastflow.train import commands
+    from fastflow.inference import commands
 
     r = commands.reconstruct(
         _load(args), args.n, args.split, args.seed, args.data, Path(args.out) if args.out else None
@@ -179,8 +180,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
-    from fastflow.train import commands
-    from fastflow.train.probe import format_probe
+    from fastflow.analysis.probe import format_probe
+    from fastflow.inference import commands
 
     r = commands.probe(
         _load(args), args.max_train, args.max_test, args.C, args.data, Path(args.out) if args.out else None
@@ -190,7 +191,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from fastflow.train.demo import format_summary, run_demo
+    from fastflow.demo import format_summary, run_demo
 
     set_threads(args.threads)
     limits = {"steps": args.steps} | ({"seconds": args.seconds} if args.seconds is not None else {})

@@ -1,4 +1,5 @@
-"""The order in which training images are visited: a function of (seed, epoch) only.
+"""The order in which images are visited: training batches as a function of (seed, epoch) only, and
+the fixed subsets and in-order loaders of evaluation and the probe.
 
 Each epoch is a permutation of the training set drawn from (seed, epoch), cut into global batches of
 ``batch_size`` (the incomplete last batch is dropped). Rank r of a world of W processes takes the r-th
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from fastflow.data.datasets import mix_seed
 
@@ -48,3 +49,16 @@ class EpochBatchSampler(Sampler[list[int]]):
         for step in range(self.start, self.steps_per_epoch):
             first = step * self.batch_size + self.rank * local
             yield order[first : first + local].tolist()
+
+
+def subset_indices(total: int, limit: int, seed: int = 0) -> list[int]:
+    """All of ``range(total)`` when ``limit`` is 0 or covers it, else a fixed random subset of ``limit``
+    indices in increasing order (data sets such as the embedded one are sorted by class)."""
+    if limit <= 0 or limit >= total:
+        return list(range(total))
+    return sorted(torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:limit].tolist())
+
+
+def image_loader(dataset: Dataset, batch_size: int, indices: range | list[int], workers: int = 0) -> DataLoader:
+    """Batches ``(images uint8 [b, 3, H, W], labels [b])`` of ``dataset[indices]`` in order."""
+    return DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=workers)

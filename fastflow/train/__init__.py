@@ -1,6 +1,6 @@
-"""Training, evaluation and the operations behind the command line.
+"""Training a run: the loop (:func:`fastflow.train.loop.train`), checkpoints, the learning-rate schedule,
+multi-process (DDP) helpers, the metrics log, the ``train`` config block and bits/dim evaluation.
 
-:func:`fastflow.train.loop.train` trains a run folder; :func:`fastflow.train.rundir.load_run` loads
-one back; :mod:`fastflow.train.commands` holds eval / sample / switch / interpolate / reconstruct /
-probe.
+Loading a trained run and the commands that use it live in :mod:`fastflow.inference`; the probe,
+image grids and the PNG baseline in :mod:`fastflow.analysis`; the demo in :mod:`fastflow.demo`.
 """

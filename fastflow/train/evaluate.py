@@ -6,25 +6,13 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from fastflow.data.datasets import mix_seed
+from fastflow.data.order import image_loader, subset_indices
 from fastflow.train.distributed import Context, all_reduce_sum
 
 EVAL_STREAM = 2  # keeps evaluation noise apart from training noise drawn from the same seed
-
-
-def subset_indices(total: int, limit: int, seed: int = 0) -> list[int]:
-    """All of ``range(total)`` when ``limit`` is 0 or covers it, else a fixed random subset of ``limit``
-    indices in increasing order (data sets such as the embedded one are sorted by class)."""
-    if limit <= 0 or limit >= total:
-        return list(range(total))
-    return sorted(torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:limit].tolist())
-
-
-def image_loader(dataset: Dataset, batch_size: int, indices: range | list[int], workers: int = 0) -> DataLoader:
-    """Batches ``(images uint8 [b, 3, H, W], labels [b])`` of ``dataset[indices]`` in order."""
-    return DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=workers)
 
 
 @torch.no_grad()

@@ -10,7 +10,6 @@ restored too, for anything outside the loop that draws from them.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import time
@@ -23,10 +22,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from fastflow.analysis.visualize import sample_grid
 from fastflow.config import ConfigError, ModelConfig
 from fastflow.data import AUGMENTATIONS, Augmented, EpochBatchSampler, build_datasets
 from fastflow.data.datasets import mix_seed
 from fastflow.models import build_model
+from fastflow.runfiles import RunFiles
 from fastflow.train import distributed as D
 from fastflow.train.checkpoint import (
     CheckpointError,
@@ -41,40 +42,8 @@ from fastflow.train.config import TrainConfig, run_config_dict
 from fastflow.train.evaluate import evaluate_bpd
 from fastflow.train.metrics import MetricsLog, plot_bpd
 from fastflow.train.schedule import warmup_exponential
-from fastflow.train.visualize import sample_grid
 
 TRAIN_STREAM, INIT_STREAM, SAMPLE_STREAM = 1, 3, 4
-
-
-@dataclasses.dataclass(frozen=True)
-class RunFiles:
-    """The files of a run folder."""
-
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoint.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.root / "best.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def plot(self) -> Path:
-        return self.root / "bpd.png"
-
-    @property
-    def samples(self) -> Path:
-        return self.root / "samples"
 
 
 class LossModule(nn.Module):

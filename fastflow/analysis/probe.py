@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fastflow.train.evaluate import image_loader, subset_indices
+from fastflow.data.order import image_loader, subset_indices
 
 FEATURES = ("z", "v", "pixels")
 

@@ -9,9 +9,9 @@ import torch
 
 from fastflow.config import ConfigError, ModelConfig
 from fastflow.models import build_model
+from fastflow.runfiles import RunFiles
 from fastflow.train.checkpoint import load_checkpoint, load_model_state
 from fastflow.train.config import TrainConfig, load_run_config
-from fastflow.train.loop import RunFiles
 
 CHECKPOINTS = ("checkpoint", "best")
 

@@ -1,6 +1,6 @@
 """The operations behind ``fastflow eval / sample / switch / interpolate / reconstruct / probe``.
 
-Each takes a :class:`~fastflow.train.rundir.LoadedRun` and returns a dict of results that includes
+Each takes a :class:`~fastflow.inference.rundir.LoadedRun` and returns a dict of results that includes
 the paths it wrote; by default outputs go into the run folder.
 """
 
@@ -13,14 +13,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from fastflow.data import build_datasets
-from fastflow.data.datasets import mix_seed
-from fastflow.train.checkpoint import atomic_write
-from fastflow.train.distributed import Context
-from fastflow.train.evaluate import evaluate_bpd
-from fastflow.train.probe import linear_probe
-from fastflow.train.rundir import LoadedRun
-from fastflow.train.visualize import (
+from fastflow.analysis.probe import linear_probe
+from fastflow.analysis.visualize import (
     PAPER_STEPS,
     check_temperature,
     interpolation_grid,
@@ -28,6 +22,12 @@ from fastflow.train.visualize import (
     sample_grid,
     switch_grid,
 )
+from fastflow.data import build_datasets
+from fastflow.data.datasets import mix_seed
+from fastflow.inference.rundir import LoadedRun
+from fastflow.train.checkpoint import atomic_write
+from fastflow.train.distributed import Context
+from fastflow.train.evaluate import evaluate_bpd
 
 SPLITS = ("train", "valid")
 

@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 
-from fastflow.train import commands
-from fastflow.train.baseline import png_bits_per_dim
+from fastflow.analysis.baseline import png_bits_per_dim
+from fastflow.inference import commands
+from fastflow.inference.rundir import load_run
+from fastflow.runfiles import RunFiles
 from fastflow.train.config import load_run_config
-from fastflow.train.loop import RunFiles, train
+from fastflow.train.loop import train
 from fastflow.train.metrics import MetricsLog
-from fastflow.train.rundir import load_run
 
 PROBE_TRAIN_IMAGES = 1000
 TRAIN_SECONDS = 150.0

@@ -29,7 +29,8 @@ import torch
 from benchmarks import bench_models
 from benchmarks._common import machine_info
 from benchmarks._report import write_all
-from benchmarks.bench_models import KINDS, VARIANTS, Resolution
+from benchmarks.bench_models import VARIANTS, Resolution
+from fastflow.config import MODEL_KINDS
 
 HERE = Path(__file__).resolve().parent
 OP_BENCHMARKS = ("bench_kernels", "bench_slogdet")
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--resolutions", nargs="+", default=None, help="e.g. cifar10 imagenet64 celeba256")
     parser.add_argument("--variants", nargs="+", default=None, choices=sorted(VARIANTS))
-    parser.add_argument("--models", nargs="+", default=None, choices=KINDS, help="default: all three")
+    parser.add_argument("--models", nargs="+", default=None, choices=MODEL_KINDS, help="default: all three")
     parser.add_argument("--batch", type=int, default=None, help="one batch size for every resolution")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats for every resolution")
     parser.add_argument("--depth-divisor", type=int, default=None, help="reduced depth for every resolution")

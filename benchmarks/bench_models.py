@@ -48,10 +48,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks._common import StepMemory, median, paired_ratio, synchronizer, time_interleaved
-from fastflow.config import ModelConfig, load_model_config
+from fastflow.config import MODEL_KINDS, ModelConfig, load_model_config
 from fastflow.models import build_model
 
-KINDS = ("glow", "refined_glow", "wolf")
 ROSINALITY = "rosinality_glow"
 REPO = Path(__file__).resolve().parent.parent
 MIB = 2**20
@@ -98,7 +97,7 @@ class Resolution:
     rosinality: bool = False
     sample_repeats: int = 2
     sample_variants: tuple[str, ...] | None = None
-    models: tuple[str, ...] = KINDS
+    models: tuple[str, ...] = MODEL_KINDS
 
     @property
     def depth(self) -> str:

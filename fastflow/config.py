@@ -16,6 +16,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# The model kinds, from the baseline to the full model; fastflow.models.MODELS maps each to its class.
+MODEL_KINDS = ("glow", "refined_glow", "wolf")
+
 
 class ConfigError(ValueError):
     """A configuration file or dict that does not match the expected schema."""
@@ -101,7 +104,7 @@ class PriorConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """One model: ``kind`` is "wolf", "refined_glow" or "glow"."""
+    """One model: ``kind`` is one of :data:`MODEL_KINDS` ("glow", "refined_glow", "wolf")."""
 
     kind: str
     image_size: int
@@ -114,9 +117,8 @@ class ModelConfig:
     memory_efficient: bool = False  # recompute flow activations from outputs in the backward pass
 
     def __post_init__(self) -> None:
-        kinds = ("wolf", "refined_glow", "glow")
-        if self.kind not in kinds:
-            raise ConfigError(f"model.kind must be one of {kinds}, got {self.kind!r}")
+        if self.kind not in MODEL_KINDS:
+            raise ConfigError(f"model.kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         if not 1 <= self.n_bits <= 8:
             raise ConfigError(f"model.n_bits must be between 1 and 8, got {self.n_bits}")
         if self.kind == "wolf" and (self.encoder is None or self.prior is None or self.z_dim <= 0):

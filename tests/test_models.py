@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from fastflow.config import ConfigError, EncoderConfig, load_model_config
+from fastflow.config import MODEL_KINDS, ConfigError, EncoderConfig, load_model_config
 from fastflow.flows import weight_statistics
-from fastflow.models import build_model
+from fastflow.models import MODELS, build_model
 from fastflow.models import preprocess as pp
 
 TINY = ["tiny_wolf", "tiny_refined_glow", "tiny_glow"]
@@ -21,6 +21,10 @@ TINY = ["tiny_wolf", "tiny_refined_glow", "tiny_glow"]
 
 def count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def test_every_model_kind_has_one_class() -> None:
+    assert tuple(MODELS) == MODEL_KINDS and all(MODELS[kind].kind == kind for kind in MODEL_KINDS)
 
 
 @pytest.mark.parametrize(

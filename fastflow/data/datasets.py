@@ -30,19 +30,10 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from fastflow.data.transforms import square_resize
+from fastflow.seeding import mix_seed
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VALID_FOLDERS = ("valid", "val", "validation")
-
-HOW_TO_GET = {
-    "cifar10": "download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it there "
-    "(it creates cifar-10-batches-py/)",
-    "imagenet64": "download Imagenet64_train_part1/part2_npz and Imagenet64_val_npz from "
-    "https://image-net.org/download-images (downsampled ImageNet 64x64) and unpack the "
-    "train_data_batch_*.npz and val_data.npz files there",
-    "lsun": "export the LSUN bedroom lmdb (https://github.com/fyu/lsun) to image files in that folder",
-    "celeba": "put the 30,000 CelebA-HQ images there (e.g. extracted from Glow's celeba-tfr records)",
-}
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -50,10 +41,8 @@ class DataNotFoundError(FileNotFoundError):
 
 
 def not_found(dataset: str, root: Path, what: str) -> DataNotFoundError:
-    return DataNotFoundError(
-        f"{dataset}: {what} at {root.resolve()}. To get it, {HOW_TO_GET[dataset]}, "
-        f"or point --data (train.data_path) at the folder that holds it."
-    )
+    """What is missing and where; :func:`fastflow.data.build_datasets` adds how to get the data."""
+    return DataNotFoundError(f"{dataset}: {what} at {root.resolve()}.")
 
 
 class TensorImageDataset(Dataset):
@@ -236,9 +225,3 @@ class Augmented(Dataset):
         image, label = self.base[index]
         generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, index))
         return self.augment(image, generator), label
-
-
-def mix_seed(*values: int) -> int:
-    """A 63-bit seed that depends on every value (NumPy's SeedSequence hashing)."""
-    state = np.random.SeedSequence([v & 0xFFFFFFFF for v in values] + [(v >> 32) & 0xFFFFFFFF for v in values])
-    return int(state.generate_state(2, np.uint64)[0] >> np.uint64(1))

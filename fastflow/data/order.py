@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from fastflow.data.datasets import mix_seed
+from fastflow.seeding import mix_seed
 
 
 class EpochBatchSampler(Sampler[list[int]]):

@@ -1,8 +1,9 @@
 """Image transforms on uint8 tensors ``[3, H, W]``: the paper's augmentations and the resizing of
 folder images.
 
-Augmentations take an explicit ``torch.Generator``, so that :class:`fastflow.data.Augmented` can make
-every random crop and flip a function of (seed, epoch, index) and a resumed run sees the same images.
+Augmentations (which data set uses which: :mod:`fastflow.data.registry`) take an explicit
+``torch.Generator``, so that :class:`fastflow.data.Augmented` can make every random crop and flip a
+function of (seed, epoch, index) and a resumed run sees the same images.
 """
 
 from __future__ import annotations
@@ -29,15 +30,6 @@ def pad_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     padded = F.pad(x.unsqueeze(0).float(), (pad, pad, pad, pad), mode="reflect").squeeze(0).to(x.dtype)
     top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator))
     return random_flip(padded[:, top : top + h, left : left + w], generator)
-
-
-AUGMENTATIONS: dict[str, Augmentation | None] = {
-    "embedded": random_flip,
-    "cifar10": pad_crop_flip,
-    "celeba": random_flip,
-    "imagenet64": None,
-    "lsun": None,
-}
 
 
 def square_resize(image: Image.Image, size: int) -> torch.Tensor:

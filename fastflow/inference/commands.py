@@ -23,8 +23,8 @@ from fastflow.analysis.visualize import (
     switch_grid,
 )
 from fastflow.data import build_datasets
-from fastflow.data.datasets import mix_seed
 from fastflow.inference.rundir import LoadedRun
+from fastflow.seeding import INTERPOLATE_IMAGES, RECONSTRUCT_IMAGES, SWITCH_IMAGES, mix_seed
 from fastflow.train.checkpoint import atomic_write
 from fastflow.train.distributed import Context
 from fastflow.train.evaluate import evaluate_bpd
@@ -49,6 +49,11 @@ def pick_images(dataset: Dataset, count: int, seed: int) -> torch.Tensor:
 
 def _device(run: LoadedRun) -> torch.device:
     return next(run.model.parameters()).device
+
+
+def _run_images(run: LoadedRun, split: str, data_path: str | None, count: int, seed: int) -> torch.Tensor:
+    """:func:`pick_images` from the run's ``split``, on the model's device."""
+    return pick_images(run_datasets(run, data_path)[split], count, seed).to(_device(run))
 
 
 def _require_z(run: LoadedRun, what: str) -> None:
@@ -108,7 +113,7 @@ def switch(
 ) -> dict[str, Any]:
     """``switch.png``: one row per pair, x0 | x1 | decode(z1, v0) | decode(z0, v1)."""
     _require_z(run, "switch")
-    images = pick_images(run_datasets(run, data_path)[split], 2 * pairs, mix_seed(seed, 1)).to(_device(run))
+    images = _run_images(run, split, data_path, 2 * pairs, mix_seed(seed, SWITCH_IMAGES))
     path = switch_grid(run.model, images[:pairs], images[pairs:], out or run.files.root / "switch.png")
     return {"pairs": pairs, "path": str(path)}
 
@@ -125,7 +130,7 @@ def interpolate(
 ) -> dict[str, Any]:
     """``interpolate_pair<i>.png`` per pair: rows z((1-a) z0 + a z1), columns v((1-b) v0 + b v1)."""
     _require_z(run, "interpolate")
-    images = pick_images(run_datasets(run, data_path)[split], 2 * pairs, mix_seed(seed, 2)).to(_device(run))
+    images = _run_images(run, split, data_path, 2 * pairs, mix_seed(seed, INTERPOLATE_IMAGES))
     folder = out_dir or run.files.root
     paths = [
         str(
@@ -152,7 +157,7 @@ def reconstruct(
     out: Path | None = None,
 ) -> dict[str, Any]:
     """``reconstruct.png``: originals over decode(encode(x)); reports the largest pixel error."""
-    images = pick_images(run_datasets(run, data_path)[split], n, mix_seed(seed, 3)).to(_device(run))
+    images = _run_images(run, split, data_path, n, mix_seed(seed, RECONSTRUCT_IMAGES))
     path, error = reconstruction_grid(run.model, images, out or run.files.root / "reconstruct.png")
     return {"n": n, "max_pixel_error": error, "path": str(path)}
 

@@ -9,7 +9,7 @@ from fastflow.models.base import ImageFlowModel
 from fastflow.models.glow import GlowModel
 from fastflow.models.wolf import RefinedGlowModel, WolfModel
 
-MODELS = {"glow": GlowModel, "refined_glow": RefinedGlowModel, "wolf": WolfModel}
+MODELS = {cls.kind: cls for cls in (GlowModel, RefinedGlowModel, WolfModel)}  # one per fastflow.config.MODEL_KINDS
 
 
 def _check_sizes(config: ModelConfig) -> None:

@@ -8,11 +8,9 @@ import math
 import torch
 from torch.utils.data import Dataset
 
-from fastflow.data.datasets import mix_seed
 from fastflow.data.order import image_loader, subset_indices
+from fastflow.seeding import EVAL_STREAM, mix_seed
 from fastflow.train.distributed import Context, all_reduce_sum
-
-EVAL_STREAM = 2  # keeps evaluation noise apart from training noise drawn from the same seed
 
 
 @torch.no_grad()

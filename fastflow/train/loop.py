@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from fastflow.analysis.visualize import sample_grid
 from fastflow.config import ConfigError, ModelConfig
-from fastflow.data import AUGMENTATIONS, Augmented, EpochBatchSampler, build_datasets
-from fastflow.data.datasets import mix_seed
+from fastflow.data import Augmented, EpochBatchSampler, build_datasets, dataset_spec
 from fastflow.models import build_model
 from fastflow.runfiles import RunFiles
+from fastflow.seeding import INIT_STREAM, SAMPLE_STREAM, TRAIN_STREAM, mix_seed
 from fastflow.train import distributed as D
 from fastflow.train.checkpoint import (
     CheckpointError,
@@ -42,8 +42,6 @@ from fastflow.train.config import TrainConfig, run_config_dict
 from fastflow.train.evaluate import evaluate_bpd
 from fastflow.train.metrics import MetricsLog, plot_bpd
 from fastflow.train.schedule import warmup_exponential
-
-TRAIN_STREAM, INIT_STREAM, SAMPLE_STREAM = 1, 3, 4
 
 
 class LossModule(nn.Module):
@@ -97,7 +95,7 @@ class Trainer:
             )
 
         train_set, self.valid_set = build_datasets(config.dataset, config.data_path, model_config.image_size)
-        augment = AUGMENTATIONS[config.dataset] if config.augment else None
+        augment = dataset_spec(config.dataset).augmentation if config.augment else None
         self.train_set = Augmented(train_set, augment, config.seed) if augment else train_set
         self.sampler = EpochBatchSampler(
             len(train_set), config.batch_size, config.seed, self.ctx.rank, self.ctx.world_size

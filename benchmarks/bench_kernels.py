@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastflow.ops import actnorm_conv1x1, affine_coupling, cond_bias_elu
+from fastflow.functional import actnorm_conv1x1, affine_coupling, cond_bias_elu
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def _torch_loop(layers: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _fastflow(groups: list[torch.Tensor]) -> torch.Tensor:
-    from fastflow.ops import batched_slogdet
+    from fastflow.functional import batched_slogdet
 
     return sum(batched_slogdet(w)[1].sum() for w in groups)
 
@@ -138,7 +138,7 @@ def max_logdet_error(weights: dict[int, torch.Tensor], logdet: Callable[[torch.T
 
 def bench_config(config: str, device: str, calls: int, rounds: int, clock: str = "wall") -> dict:
     """Times and errors of the three methods on the matrices of ``config``."""
-    from fastflow.ops import batched_slogdet
+    from fastflow.functional import batched_slogdet
 
     weights = make_weights(matrix_counts(config), device)
     groups = [w.clone().requires_grad_() for w in weights.values()]

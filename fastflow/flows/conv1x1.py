@@ -19,7 +19,7 @@ from torch import nn
 
 from fastflow.flows.actnorm import ActNorm
 from fastflow.flows.base import Flow, logdet_dtype
-from fastflow.ops import (
+from fastflow.functional import (
     actnorm_conv1x1,
     actnorm_conv1x1_inverse,
     batched_slogdet,

@@ -16,14 +16,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from fastflow.flows.base import Flow, Recomputed
-from fastflow.nn import WeightNormConv2d, WeightNormLinear
-from fastflow.ops import (
+from fastflow.functional import (
     affine_coupling,
     affine_coupling_inverse,
     cond_bias_elu,
     conditioning_channels,
     transformed_channels,
 )
+from fastflow.nn import WeightNormConv2d, WeightNormLinear
 
 TRANSFORMS = ("affine", "additive")
 

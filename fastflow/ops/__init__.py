@@ -1,28 +1,12 @@
-"""The drop-in op API of fastflow: fused flow ops with plain-PyTorch references.
+"""The fused flow ops, one module per op: its plain-PyTorch reference, its autograd Function
+(``<Op>Function``, calling the kernels of the same-named module in ``fastflow.kernels``) and the
+``backend="auto" | "torch" | "triton"`` dispatch.
 
-Each op takes ``backend="auto" | "torch" | "triton"``; "auto" runs the Triton kernels on CUDA
-tensors and the reference ops elsewhere.
+- :mod:`fastflow.ops.actnorm_conv1x1`: actnorm followed by an invertible 1x1 convolution;
+- :mod:`fastflow.ops.affine_coupling`: the conditional affine (or additive) coupling;
+- :mod:`fastflow.ops.cond_bias_elu`: bias + ELU of the coupling networks;
+- :mod:`fastflow.ops.slogdet`: batched log-determinants and inverses (the C++/CUDA extension).
+
+The public entry points are gathered in :mod:`fastflow.functional` (``import fastflow.functional as
+FF``); this package exports no functions, so ``fastflow.ops.<op>`` is always the module.
 """
-
-from fastflow.ops.actnorm_conv1x1 import actnorm_conv1x1, actnorm_conv1x1_inverse
-from fastflow.ops.affine_coupling import (
-    affine_coupling,
-    affine_coupling_inverse,
-    conditioning_channels,
-    transformed_channels,
-)
-from fastflow.ops.cond_bias_elu import cond_bias_elu
-from fastflow.ops.slogdet import batched_inverse, batched_slogdet, batched_slogdet_inverse
-
-__all__ = [
-    "actnorm_conv1x1",
-    "actnorm_conv1x1_inverse",
-    "affine_coupling",
-    "affine_coupling_inverse",
-    "batched_inverse",
-    "batched_slogdet",
-    "batched_slogdet_inverse",
-    "cond_bias_elu",
-    "conditioning_channels",
-    "transformed_channels",
-]

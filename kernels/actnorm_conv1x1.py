@@ -28,26 +28,18 @@ import torch
 import triton
 import triton.language as tl
 
+from fastflow.kernels import _common
+
 MIN_DOT = 16  # tl.dot needs every tile dimension >= 16
+# Largest tiles (BLOCK_O, BLOCK_K, BLOCK_P) over output channels, input channels and pixels.
+PIXEL_AFFINE_TILES = (64, 32, 128)
+OUTER_SUM_TILES = (64, 64, 128)
 TARGET_PROGRAMS = 512  # enough reduction programs to fill a large GPU
 
 
-def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Every buffer a launcher hands to a kernel comes from here (tests poison it with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _tile(n: int, cap: int) -> int:
-    """A power-of-two tile covering ``n`` (at least 16, at most ``cap``)."""
-    return max(MIN_DOT, min(cap, triton.next_power_of_2(n)))
-
-
-def _acc_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def _tl_dtype(dtype: torch.dtype) -> tl.dtype:
-    return tl.float64 if dtype == torch.float64 else tl.float32
+def _tiles(caps: tuple[int, int, int], c_out: int, c_in: int, pixels: int) -> tuple[int, int, int]:
+    """``(BLOCK_O, BLOCK_K, BLOCK_P)``: powers of two covering each size, at least 16, at most ``caps``."""
+    return tuple(_common.pow2_tile(n, MIN_DOT, cap) for n, cap in zip((c_out, c_in, pixels), caps))
 
 
 def _dot_precision(acc: torch.dtype) -> str:
@@ -177,11 +169,11 @@ def pixel_affine(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | Non
     """
     batch, c_in, pixels = x.shape
     c_out = matrix.shape[0]
-    y = _new_output((batch, c_out, pixels), x.dtype, x.device)
+    y = _common.new_output((batch, c_out, pixels), x.dtype, x.device)
     if y.numel() == 0:
         return y
-    acc = _acc_dtype(x, matrix)
-    block_o, block_k, block_p = _tile(c_out, 64), _tile(c_in, 32), _tile(pixels, 128)
+    acc = _common.acc_dtype(x, matrix)
+    block_o, block_k, block_p = _tiles(PIXEL_AFFINE_TILES, c_out, c_in, pixels)
     n_pblocks = triton.cdiv(pixels, block_p)
     grid = (batch * n_pblocks, triton.cdiv(c_out, block_o))
     _pixel_affine_kernel[grid](
@@ -197,7 +189,7 @@ def pixel_affine(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | Non
         *matrix.stride(),
         *y.stride(),
         HAS_BIAS=bias is not None,
-        ACC=_tl_dtype(acc),
+        ACC=_common.tl_dtype(acc),
         PRECISION=_dot_precision(acc),
         BLOCK_O=block_o,
         BLOCK_K=block_k,
@@ -219,18 +211,18 @@ def outer_sum(dy: torch.Tensor, x: torch.Tensor, splits: int | None = None) -> t
     """
     batch, c_out, pixels = dy.shape
     c_in = x.shape[1]
-    acc = _acc_dtype(dy, x)
+    acc = _common.acc_dtype(dy, x)
     if batch * pixels == 0:
         return (torch.zeros(c_out, c_in, dtype=acc, device=x.device), torch.zeros(c_out, dtype=acc, device=x.device))
-    block_o, block_k, block_p = _tile(c_out, 64), _tile(c_in, 64), _tile(pixels, 128)
+    block_o, block_k, block_p = _tiles(OUTER_SUM_TILES, c_out, c_in, pixels)
     n_pblocks = triton.cdiv(pixels, block_p)
     items = batch * n_pblocks
     tiles = (triton.cdiv(c_out, block_o), triton.cdiv(c_in, block_k))
     splits = min(items, splits) if splits else _num_splits(items, tiles[0] * tiles[1])
     per_split = triton.cdiv(items, splits)
     splits = triton.cdiv(items, per_split)
-    g_part = _new_output((splits, c_out, c_in), acc, x.device)
-    r_part = _new_output((splits, c_out), acc, x.device)
+    g_part = _common.new_output((splits, c_out, c_in), acc, x.device)
+    r_part = _common.new_output((splits, c_out), acc, x.device)
     _outer_sum_kernel[(splits, *tiles)](
         dy,
         x,
@@ -244,7 +236,7 @@ def outer_sum(dy: torch.Tensor, x: torch.Tensor, splits: int | None = None) -> t
         per_split,
         *dy.stride(),
         *x.stride(),
-        ACC=_tl_dtype(acc),
+        ACC=_common.tl_dtype(acc),
         PRECISION=_dot_precision(acc),
         BLOCK_O=block_o,
         BLOCK_K=block_k,

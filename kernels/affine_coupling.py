@@ -24,26 +24,14 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_BLOCK = 1024
+from fastflow.kernels import _common
 
-
-def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Every buffer a launcher hands to a kernel comes from here (tests poison it with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
+MIN_BLOCK, MAX_BLOCK = 16, 1024  # elements per program
 
 
 def _block_size(plane: int) -> int:
-    """Elements of one sample's ``[C, P]`` plane per program: a power of two up to 1024."""
-    return max(16, min(MAX_BLOCK, triton.next_power_of_2(plane)))
-
-
-def _acc_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """float64 when any input is float64, else float32 (the accumulation and logdet dtype)."""
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def _tl_dtype(dtype: torch.dtype) -> tl.dtype:
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    """Elements of one sample's ``[C, P]`` plane per program: a power of two in [MIN_BLOCK, MAX_BLOCK]."""
+    return _common.pow2_tile(plane, MIN_BLOCK, MAX_BLOCK)
 
 
 def _strides(t: torch.Tensor | None) -> tuple[int, int, int]:
@@ -57,6 +45,21 @@ def _transformed(c, START, STRIDE: tl.constexpr, CB):
     d = c - START
     is_b = (d >= 0) & (d % STRIDE == 0) & (d < CB * STRIDE)
     return is_b, tl.where(is_b, d // STRIDE, 0)
+
+
+@triton.jit
+def _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE: tl.constexpr, BLOCK: tl.constexpr):
+    """The elements of program ``pid``: its sample ``b`` (int64), then for each of its ``BLOCK``
+    positions in the sample's ``[C, P]`` plane the channel ``c``, pixel ``p``, whether it is
+    ``inside`` the plane, whether it is a transformed channel ``is_b`` (and inside), and ``j``,
+    its index into mu and u."""
+    b = (pid // N_BLOCKS).to(tl.int64)
+    i = (pid % N_BLOCKS) * BLOCK + tl.arange(0, BLOCK)
+    inside = i < C * P
+    c = i // P
+    p = i % P
+    is_b, j = _transformed(c, START, STRIDE, CB)
+    return b, c, p, inside, is_b & inside, j
 
 
 @triton.jit
@@ -115,13 +118,7 @@ def _coupling_kernel(
     """One block of one sample, X -> Y: the density direction (y_b = s x_b + mu, partial sum of
     log s per program) or, with INVERSE, the generation direction (x_b = (y_b - mu) / s, -log s)."""
     pid = tl.program_id(0)
-    b = (pid // N_BLOCKS).to(tl.int64)
-    i = (pid % N_BLOCKS) * BLOCK + tl.arange(0, BLOCK)
-    inside = i < C * P
-    c = i // P
-    p = i % P
-    is_b, j = _transformed(c, START, STRIDE, CB)
-    is_b = is_b & inside
+    b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
     x = tl.load(X + b * s_xb + c * s_xc + p * s_xp, mask=inside, other=0.0).to(ACC)
     mu = tl.load(MU + b * s_mb + j * s_mc + p * s_mp, mask=is_b, other=0.0).to(ACC)
     if HAS_U:
@@ -173,13 +170,7 @@ def _coupling_forward_backward_kernel(
     du = d(log s)/du * (dy_b * x_b * s + dlogdet[b]).  DY, DX ``[B, C, P]`` and DMU, DU
     ``[B, Cb, P]`` are contiguous; X and U are read through their strides."""
     pid = tl.program_id(0)
-    b = (pid // N_BLOCKS).to(tl.int64)
-    i = (pid % N_BLOCKS) * BLOCK + tl.arange(0, BLOCK)
-    inside = i < C * P
-    c = i // P
-    p = i % P
-    is_b, j = _transformed(c, START, STRIDE, CB)
-    is_b = is_b & inside
+    b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
     dy = tl.load(DY + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
     small = b * CB * P + j * P + p
     if HAS_U:
@@ -233,13 +224,7 @@ def _coupling_inverse_backward_kernel(
     """Gradients of the generation direction, recomputing x_b = (y_b - mu) / s:
     dy_b = dx_b / s, dy_a = dx_a, dmu = -dx_b / s, du = -d(log s)/du * (dx_b * x_b + dlogdet[b])."""
     pid = tl.program_id(0)
-    b = (pid // N_BLOCKS).to(tl.int64)
-    i = (pid % N_BLOCKS) * BLOCK + tl.arange(0, BLOCK)
-    inside = i < C * P
-    c = i // P
-    p = i % P
-    is_b, j = _transformed(c, START, STRIDE, CB)
-    is_b = is_b & inside
+    b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
     dx = tl.load(DX + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
     small = b * CB * P + j * P + p
     if HAS_U:
@@ -279,14 +264,14 @@ def coupling_apply(
     ``[B, C, P]`` tensor of x's dtype and a logdet ``[B]`` in float32 (float64 for float64 input).
     """
     batch, channels, pixels = x.shape
-    acc = _acc_dtype(x, mu, u)
-    out = _new_output((batch, channels, pixels), x.dtype, x.device)
+    acc = _common.acc_dtype(x, mu, u)
+    out = _common.new_output((batch, channels, pixels), x.dtype, x.device)
     zeros = torch.zeros(batch, dtype=acc, device=x.device)
     if out.numel() == 0:
         return out, zeros
     block = _block_size(channels * pixels)
     n_blocks, grid = _grid(batch, channels * pixels, block)
-    partial = _new_output((batch, n_blocks), acc, x.device) if u is not None else zeros
+    partial = _common.new_output((batch, n_blocks), acc, x.device) if u is not None else zeros
     _coupling_kernel[grid](
         x,
         mu,
@@ -307,7 +292,7 @@ def coupling_apply(
         STRIDE=stride,
         HAS_U=u is not None,
         ALPHA_ONE=alpha == 1.0,
-        ACC=_tl_dtype(acc),
+        ACC=_common.tl_dtype(acc),
         BLOCK=block,
     )
     return out, (partial.sum(1) if u is not None else zeros)
@@ -332,18 +317,18 @@ def coupling_backward(
     """
     batch, channels, pixels = x.shape
     cb = mu.shape[1]
-    acc = _acc_dtype(x, mu, u)
+    acc = _common.acc_dtype(x, mu, u)
     grad_out = grad_out.contiguous()
-    d_in = _new_output((batch, channels, pixels), x.dtype, x.device)
-    d_mu = _new_output((batch, cb, pixels), mu.dtype, x.device)
-    d_u = _new_output((batch, cb, pixels), u.dtype, x.device) if u is not None else None
+    d_in = _common.new_output((batch, channels, pixels), x.dtype, x.device)
+    d_mu = _common.new_output((batch, cb, pixels), mu.dtype, x.device)
+    d_u = _common.new_output((batch, cb, pixels), u.dtype, x.device) if u is not None else None
     if d_in.numel() == 0:
         return d_in, d_mu, d_u
     block = _block_size(channels * pixels)
     n_blocks, grid = _grid(batch, channels * pixels, block)
     grad_logdet = grad_logdet.contiguous()
     u_or_mu = u if u is not None else mu
-    common = dict(STRIDE=stride, HAS_U=u is not None, ALPHA_ONE=alpha == 1.0, ACC=_tl_dtype(acc), BLOCK=block)
+    common = dict(STRIDE=stride, HAS_U=u is not None, ALPHA_ONE=alpha == 1.0, ACC=_common.tl_dtype(acc), BLOCK=block)
     sizes = (channels, cb, pixels, n_blocks, start, float(alpha))
     if inverse:
         _coupling_inverse_backward_kernel[grid](

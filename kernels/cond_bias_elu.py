@@ -16,23 +16,16 @@ import torch
 import triton
 import triton.language as tl
 
+from fastflow.kernels import _common
+
 TILE = 1024  # elements per program
-
-
-def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Every buffer a launcher hands to a kernel comes from here (tests poison it with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _tiles(channels: int, pixels: int) -> tuple[int, int]:
     """``(BLOCK_C, BLOCK_P)``: whole rows of pixels where they fit, then as many channels as fit."""
-    block_p = min(TILE, triton.next_power_of_2(pixels))
-    block_c = max(1, min(TILE // block_p, triton.next_power_of_2(channels)))
+    block_p = _common.pow2_tile(pixels, 1, TILE)
+    block_c = _common.pow2_tile(channels, 1, TILE // block_p)
     return block_c, block_p
-
-
-def _acc(*tensors: torch.Tensor | None) -> tl.dtype:
-    return tl.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else tl.float32
 
 
 @triton.jit
@@ -114,7 +107,7 @@ def cond_bias_elu_forward(h: torch.Tensor, bias: torch.Tensor | None) -> torch.T
     """``elu(h + bias[:, :, None])`` for h ``[B, Hd, P]`` and bias ``[B, Hd]`` or None (any strides);
     returns a contiguous ``[B, Hd, P]`` tensor in h's dtype."""
     batch, channels, pixels = h.shape
-    out = _new_output((batch, channels, pixels), h.dtype, h.device)
+    out = _common.new_output((batch, channels, pixels), h.dtype, h.device)
     if out.numel() == 0:
         return out
     block_c, block_p, n_pblocks, grid = _grid(batch, channels, pixels)
@@ -128,7 +121,7 @@ def cond_bias_elu_forward(h: torch.Tensor, bias: torch.Tensor | None) -> torch.T
         *h.stride(),
         *(bias.stride() if bias is not None else (0, 0)),
         HAS_BIAS=bias is not None,
-        ACC=_acc(h, bias),
+        ACC=_common.tl_dtype(_common.acc_dtype(h, bias)),
         BLOCK_C=block_c,
         BLOCK_P=block_p,
     )
@@ -141,13 +134,13 @@ def cond_bias_elu_backward(
     """Gradients from the saved output ``out`` ``[B, Hd, P]`` and ``grad_out`` (any strides):
     ``(dh [B, Hd, P] in out's dtype, dbias [B, Hd] in bias_dtype, None when bias_dtype is None)``."""
     batch, channels, pixels = out.shape
-    grad_h = _new_output((batch, channels, pixels), out.dtype, out.device)
+    grad_h = _common.new_output((batch, channels, pixels), out.dtype, out.device)
     if grad_h.numel() == 0:
         grad_bias = None if bias_dtype is None else torch.zeros(batch, channels, dtype=bias_dtype, device=out.device)
         return grad_h, grad_bias
     block_c, block_p, n_pblocks, grid = _grid(batch, channels, pixels)
-    acc = torch.float64 if torch.float64 in (out.dtype, bias_dtype) else torch.float32
-    partial = _new_output((batch, channels, n_pblocks), acc, out.device) if bias_dtype is not None else grad_h
+    acc = _common.acc_dtype(out.dtype, bias_dtype)
+    partial = _common.new_output((batch, channels, n_pblocks), acc, out.device) if bias_dtype is not None else grad_h
     _cond_bias_elu_backward_kernel[grid](
         out,
         grad_out,
@@ -159,7 +152,7 @@ def cond_bias_elu_backward(
         *out.stride(),
         *grad_out.stride(),
         HAS_BIAS=bias_dtype is not None,
-        ACC=tl.float64 if acc == torch.float64 else tl.float32,
+        ACC=_common.tl_dtype(acc),
         BLOCK_C=block_c,
         BLOCK_P=block_p,
     )

@@ -41,12 +41,13 @@ def compile_for_sm90(module: str, variants: list) -> None:
 
 
 def poison_outputs(monkeypatch: pytest.MonkeyPatch, kernels: ModuleType) -> None:
-    """Every buffer that ``kernels._new_output`` allocates starts as NaN."""
+    """Every buffer that the launchers of ``kernels`` allocate (all through ``kernels._common.new_output``)
+    starts as NaN."""
 
     def nan_buffer(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    monkeypatch.setattr(kernels, "_new_output", nan_buffer)
+    monkeypatch.setattr(kernels._common, "new_output", nan_buffer)
 
 
 def random_layout(shape: tuple[int, ...], layout: str, generator: torch.Generator) -> torch.Tensor:

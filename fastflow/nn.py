@@ -11,6 +11,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+INIT_STD = 0.05  # std of random initial weights: weight-normalised directions, actnorm, Glow's coupling convs
+STD_EPS = 1e-6  # added to a standard deviation before the data-dependent inits divide by it
+
 
 def _normalised(v: torch.Tensor) -> torch.Tensor:
     norm = v.flatten(1).norm(dim=1).clamp_min(1e-12)
@@ -25,7 +28,7 @@ class WeightNormConv2d(nn.Module):
     ) -> None:
         super().__init__()
         self.padding = padding
-        self.v = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size) * 0.05)
+        self.v = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size) * INIT_STD)
         self.g = nn.Parameter(torch.zeros(out_channels) if zero_init else torch.ones(out_channels))
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
@@ -40,7 +43,7 @@ class WeightNormConv2d(nn.Module):
         out = F.conv2d(x, _normalised(self.v), padding=self.padding)
         mean = out.mean(dim=(0, 2, 3))
         std = out.std(dim=(0, 2, 3)) if out.numel() > out.shape[1] else torch.ones_like(mean)
-        inv = init_scale / (std + 1e-6)
+        inv = init_scale / (std + STD_EPS)
         self.g.copy_(inv)
         self.bias.copy_(-mean * inv)
 
@@ -50,7 +53,7 @@ class WeightNormLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, zero_init: bool = False) -> None:
         super().__init__()
-        self.v = nn.Parameter(torch.randn(out_features, in_features) * 0.05)
+        self.v = nn.Parameter(torch.randn(out_features, in_features) * INIT_STD)
         self.g = nn.Parameter(torch.zeros(out_features) if zero_init else torch.ones(out_features))
         self.bias = nn.Parameter(torch.zeros(out_features))
 
@@ -65,6 +68,6 @@ class WeightNormLinear(nn.Module):
         out = F.linear(x, _normalised(self.v))
         mean = out.mean(dim=0)
         std = out.std(dim=0) if out.shape[0] > 1 else torch.ones_like(mean)
-        inv = init_scale / (std + 1e-6)
+        inv = init_scale / (std + STD_EPS)
         self.g.copy_(inv)
         self.bias.copy_(-mean * inv)

@@ -215,8 +215,12 @@ def test_squeeze_layout_and_inverse() -> None:
 def test_wrong_channel_count_is_reported() -> None:
     with pytest.raises(ValueError, match=r"\[B, 4, \.\.\.\]"):
         ActNorm(4)(torch.zeros(2, 3, 2, 2))
-    with pytest.raises(ValueError, match=r"\[B, 4, \.\.\.\]"):
+    with pytest.raises(ValueError, match=r"\[B, 4, H, W\]"):
         InvertibleConv1x1(4)(torch.zeros(2, 5, 2, 2))
+    with pytest.raises(ValueError, match=r"\[B, 4, H, W\]"):
+        InvertibleConv1x1(4)(torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"\[B, 4\]"):
+        InvertibleLinear(4)(torch.zeros(2, 4, 1, 1))
     with pytest.raises(ValueError, match=r"\[B, 6, \.\.\.\]"):
         image_coupling(6, 8, 0, "skip", "up")(torch.zeros(2, 4, 2, 2))
 

@@ -34,6 +34,8 @@ from fastflow.seeding import mix_seed
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VALID_FOLDERS = ("valid", "val", "validation")
+# A folder without split sub-folders: the last min(MAX_HELD_OUT, N // HELD_OUT_DIVISOR) files validate.
+MAX_HELD_OUT, HELD_OUT_DIVISOR = 3000, 10
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -193,7 +195,7 @@ def image_folder(dataset: str, root: Path, train: bool, size: int) -> ImageFolde
         files = _image_files(root / "train" if train else valid_dirs[0])
     else:
         files = _image_files(root)
-        held_out = min(3000, len(files) // 10)
+        held_out = min(MAX_HELD_OUT, len(files) // HELD_OUT_DIVISOR)
         files = files[: len(files) - held_out] if train else files[len(files) - held_out :]
     split = ImageFolderDataset(files, size)
     if len(split) == 0:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from fastflow.flows.base import Flow, logdet_dtype
+from fastflow.nn import INIT_STD, STD_EPS
 
 
 class ActNorm(Flow):
@@ -19,8 +20,8 @@ class ActNorm(Flow):
     def __init__(self, num_channels: int) -> None:
         super().__init__()
         self.num_channels = num_channels
-        self.log_scale = nn.Parameter(torch.randn(num_channels) * 0.05)
-        self.bias = nn.Parameter(torch.randn(num_channels) * 0.05)
+        self.log_scale = nn.Parameter(torch.randn(num_channels) * INIT_STD)
+        self.bias = nn.Parameter(torch.randn(num_channels) * INIT_STD)
 
     def _view(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return p.view(1, -1, *([1] * (x.dim() - 2)))
@@ -50,7 +51,7 @@ class ActNorm(Flow):
         dims = [0] + list(range(2, x.dim()))
         mean = y.mean(dim=dims)
         std = y.std(dim=dims) if y.numel() > y.shape[1] else torch.ones_like(mean)
-        inv = 1.0 / (std + 1e-6)
+        inv = 1.0 / (std + STD_EPS)
         self.log_scale.add_(inv.log().to(self.log_scale.dtype))
         self.bias.copy_((self.bias - mean) * inv)
         return self.forward(x)

@@ -43,7 +43,10 @@ class WeightStatistics:
 
 
 class InvertibleMatrix(Flow):
-    """``y = W x`` over the channel dimension of ``[B, C, *S]``; a 1x1 conv for images."""
+    """``y = W x`` over the channel dimension of ``[B, C, *S]``; a 1x1 conv for images. ``ndim``, when
+    set, is the only input rank accepted (:class:`InvertibleConv1x1`, :class:`InvertibleLinear`)."""
+
+    ndim: int | None = None
 
     def __init__(self, num_channels: int) -> None:
         super().__init__()
@@ -52,8 +55,10 @@ class InvertibleMatrix(Flow):
         self._statistics: WeightStatistics | None = None
 
     def _check(self, x: torch.Tensor) -> None:
-        if x.dim() < 2 or x.shape[1] != self.num_channels:
-            raise ValueError(f"{type(self).__name__} expects [B, {self.num_channels}, ...], got {tuple(x.shape)}")
+        rank_ok = x.dim() == self.ndim if self.ndim is not None else x.dim() >= 2
+        if not rank_ok or x.shape[1] != self.num_channels:
+            shape = {None: ", ...", 2: "", 4: ", H, W"}[self.ndim]
+            raise ValueError(f"{type(self).__name__} expects [B, {self.num_channels}{shape}], got {tuple(x.shape)}")
 
     def statistics(self, need_inverse: bool) -> WeightStatistics:
         """log|det W| and maybe W^-1 of the current weight (from the batched block if it is fresh)."""
@@ -89,11 +94,15 @@ class InvertibleMatrix(Flow):
 
 
 class InvertibleConv1x1(InvertibleMatrix):
-    """Invertible 1x1 convolution on ``[B, C, H, W]``."""
+    """Invertible 1x1 convolution: accepts images ``[B, C, H, W]`` only."""
+
+    ndim = 4
 
 
 class InvertibleLinear(InvertibleMatrix):
-    """Invertible linear map on vectors ``[B, C]``."""
+    """Invertible linear map: accepts vectors ``[B, C]`` only."""
+
+    ndim = 2
 
 
 class ActNormConv1x1(Flow):

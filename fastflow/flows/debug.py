@@ -3,7 +3,8 @@
     with locate_nonfinite(model):
         model.loss(x)          # raises NonFiniteError naming the first layer with a bad output
 
-Used by the training loop to report the layer when a step's loss or gradient is not finite.
+A debugging aid to wrap around a failing forward by hand; the training loop does not use it (it skips
+a step whose gradient norm is not finite and counts it).
 """
 
 from __future__ import annotations

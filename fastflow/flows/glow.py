@@ -23,6 +23,7 @@ from fastflow.flows.actnorm import ActNorm
 from fastflow.flows.base import Flow, FlowSequence, logdet_dtype
 from fastflow.flows.conv1x1 import InvertibleConv1x1, full_precision
 from fastflow.flows.squeeze import squeeze, unsqueeze
+from fastflow.nn import INIT_STD
 
 
 class LUConv1x1(Flow):
@@ -81,10 +82,10 @@ class GlowCoupling(Flow):
         super().__init__()
         self.half = channels // 2
         conv_in = nn.Conv2d(channels - self.half, hidden, 3, padding=1)
-        conv_in.weight.data.normal_(0, 0.05)
+        conv_in.weight.data.normal_(0, INIT_STD)
         conv_in.bias.data.zero_()
         conv_mid = nn.Conv2d(hidden, hidden, 1)
-        conv_mid.weight.data.normal_(0, 0.05)
+        conv_mid.weight.data.normal_(0, INIT_STD)
         conv_mid.bias.data.zero_()
         self.net = nn.Sequential(
             conv_in, nn.ReLU(inplace=True), conv_mid, nn.ReLU(inplace=True), ZeroConv2d(hidden, 2 * self.half)
@@ -127,7 +128,12 @@ class GlowLevel(Flow):
     def _prior_input(self, kept: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return kept if self.child is not None else torch.zeros_like(h)
 
-    def _run(self, x: torch.Tensor, cond: torch.Tensor | None, init: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _unconditional(cond: torch.Tensor | None) -> None:
+        if cond is not None:
+            raise ValueError("stock Glow is unconditional: cond must be None")
+
+    def _run(self, x: torch.Tensor, init: bool) -> tuple[torch.Tensor, torch.Tensor]:
         h = squeeze(x)
         h, logdet = self.steps.initialize(h) if init else self.steps(h)
         if self.child is not None:
@@ -144,13 +150,16 @@ class GlowLevel(Flow):
         return unsqueeze(v), logdet
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._run(x, cond, init=False)
+        self._unconditional(cond)
+        return self._run(x, init=False)
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._run(x, cond, init=True)
+        self._unconditional(cond)
+        return self._run(x, init=True)
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self._unconditional(cond)
         v = squeeze(y)
         logdet = y.new_zeros(y.shape[0], dtype=logdet_dtype(y))
         if self.child is not None:

@@ -14,6 +14,8 @@ from torch.nn import functional as F
 
 from fastflow.nn import WeightNormLinear
 
+CODE_SIDE = 4  # the encoder halves the image down to CODE_SIDE x CODE_SIDE before its linear head
+
 
 class ResNetBlock(nn.Module):
     """conv3x3 -> BN -> ELU -> conv3x3 -> BN, plus a (projected) residual, then ELU."""
@@ -43,10 +45,10 @@ class CompressionEncoder(nn.Module):
         super().__init__()
         if len(hidden_planes) != levels:
             raise ValueError(f"encoder needs one hidden_planes entry per level ({levels}), got {hidden_planes}")
-        if image_size != 4 * 2**levels:
+        if image_size != CODE_SIDE * 2**levels:
             raise ValueError(
-                f"the encoder halves the image {levels} times down to 4x4, so it needs image_size "
-                f"{4 * 2**levels}, got {image_size}"
+                f"the encoder halves the image {levels} times down to {CODE_SIDE}x{CODE_SIDE}, so it needs image_size "
+                f"{CODE_SIDE * 2**levels}, got {image_size}"
             )
         blocks, c = [], in_channels
         for h in hidden_planes:
@@ -55,7 +57,7 @@ class CompressionEncoder(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.to_code = nn.Conv2d(c, out_planes, 1)
         self.z_dim = z_dim
-        self.head = WeightNormLinear(out_planes * 16, 2 * z_dim)
+        self.head = WeightNormLinear(out_planes * CODE_SIDE**2, 2 * z_dim)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return F.elu(self.to_code(self.blocks(x))).flatten(1)

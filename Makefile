@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench bench-ops clean
+.PHONY: install demo lint test test-all bench bench-ops clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m fastflow.cli demo --out demo_out
 
-test: $(STAMP)
+# ruff's settings are in ruff.toml (line length 120, import order).
+lint: $(STAMP)
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q -m "not slow" tests
 
 test-all: $(STAMP)

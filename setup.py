@@ -68,6 +68,6 @@ setup(
         "scikit-learn",
         "matplotlib",
     ],
-    extras_require={"dev": ["pytest", "pytest-benchmark"]},
+    extras_require={"dev": ["pytest", "pytest-benchmark", "ruff==0.17.6"]},
     entry_points={"console_scripts": ["fastflow=fastflow.cli:main"]},
 )

@@ -14,6 +14,13 @@ REPO = Path(__file__).resolve().parent.parent
 OTHER_SECTION = "## Batched log-determinant\n\nwritten by someone else\n"
 
 
+def run_python(*args: str) -> subprocess.CompletedProcess:
+    """``python ARGS`` in the repository root; fails the test (with its output) on a non-zero exit."""
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def test_replace_block_keeps_everything_outside_it(tmp_path: Path) -> None:
     path = tmp_path / "RESULTS.md"
     path.write_text("# title\n\n" + OTHER_SECTION)
@@ -26,14 +33,7 @@ def test_replace_block_keeps_everything_outside_it(tmp_path: Path) -> None:
 
 def test_quick_benchmark_writes_every_result(tmp_path: Path) -> None:
     (tmp_path / "RESULTS.md").write_text("# fastflow benchmarks\n\n" + OTHER_SECTION)
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_python("-m", "benchmarks", "--quick", "--out", str(tmp_path))
 
     text = (tmp_path / "RESULTS.md").read_text()
     assert OTHER_SECTION in text and "## Models against stock Glow on the CPU" in text
@@ -55,46 +55,15 @@ def test_quick_benchmark_writes_every_result(tmp_path: Path) -> None:
 
 def test_op_speed_benchmarks_run_once() -> None:
     """``make bench-ops`` (pytest-benchmark) with benchmarking disabled: every case runs once."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--benchmark-disable",
-            "benchmarks/test_op_speed.py",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_python(
+        "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable", "benchmarks/test_op_speed.py"
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
 
 
 def test_cpu_elu_benchmark_runs() -> None:
     """``python -m benchmarks.bench_cpu_elu`` on a tiny config (its numbers go to RESULTS.md)."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.bench_cpu_elu",
-            "--config",
-            "tiny_wolf",
-            "--batch",
-            "2",
-            "--rounds",
-            "1",
-            "--threads",
-            "1",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_python(
+        "-m", "benchmarks.bench_cpu_elu", "--config", "tiny_wolf", "--batch", "2", "--rounds", "1", "--threads", "1"
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "speed-up" in proc.stdout and "median of paired ratios" in proc.stdout

@@ -60,6 +60,9 @@ def _folder(name: str) -> Callable[[Path, int], Splits]:
     return splits
 
 
+# ImageNet 64, LSUN 128 and CelebA-HQ 256 share these (paper Table 5).
+_LARGE_IMAGES = dict(warmup_steps=200, weight_decay=5e-4, epochs=500, valid_interval=5000)
+
 _SPECS = (
     DatasetSpec(
         "embedded",
@@ -99,15 +102,7 @@ _SPECS = (
         "imagenet64",
         _imagenet64,
         None,
-        dict(
-            batch_size=256,
-            eval_batch_size=256,
-            init_batch_size=1024,
-            warmup_steps=200,
-            weight_decay=5e-4,
-            epochs=500,
-            valid_interval=5000,
-        ),
+        dict(_LARGE_IMAGES, batch_size=256, eval_batch_size=256, init_batch_size=1024),
         native_size=64,
         how_to_get="download Imagenet64_train_part1/part2_npz and Imagenet64_val_npz from "
         "https://image-net.org/download-images (downsampled ImageNet 64x64) and unpack the "
@@ -117,30 +112,14 @@ _SPECS = (
         "lsun",
         _folder("lsun"),
         None,
-        dict(
-            batch_size=256,
-            eval_batch_size=128,
-            init_batch_size=512,
-            warmup_steps=200,
-            weight_decay=5e-4,
-            epochs=500,
-            valid_interval=5000,
-        ),
+        dict(_LARGE_IMAGES, batch_size=256, eval_batch_size=128, init_batch_size=512),
         how_to_get="export the LSUN bedroom lmdb (https://github.com/fyu/lsun) to image files in that folder",
     ),
     DatasetSpec(
         "celeba",
         _folder("celeba"),
         random_flip,
-        dict(
-            batch_size=40,
-            eval_batch_size=40,
-            init_batch_size=256,
-            warmup_steps=200,
-            weight_decay=5e-4,
-            epochs=500,
-            valid_interval=5000,
-        ),
+        dict(_LARGE_IMAGES, batch_size=40, eval_batch_size=40, init_batch_size=256),
         how_to_get="put the 30,000 CelebA-HQ images there (e.g. extracted from Glow's celeba-tfr records)",
     ),
 )

@@ -10,6 +10,11 @@ all drawn from the run's ``train.seed``:
 - the data-dependent init batch and its noise: ``mix_seed(seed, INIT_STREAM)``;
 - the sample grids written at validation: ``mix_seed(seed, SAMPLE_STREAM)``.
 
+Streams of the same length are told apart only by their values, so a few coincide: the data order
+of epoch 3 (4) is drawn from the same seed as the init batch (the sample grids), and the augmentation
+of image 2 in epoch 0 from the same seed as rank 0's evaluation noise. They draw different things, and
+changing the ids would change every existing run's random numbers, so they are kept.
+
 The inference commands draw the images they show from their own ``--seed`` with
 ``mix_seed(seed, SWITCH_IMAGES)``, ``INTERPOLATE_IMAGES`` or ``RECONSTRUCT_IMAGES``.
 """

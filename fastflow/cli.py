@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fastflow.config import ConfigError
-from fastflow.data import DATASET_NAMES, DataNotFoundError
+from fastflow.data import DATASET_NAMES, DEFAULT_DATASET, DataNotFoundError
 from fastflow.train.checkpoint import CheckpointError
 
 EXPECTED_ERRORS = (ConfigError, CheckpointError, DataNotFoundError, ValueError)
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="run folder (default runs/<config name>)")
     p.add_argument("--data", help="data folder (sets train.data_path)")
-    p.add_argument("--dataset", choices=DATASET_NAMES, help="data set (sets train.dataset; default embedded)")
+    p.add_argument("--dataset", choices=DATASET_NAMES, help=f"data set (sets train.dataset; default {DEFAULT_DATASET})")
     p.add_argument("--steps", type=int, help="optimiser updates (sets train.steps)")
     p.add_argument("--epochs", type=int, help="epochs when steps is 0 (sets train.epochs)")
     p.add_argument("--batch-size", type=int, help="global batch size (sets train.batch_size)")

@@ -20,7 +20,7 @@ from fastflow.train.metrics import MetricsLog
 
 PROBE_TRAIN_IMAGES = 1000
 TRAIN_SECONDS = 150.0
-# On top of the embedded data set's defaults (batch 16, warmup 20; fastflow.train.config).
+# On top of the embedded data set's defaults (batch 16, warmup 20; fastflow.data.registry).
 DEMO_TRAIN = {
     "dataset": "embedded",
     "steps": 2000,

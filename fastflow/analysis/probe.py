@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fastflow.data import LABELLED_DATASETS
 from fastflow.data.order import image_loader, subset_indices
 
 FEATURES = ("z", "v", "pixels")
@@ -81,8 +82,8 @@ def linear_probe(
     test_x, test_y = encode_features(model, test_set, max_test, batch_size)
     if (train_y < 0).any() or len(np.unique(train_y)) < 2:
         raise ValueError(
-            "the probe needs a labelled data set with at least two classes (cifar10, imagenet64, "
-            "embedded); this one has no labels"
+            f"the probe needs a labelled data set with at least two classes ({', '.join(LABELLED_DATASETS)}); "
+            "this one has no labels"
         )
     result: dict[str, Any] = {
         "accuracy": {},

@@ -9,6 +9,8 @@ from fastflow.data.order import EpochBatchSampler
 from fastflow.data.registry import (
     DATASET_NAMES,
     DATASETS,
+    DEFAULT_DATASET,
+    LABELLED_DATASETS,
     DatasetSpec,
     build_datasets,
     dataset_spec,
@@ -19,6 +21,8 @@ __all__ = [
     "Augmented",
     "DATASETS",
     "DATASET_NAMES",
+    "DEFAULT_DATASET",
+    "LABELLED_DATASETS",
     "DataNotFoundError",
     "DatasetSpec",
     "EpochBatchSampler",

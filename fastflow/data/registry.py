@@ -27,10 +27,10 @@ class DatasetSpec:
 
     ``splits(root, image_size)`` loads (train, valid) from the folder ``root``; ``native_size`` is
     the only image size the data set has (None: images are resized to the model's size);
-    ``augmentation`` is applied to training images when ``train.augment`` is on; ``how_to_get``
-    completes the "To get it, ..." sentence of a :class:`DataNotFoundError`; ``train_defaults`` are
-    the ``train`` config values of this data set (paper Table 5 and the paper's CIFAR-10 command;
-    epochs for the other data sets are not published).
+    ``labelled``: items carry class labels (else -1); ``augmentation`` is applied to training images
+    when ``train.augment`` is on; ``how_to_get`` completes the "To get it, ..." sentence of a
+    :class:`DataNotFoundError`; ``train_defaults`` are the ``train`` config values of this data set
+    (paper Table 5 and the paper's CIFAR-10 command; epochs for the other data sets are not published).
     """
 
     name: str
@@ -39,6 +39,7 @@ class DatasetSpec:
     train_defaults: dict[str, Any]
     native_size: int | None = None
     how_to_get: str = ""
+    labelled: bool = False
 
 
 def _embedded(root: Path, size: int) -> Splits:
@@ -78,6 +79,7 @@ _SPECS = (
             valid_interval=100,
             checkpoint_interval=100,
             num_samples=64,
+            labelled=True,
         ),
     ),
     DatasetSpec(
@@ -95,6 +97,7 @@ _SPECS = (
             valid_interval=970,
         ),
         native_size=32,
+        labelled=True,
         how_to_get="download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it there "
         "(it creates cifar-10-batches-py/)",
     ),
@@ -104,6 +107,7 @@ _SPECS = (
         None,
         dict(_LARGE_IMAGES, batch_size=256, eval_batch_size=256, init_batch_size=1024),
         native_size=64,
+        labelled=True,
         how_to_get="download Imagenet64_train_part1/part2_npz and Imagenet64_val_npz from "
         "https://image-net.org/download-images (downsampled ImageNet 64x64) and unpack the "
         "train_data_batch_*.npz and val_data.npz files there",
@@ -125,6 +129,8 @@ _SPECS = (
 )
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in _SPECS}
 DATASET_NAMES = tuple(DATASETS)
+DEFAULT_DATASET = "embedded"
+LABELLED_DATASETS = tuple(name for name, spec in DATASETS.items() if spec.labelled)
 
 
 def dataset_spec(name: str) -> DatasetSpec:

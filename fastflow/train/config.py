@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fastflow.config import ConfigError, ModelConfig, bundled_config_path, from_dict, load_json, to_dict
-from fastflow.data import DATASET_NAMES, DATASETS
+from fastflow.data import DATASET_NAMES, DATASETS, DEFAULT_DATASET
 
 
 @dataclasses.dataclass
@@ -24,7 +24,7 @@ class TrainConfig:
     validation; ``valid_limit`` > 0 validates on that many images only.
     """
 
-    dataset: str = "embedded"
+    dataset: str = DEFAULT_DATASET
     data_path: str | None = None
     batch_size: int = 512
     batch_steps: int = 1
@@ -104,7 +104,7 @@ def train_config_from(block: dict[str, Any] | None, overrides: dict[str, Any] | 
     if not isinstance(block or {}, dict):
         raise ConfigError(f"train must be a JSON object, got {type(block).__name__}")
     merged = {**(block or {}), **(overrides or {})}
-    dataset = merged.pop("dataset", "embedded")
+    dataset = merged.pop("dataset", DEFAULT_DATASET)
     return default_train_config(dataset, **merged)
 
 

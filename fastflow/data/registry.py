@@ -79,8 +79,8 @@ _SPECS = (
             valid_interval=100,
             checkpoint_interval=100,
             num_samples=64,
-            labelled=True,
         ),
+        labelled=True,
     ),
     DatasetSpec(
         "cifar10",

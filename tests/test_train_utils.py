@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fastflow.config import ConfigError
+from fastflow.data import DATASET_NAMES
 from fastflow.train import checkpoint as ckpt
 from fastflow.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fastflow.train.config import default_train_config, load_run_config, train_config_from
@@ -49,6 +50,11 @@ def test_train_defaults_per_dataset():
     assert default_train_config("celeba").batch_size == 40
     c = default_train_config("cifar10")
     assert (c.lr, c.betas, c.eps, c.lr_decay) == (1e-3, [0.9, 0.999], 1e-8, 0.999997)
+
+
+def test_every_registered_dataset_has_valid_train_defaults():
+    for name in DATASET_NAMES:
+        assert default_train_config(name).dataset == name
 
 
 def test_train_block_overrides_defaults_and_rejects_unknown_keys():

@@ -15,11 +15,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fastflow.config import ConfigError
-from fastflow.data import DATASET_NAMES, DEFAULT_DATASET, DataNotFoundError
+from fastflow.data import DATASET_NAMES, DEFAULT_DATASET
+from fastflow.errors import UsageError
 from fastflow.train.checkpoint import CheckpointError
 
-EXPECTED_ERRORS = (ConfigError, CheckpointError, DataNotFoundError, ValueError)
+# What a command reports in one line (exit 2): bad input (UsageError, which includes config and data
+# errors), a missing, corrupt or unwritable checkpoint, and the operating system's refusals (a missing
+# data folder, a full disk, a folder without permission). Anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (UsageError, CheckpointError, OSError)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``fastflow train: error: ...``, exit 2), like the commands' own."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -52,9 +62,9 @@ def set_threads(requested: str) -> None:
         try:
             threads = int(requested)
         except ValueError:
-            raise ValueError(f"--threads must be a number or 'auto', got {requested!r}") from None
+            raise UsageError(f"--threads must be a number or 'auto', got {requested!r}") from None
         if threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
+            raise UsageError(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
 
 
@@ -99,6 +109,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         device=args.device,
         progress=not args.no_progress,
         max_seconds=args.time_limit,
+        checkpoint=args.checkpoint,
+        overwrite=args.overwrite,
     )
     if summary["rank"] == 0:
         print(
@@ -200,9 +212,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fastflow", description="Train, evaluate and explore Wolf, refined Glow and Glow models."
-    )
+    parser = Parser(prog="fastflow", description="Train, evaluate and explore Wolf, refined Glow and Glow models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train (or --resume) a model; torchrun-aware")
@@ -228,6 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="any train-config key, value as JSON (repeatable), e.g. --set valid_interval=500",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument(
+        "--checkpoint",
+        choices=("checkpoint", "best"),
+        default="checkpoint",
+        help="with --resume: continue from checkpoint.pt (the latest, default) or best.pt",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an --out folder that holds a run, deleting its checkpoints, metrics and samples",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument(
         "--time-limit",

@@ -2,63 +2,22 @@
 
 A config file holds ``{"model": {...}, "train": {...}}``; ``model`` is a :class:`ModelConfig`, and
 ``train`` is :class:`fastflow.train.config.TrainConfig`. Unknown keys are an error that names the key,
-where it was found and the keys that are allowed.
+where it was found and the keys that are allowed; every value is checked against its field's type and
+allowed range (:mod:`fastflow.schema`), with an error naming the key, the value and what is expected.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from pathlib import Path
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 # The model kinds, from the baseline to the full model; fastflow.models.MODELS maps each to its class.
 MODEL_KINDS = ("glow", "refined_glow", "wolf")
 
-
-class ConfigError(ValueError):
-    """A configuration file or dict that does not match the expected schema."""
-
-
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build the dataclass ``cls`` from ``data``, recursing into nested dataclasses.
-
-    Raises :class:`ConfigError` for unknown or missing keys, naming them and ``where`` they are.
-    """
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where}; allowed keys: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _convert(hints[name], value, f"{where}.{name}")
-    try:
-        return cls(**kwargs)
-    except TypeError as err:  # a required key is missing
-        raise ConfigError(f"{where}: {err}") from None
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        if len(args) == 1:
-            return _convert(args[0], value, where)
-        return value
-    if origin in (list, tuple) and isinstance(value, list):
-        return value if origin is list else tuple(value)
-    return value
+from fastflow.errors import ConfigError
+from fastflow.schema import AT_LEAST_ONE, NON_NEGATIVE, UNIT_INTERVAL, Range, from_dict, setting, validate_fields
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -75,31 +34,44 @@ class FlowConfig:
     ``factors``: refined only, one per internal level (4 in every paper config).
     """
 
-    levels: int
-    num_steps: list
-    hidden_channels: list
-    factors: list = dataclasses.field(default_factory=list)
-    alpha: float = 1.0
+    levels: int = setting(allowed=AT_LEAST_ONE)
+    num_steps: list[int | list[int]] = setting(allowed=AT_LEAST_ONE)
+    hidden_channels: list[int] = setting(allowed=AT_LEAST_ONE)
+    factors: list[int] = setting(factory=list, allowed=Range(2))
+    alpha: float = setting(1.0, allowed=UNIT_INTERVAL)  # coupling scale s = 1 + alpha tanh(u / 2) stays > 0
     transform: str = "affine"  # "affine" or "additive"
     lu: bool = True  # glow only: LU-parameterised 1x1 convolution
+
+    def __post_init__(self) -> None:
+        from fastflow.flows.coupling import TRANSFORMS
+
+        validate_fields(self, "model.flow")
+        if self.transform not in TRANSFORMS:
+            raise ConfigError(f"model.flow.transform must be one of {list(TRANSFORMS)}, got {self.transform!r}")
 
 
 @dataclasses.dataclass
 class EncoderConfig:
     """ResNet compression encoder: ``levels`` stages down to 4x4, then a 1x1 conv to ``out_planes``."""
 
-    levels: int
-    hidden_planes: list
-    out_planes: int
+    levels: int = setting(allowed=AT_LEAST_ONE)
+    hidden_planes: list[int] = setting(allowed=AT_LEAST_ONE)
+    out_planes: int = setting(allowed=AT_LEAST_ONE)
+
+    def __post_init__(self) -> None:
+        validate_fields(self, "model.encoder")
 
 
 @dataclasses.dataclass
 class PriorConfig:
     """Flow prior over z: ``num_steps`` steps with MLP couplings of ``hidden_features``."""
 
-    num_steps: int = 2
-    hidden_features: int = 256
-    alpha: float = 1.0
+    num_steps: int = setting(2, allowed=NON_NEGATIVE)
+    hidden_features: int = setting(256, allowed=AT_LEAST_ONE)
+    alpha: float = setting(1.0, allowed=UNIT_INTERVAL)
+
+    def __post_init__(self) -> None:
+        validate_fields(self, "model.prior")
 
 
 @dataclasses.dataclass
@@ -107,20 +79,19 @@ class ModelConfig:
     """One model: ``kind`` is one of :data:`MODEL_KINDS` ("glow", "refined_glow", "wolf")."""
 
     kind: str
-    image_size: int
-    flow: FlowConfig
-    in_channels: int = 3
-    n_bits: int = 8
-    z_dim: int = 0
+    image_size: int = setting(allowed=AT_LEAST_ONE)
+    flow: FlowConfig = setting()
+    in_channels: int = setting(3, allowed=AT_LEAST_ONE)
+    n_bits: int = setting(8, allowed=Range(1, 8))
+    z_dim: int = setting(0, allowed=NON_NEGATIVE)
     encoder: EncoderConfig | None = None
     prior: PriorConfig | None = None
     memory_efficient: bool = False  # recompute flow activations from outputs in the backward pass
 
     def __post_init__(self) -> None:
+        validate_fields(self, "model")
         if self.kind not in MODEL_KINDS:
             raise ConfigError(f"model.kind must be one of {MODEL_KINDS}, got {self.kind!r}")
-        if not 1 <= self.n_bits <= 8:
-            raise ConfigError(f"model.n_bits must be between 1 and 8, got {self.n_bits}")
         if self.kind == "wolf" and (self.encoder is None or self.prior is None or self.z_dim <= 0):
             raise ConfigError("a wolf model needs 'z_dim' > 0, an 'encoder' block and a 'prior' block")
         if self.kind != "wolf" and (self.encoder is not None or self.z_dim):

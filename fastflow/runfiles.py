@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 
@@ -35,3 +36,13 @@ class RunFiles:
     @property
     def samples(self) -> Path:
         return self.root / "samples"
+
+    def run_marks(self) -> list[Path]:
+        """The files present that show the folder holds a run (config, checkpoints, metrics)."""
+        return [p for p in (self.config, self.checkpoint, self.best, self.metrics) if p.exists()]
+
+    def clear(self) -> None:
+        """Delete what training writes (checkpoints, config, metrics, plot, ``samples/``); nothing else."""
+        for path in (self.config, self.checkpoint, self.best, self.metrics, self.plot):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.samples, ignore_errors=True)

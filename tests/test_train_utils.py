@@ -64,7 +64,7 @@ def test_train_block_overrides_defaults_and_rejects_unknown_keys():
         train_config_from({"batchsize": 64})
     with pytest.raises(ConfigError, match="train.dataset must be one of"):
         train_config_from({"dataset": "mnist"})
-    with pytest.raises(ConfigError, match="sample_temperatures must be >= 0"):
+    with pytest.raises(ConfigError, match=r"train.sample_temperatures\[0\] must be >= 0"):
         train_config_from({"sample_temperatures": [-1.0]})
     with pytest.raises(ConfigError, match="divisible by train.batch_steps"):
         train_config_from({"batch_size": 10, "batch_steps": 3})

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from fastflow.data import LABELLED_DATASETS
 from fastflow.data.order import image_loader, subset_indices
+from fastflow.errors import UsageError
 
 FEATURES = ("z", "v", "pixels")
 
@@ -81,7 +82,7 @@ def linear_probe(
     train_x, train_y = encode_features(model, train_set, max_train, batch_size)
     test_x, test_y = encode_features(model, test_set, max_test, batch_size)
     if (train_y < 0).any() or len(np.unique(train_y)) < 2:
-        raise ValueError(
+        raise UsageError(
             f"the probe needs a labelled data set with at least two classes ({', '.join(LABELLED_DATASETS)}); "
             "this one has no labels"
         )

@@ -5,35 +5,37 @@ All functions take uint8 images ``[B, 3, H, W]`` on the model's device and write
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 from torchvision.utils import save_image
 
+from fastflow.train.checkpoint import atomic_write
+
 PAPER_STEPS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int) -> Path:
-    """Save uint8 images ``[N, 3, H, W]`` as a grid of ``nrow`` images per row; returns ``path``."""
+    """Save uint8 images ``[N, 3, H, W]`` as a grid of ``nrow`` images per row (written atomically:
+    a failed write leaves no partial PNG); returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.detach().float().cpu() / 255.0, path, nrow=nrow, padding=2, pad_value=1.0)
+    png = io.BytesIO()
+    save_image(images.detach().float().cpu() / 255.0, png, format="png", nrow=nrow, padding=2, pad_value=1.0)
+    atomic_write(path, png.getvalue())
     return path
 
 
-def check_temperature(temperature: float) -> float:
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (v ~ N(0, T^2 I)), got {temperature}")
-    return float(temperature)
-
-
 @torch.no_grad()
-def sample_grid(model: torch.nn.Module, n: int, temperature: float, path: Path, seed: int) -> Path:
-    """``n`` samples at ``temperature`` (z from its prior, v ~ N(0, T^2 I)) in a square-ish grid."""
-    check_temperature(temperature)
+def sample_grid(
+    model: torch.nn.Module, n: int, temperature: float, path: Path, seed: int, nonfinite: str = "raise"
+) -> Path:
+    """``n`` samples at ``temperature`` (z from its prior, v ~ N(0, T^2 I)) in a square-ish grid;
+    ``nonfinite`` as in ``ImageFlowModel.decode`` ("warn" during training, "raise" otherwise)."""
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    images = model.sample(n, temperature=temperature, generator=generator)
+    images = model.sample(n, temperature=temperature, generator=generator, nonfinite=nonfinite)
     return save_grid(images, path, nrow=max(1, round(n**0.5)))
 
 

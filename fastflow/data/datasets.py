@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from fastflow.data.transforms import square_resize
+from fastflow.errors import DataError
 from fastflow.seeding import mix_seed
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -52,9 +53,9 @@ class TensorImageDataset(Dataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str] = ()) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+            raise DataError(f"images must be uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must have shape [{images.shape[0]}], got {tuple(labels.shape)}")
+            raise DataError(f"labels must have shape [{images.shape[0]}], got {tuple(labels.shape)}")
         self.images, self.labels, self.classes = images, labels.long(), tuple(classes)
 
     def __len__(self) -> int:
@@ -111,12 +112,12 @@ class NpzImageDataset(Dataset):
         for path in files:
             with np.load(path) as npz:
                 if "data" not in npz:
-                    raise ValueError(f"{path} has no 'data' array (keys: {sorted(npz.keys())})")
+                    raise DataError(f"{path} has no 'data' array (keys: {sorted(npz.keys())})")
                 labels = np.asarray(npz["labels"], dtype=np.int64) - 1 if "labels" in npz else None
             data = npz_member(path, "data")
             labels = labels if labels is not None else np.full(len(data), -1)
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * size * size:
-                raise ValueError(f"{path}: 'data' must be uint8 [N, {3 * size * size}], got {data.dtype} {data.shape}")
+                raise DataError(f"{path}: 'data' must be uint8 [N, {3 * size * size}], got {data.dtype} {data.shape}")
             self.data.append(data)
             self.labels.append(labels)
         self.offsets = np.cumsum([0] + [len(d) for d in self.data]).tolist()
@@ -150,8 +151,10 @@ def imagenet64(root: Path, train: bool) -> NpzImageDataset:
 class ImageFolderDataset(Dataset):
     """Image files, each center-cropped to a square and resized to ``[3, size, size]``; no labels.
 
-    Files whose header cannot be read are dropped at construction with one warning; a file that fails
-    to decode later (e.g. truncated) is replaced by the next readable file with a warning.
+    Files whose header cannot be read are dropped at construction with one warning, and so are files
+    that fail to decode before the first one that does (which is decoded to check, so that a folder
+    where no image decodes is a :class:`~fastflow.errors.DataError` before anything is written). A file
+    that fails to decode later (e.g. truncated) is replaced by the next readable file with a warning.
     """
 
     def __init__(self, files: Sequence[Path], size: int) -> None:
@@ -164,9 +167,19 @@ class ImageFolderDataset(Dataset):
                 self.files.append(path)
             except (UnidentifiedImageError, OSError):
                 bad.append(path)
+        while self.files and not self._decodes(self.files[0]):
+            bad.append(self.files.pop(0))
         if bad:
             shown = ", ".join(str(p) for p in bad[:5]) + (" ..." if len(bad) > 5 else "")
             warnings.warn(f"skipped {len(bad)} unreadable image file(s): {shown}", stacklevel=2)
+
+    def _decodes(self, path: Path) -> bool:
+        try:
+            with Image.open(path) as image:
+                image.load()
+            return True
+        except (UnidentifiedImageError, OSError):
+            return False
 
     def __len__(self) -> int:
         return len(self.files)
@@ -179,7 +192,7 @@ class ImageFolderDataset(Dataset):
                     return square_resize(image, self.size), -1
             except (UnidentifiedImageError, OSError) as err:
                 warnings.warn(f"skipping unreadable image {path}: {err}", stacklevel=2)
-        raise RuntimeError(f"none of the {len(self.files)} image files could be decoded")
+        raise DataError(f"none of the {len(self.files)} image files could be decoded (first: {self.files[0]})")
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -198,6 +211,11 @@ def image_folder(dataset: str, root: Path, train: bool, size: int) -> ImageFolde
         held_out = min(MAX_HELD_OUT, len(files) // HELD_OUT_DIVISOR)
         files = files[: len(files) - held_out] if train else files[len(files) - held_out :]
     split = ImageFolderDataset(files, size)
+    if files and len(split) == 0:
+        raise DataError(
+            f"{dataset}: none of the {len(files)} {'training' if train else 'validation'} image files under "
+            f"{root.resolve()} could be decoded (e.g. {files[0]}); replace them, or point --data at another folder"
+        )
     if len(split) == 0:
         raise not_found(
             dataset, root, f"no readable {'training' if train else 'validation'} images ({', '.join(IMAGE_SUFFIXES)})"

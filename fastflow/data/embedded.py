@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from fastflow.data.datasets import TensorImageDataset
+from fastflow.errors import UsageError
 
 PHOTOS = ("china", "flower")
 VALID_FRACTION = 1 / 8
@@ -61,7 +62,7 @@ def _patches(photo: np.ndarray, size: int, index: int) -> tuple[list[np.ndarray]
 def embedded_patches(size: int = 32) -> tuple[TensorImageDataset, TensorImageDataset]:
     """(train, valid) patch data sets of uint8 images ``[3, size, size]`` with the photo as label."""
     if not 4 <= size <= 128:
-        raise ValueError(f"embedded patch size must be between 4 and 128, got {size}")
+        raise UsageError(f"embedded patch size must be between 4 and 128, got {size}")
     splits: dict[str, tuple[list, list]] = {"train": ([], []), "valid": ([], [])}
     for index, photo in enumerate(load_photos()):
         train, valid = _patches(photo, size, index)

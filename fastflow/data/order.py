@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from fastflow.errors import UsageError
 from fastflow.seeding import mix_seed
 
 
@@ -22,9 +23,9 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} must be divisible by the number of processes {world_size}")
+            raise UsageError(f"batch size {batch_size} must be divisible by the number of processes {world_size}")
         if num_items < batch_size:
-            raise ValueError(f"the training set has {num_items} images, fewer than one batch of {batch_size}")
+            raise UsageError(f"the training set has {num_items} images, fewer than one batch of {batch_size}")
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start = 0, 0

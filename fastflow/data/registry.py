@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from fastflow.data.datasets import DataNotFoundError, cifar10, image_folder, imagenet64
 from fastflow.data.embedded import embedded_patches
 from fastflow.data.transforms import Augmentation, pad_crop_flip, random_flip
+from fastflow.errors import UsageError
 
 Splits = tuple[Dataset, Dataset]
 
@@ -136,7 +137,7 @@ LABELLED_DATASETS = tuple(name for name, spec in DATASETS.items() if spec.labell
 def dataset_spec(name: str) -> DatasetSpec:
     """The spec of data set ``name``; ValueError naming the known ones otherwise."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {DATASET_NAMES}")
+        raise UsageError(f"unknown dataset {name!r}; expected one of {DATASET_NAMES}")
     return DATASETS[name]
 
 
@@ -153,7 +154,7 @@ def build_datasets(dataset: str, data_path: str | Path | None, image_size: int) 
     """
     spec = dataset_spec(dataset)
     if spec.native_size is not None and image_size != spec.native_size:
-        raise ValueError(
+        raise UsageError(
             f"{dataset} images are {spec.native_size}x{spec.native_size}, "
             f"but the model expects {image_size}x{image_size}"
         )

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fastflow.errors import UsageError
 from fastflow.flows.actnorm import ActNorm
 from fastflow.flows.base import Flow, FlowSequence, logdet_dtype
 from fastflow.flows.conv1x1 import InvertibleConv1x1, full_precision
@@ -180,7 +181,7 @@ class GlowLevel(Flow):
 def build_glow(in_channels: int, levels: int, num_steps: list, hidden_channels: list, lu: bool = True) -> GlowLevel:
     """Glow with ``levels`` levels of ``num_steps[l]`` steps over ``[B, in_channels, H, W]``."""
     if len(num_steps) != levels or len(hidden_channels) != levels:
-        raise ValueError(
+        raise UsageError(
             f"Glow needs one num_steps and hidden_channels entry per level ({levels}), got "
             f"{num_steps} and {hidden_channels}"
         )

@@ -7,6 +7,7 @@ with MLP conditioners. Sampling runs the inverse from eps ~ N(0, I) (no temperat
 
 from __future__ import annotations
 
+from fastflow.errors import UsageError
 from fastflow.flows.actnorm import ActNorm
 from fastflow.flows.base import FlowSequence
 from fastflow.flows.conv1x1 import InvertibleLinear
@@ -16,7 +17,7 @@ from fastflow.flows.coupling import vector_coupling
 def build_prior_flow(z_dim: int, num_steps: int, hidden: int, alpha: float = 1.0) -> FlowSequence:
     """A ``num_steps``-step flow over ``[B, z_dim]``."""
     if z_dim < 2:
-        raise ValueError(f"the z prior needs z_dim >= 2, got {z_dim}")
+        raise UsageError(f"the z prior needs z_dim >= 2, got {z_dim}")
     layers = []
     for _ in range(num_steps):
         layers += [

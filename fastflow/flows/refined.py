@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastflow.errors import UsageError
 from fastflow.flows.actnorm import ActNorm
 from fastflow.flows.base import Flow, FlowSequence, logdet_dtype
 from fastflow.flows.conv1x1 import ActNormConv1x1, InvertibleConv1x1
@@ -187,12 +188,12 @@ def build_refined_glow(
 ) -> MultiScaleLevel:
     """The whole refined-Glow flow over ``[B, in_channels, H, W]`` (see the module docstring)."""
     if levels < 2 or len(num_steps) != levels or len(hidden_channels) != levels:
-        raise ValueError(
+        raise UsageError(
             f"refined Glow needs levels >= 2 and one num_steps and hidden_channels entry per level; got "
             f"levels={levels}, num_steps={num_steps}, hidden_channels={hidden_channels}"
         )
     if len(factors) != levels - 2:
-        raise ValueError(f"refined Glow needs {levels - 2} factors (one per internal level), got {factors}")
+        raise UsageError(f"refined Glow needs {levels - 2} factors (one per internal level), got {factors}")
 
     def steps(n: int, channels: int, hidden: int) -> FlowSequence:
         return FlowSequence([refined_step(channels, hidden, z_dim, transform, alpha) for _ in range(n)])
@@ -201,7 +202,7 @@ def build_refined_glow(
     for level in range(1, levels - 1):
         sub, factor, c = num_steps[level], factors[level - 1], level_channels[level]
         if not isinstance(sub, list) or not 0 < len(sub) < factor:
-            raise ValueError(f"internal level {level} needs a list of 1 to {factor - 1} step counts, got {sub}")
+            raise UsageError(f"internal level {level} needs a list of 1 to {factor - 1} step counts, got {sub}")
         for _ in sub:
             c, factor = c - c // factor, factor - 1
         level_channels.append(4 * c)

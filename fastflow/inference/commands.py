@@ -16,14 +16,15 @@ from torch.utils.data import Dataset
 from fastflow.analysis.probe import linear_probe
 from fastflow.analysis.visualize import (
     PAPER_STEPS,
-    check_temperature,
     interpolation_grid,
     reconstruction_grid,
     sample_grid,
     switch_grid,
 )
 from fastflow.data import build_datasets
+from fastflow.errors import UsageError
 from fastflow.inference.rundir import LoadedRun
+from fastflow.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check
 from fastflow.seeding import INTERPOLATE_IMAGES, RECONSTRUCT_IMAGES, SWITCH_IMAGES, mix_seed
 from fastflow.train.checkpoint import atomic_write
 from fastflow.train.distributed import Context
@@ -42,13 +43,19 @@ def run_datasets(run: LoadedRun, data_path: str | None = None) -> dict[str, Data
 def pick_images(dataset: Dataset, count: int, seed: int) -> torch.Tensor:
     """``count`` distinct images drawn with ``seed``: uint8 ``[count, 3, H, W]``."""
     if count > len(dataset):
-        raise ValueError(f"asked for {count} images, but the split has only {len(dataset)}")
+        raise UsageError(f"asked for {count} images, but the split has only {len(dataset)}")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
     return torch.stack([dataset[int(i)][0] for i in order])
 
 
 def _device(run: LoadedRun) -> torch.device:
     return next(run.model.parameters()).device
+
+
+def _check_common(split: str, seed: int) -> None:
+    if split not in SPLITS:
+        raise UsageError(f"split must be one of {SPLITS}, got {split!r}")
+    check("seed", seed, int, NON_NEGATIVE)
 
 
 def _run_images(run: LoadedRun, split: str, data_path: str | None, count: int, seed: int) -> torch.Tensor:
@@ -58,7 +65,7 @@ def _run_images(run: LoadedRun, split: str, data_path: str | None, count: int, s
 
 def _require_z(run: LoadedRun, what: str) -> None:
     if not run.model.has_z:
-        raise ValueError(f"{what} needs a model with a global code z (wolf); {run.checkpoint} is a {run.model.kind}")
+        raise UsageError(f"{what} needs a model with a global code z (wolf); {run.checkpoint} is a {run.model.kind}")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
@@ -78,10 +85,10 @@ def evaluate(
     out: Path | None = None,
 ) -> dict[str, Any]:
     """Bits/dim of ``split`` with ``k`` samples per image; writes ``eval_<split>.json``."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    _check_common(split, seed)
+    check("k", k, int, AT_LEAST_ONE)
+    check("limit", limit, int, NON_NEGATIVE)  # 0: every image
+    check("batch_size", batch_size, int, NON_NEGATIVE)  # 0: the run's eval_batch_size
     dataset = run_datasets(run, data_path)[split]
     ctx = Context(0, 1, _device(run))
     result = evaluate_bpd(run.model, dataset, batch_size or run.train_config.eval_batch_size, k, seed, ctx, limit)
@@ -94,10 +101,10 @@ def sample(
     run: LoadedRun, temperatures: list[float], n: int = 64, seed: int = 0, out_dir: Path | None = None
 ) -> dict[str, Any]:
     """One grid of ``n`` samples per temperature: ``samples/sample_t<T>.png``."""
-    for t in temperatures:
-        check_temperature(t)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    for t in temperatures:  # every one before any grid is written
+        check("temperature", t, float, NON_NEGATIVE)
+    check("n", n, int, AT_LEAST_ONE)
+    check("seed", seed, int, NON_NEGATIVE)
     folder = out_dir or run.files.samples
     paths = [str(sample_grid(run.model, n, t, folder / f"sample_t{t:g}.png", seed)) for t in temperatures]
     return {"temperatures": temperatures, "n": n, "paths": paths}
@@ -112,6 +119,8 @@ def switch(
     out: Path | None = None,
 ) -> dict[str, Any]:
     """``switch.png``: one row per pair, x0 | x1 | decode(z1, v0) | decode(z0, v1)."""
+    _check_common(split, seed)
+    check("pairs", pairs, int, AT_LEAST_ONE)
     _require_z(run, "switch")
     images = _run_images(run, split, data_path, 2 * pairs, mix_seed(seed, SWITCH_IMAGES))
     path = switch_grid(run.model, images[:pairs], images[pairs:], out or run.files.root / "switch.png")
@@ -129,6 +138,11 @@ def interpolate(
     out_dir: Path | None = None,
 ) -> dict[str, Any]:
     """``interpolate_pair<i>.png`` per pair: rows z((1-a) z0 + a z1), columns v((1-b) v0 + b v1)."""
+    _check_common(split, seed)
+    check("pairs", pairs, int, AT_LEAST_ONE)
+    for name, weights in (("alphas", alphas), ("betas", betas)):
+        if not check(name, weights, list[float]):
+            raise UsageError(f"{name} must hold at least one number")
     _require_z(run, "interpolate")
     images = _run_images(run, split, data_path, 2 * pairs, mix_seed(seed, INTERPOLATE_IMAGES))
     folder = out_dir or run.files.root
@@ -157,6 +171,8 @@ def reconstruct(
     out: Path | None = None,
 ) -> dict[str, Any]:
     """``reconstruct.png``: originals over decode(encode(x)); reports the largest pixel error."""
+    _check_common(split, seed)
+    check("n", n, int, AT_LEAST_ONE)
     images = _run_images(run, split, data_path, n, mix_seed(seed, RECONSTRUCT_IMAGES))
     path, error = reconstruction_grid(run.model, images, out or run.files.root / "reconstruct.png")
     return {"n": n, "max_pixel_error": error, "path": str(path)}
@@ -171,6 +187,9 @@ def probe(
     out: Path | None = None,
 ) -> dict[str, Any]:
     """Linear SVMs on z, v and raw pixels (train split -> valid split); writes ``probe.json``."""
+    check("max_train", max_train, int, NON_NEGATIVE)  # 0: every image
+    check("max_test", max_test, int, NON_NEGATIVE)
+    check("C", c, float, POSITIVE)
     data = run_datasets(run, data_path)
     result = linear_probe(
         run.model, data["train"], data["valid"], max_train, max_test, c, run.train_config.eval_batch_size

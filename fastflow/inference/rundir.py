@@ -8,10 +8,12 @@ from pathlib import Path
 import torch
 
 from fastflow.config import ConfigError, ModelConfig
+from fastflow.errors import UsageError
 from fastflow.models import build_model
 from fastflow.runfiles import RunFiles
 from fastflow.train.checkpoint import load_checkpoint, load_model_state
 from fastflow.train.config import TrainConfig, load_run_config
+from fastflow.train.distributed import pick_device
 
 CHECKPOINTS = ("checkpoint", "best")
 
@@ -35,7 +37,8 @@ def load_run(run_dir: str | Path, which: str = "checkpoint", device: str | torch
     do not belong together (e.g. a checkpoint of another model kind).
     """
     if which not in CHECKPOINTS:
-        raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {which!r}")
+        raise UsageError(f"checkpoint must be one of {CHECKPOINTS}, got {which!r}")
+    device = pick_device(str(device))
     files = RunFiles(Path(run_dir))
     if not files.root.is_dir():
         raise ConfigError(f"run folder {files.root} does not exist")

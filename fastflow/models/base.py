@@ -6,13 +6,25 @@ optionally conditioned on a global code z; subclasses say where z comes from (:m
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
 from fastflow.config import ModelConfig
+from fastflow.errors import UsageError
 from fastflow.flows import Flow, MultiScaleLevel, weight_statistics
+from fastflow.flows.debug import NonFiniteError
 from fastflow.flows.memory import ChainMonitor
 from fastflow.models import preprocess as pp
+from fastflow.schema import AT_LEAST_ONE, NON_NEGATIVE, check
+
+NONFINITE_POLICIES = ("raise", "warn")
+
+
+def _count_nonfinite(x: torch.Tensor) -> int:
+    """How many items of the batch ``x`` ``[B, ...]`` hold a NaN or an infinity."""
+    return int((~torch.isfinite(x)).flatten(1).any(1).sum())
 
 
 def randn(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -51,7 +63,7 @@ class ImageFlowModel(nn.Module):
         (activation memory no longer grows with depth). Returns the monitor of reconstruction errors;
         a recomputed input off by more than ``tolerance`` raises a warning naming the layer."""
         if not isinstance(self.flow, MultiScaleLevel):
-            raise ValueError(
+            raise UsageError(
                 f"memory-efficient backprop needs the refined-Glow decoder (refined_glow, wolf), not {self.kind}"
             )
         self.recompute_monitor.tolerance = tolerance
@@ -71,7 +83,7 @@ class ImageFlowModel(nn.Module):
 
     def _check_z(self, z: torch.Tensor | None, batch: int) -> None:
         if z is not None:
-            raise ValueError(f"a {self.kind} model has no global code z; pass z=None")
+            raise UsageError(f"a {self.kind} model has no global code z; pass z=None")
 
     def _deterministic_z(self, bins: torch.Tensor) -> torch.Tensor | None:
         return None
@@ -106,8 +118,7 @@ class ImageFlowModel(nn.Module):
         ``nll`` ``[B]`` (nats of -log p(x | z), in bin units) and ``kl`` ``[B]`` (nats).
         """
         self._check(x)
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        check("num_samples", num_samples, int, AT_LEAST_ONE)
         b = x.shape[0]
         bins = self._bins(x)
         bins = bins.repeat(num_samples, 1, 1, 1)
@@ -147,30 +158,54 @@ class ImageFlowModel(nn.Module):
         return z, v
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
-        """(z, v) -> uint8 images ``[B, C, H, W]`` (generation direction)."""
+    def decode(self, z: torch.Tensor | None, v: torch.Tensor, nonfinite: str = "raise") -> torch.Tensor:
+        """(z, v) -> uint8 images ``[B, C, H, W]`` (generation direction).
+
+        NaN or infinite values, in ``v`` or produced by the inverse flow (an overflow), have no pixel
+        value. ``nonfinite="raise"`` (default): a :class:`~fastflow.errors.UsageError` for ``v``, a
+        :class:`~fastflow.flows.debug.NonFiniteError` for the flow's output. ``"warn"``: one warning
+        counting the images affected, whose bad values become black (NaN, -inf) or white (+inf) pixels.
+        """
         size, c = self.config.image_size, self.config.in_channels
         if v.dim() != 4 or tuple(v.shape[1:]) != (c, size, size):
-            raise ValueError(f"v must have shape [B, {c}, {size}, {size}], got {tuple(v.shape)}")
+            raise UsageError(f"v must have shape [B, {c}, {size}, {size}], got {tuple(v.shape)}")
+        if nonfinite not in NONFINITE_POLICIES:
+            raise UsageError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         self._check_z(z, v.shape[0])
+        bad_v = _count_nonfinite(v)
+        if bad_v and nonfinite == "raise":
+            raise UsageError(f"v holds NaN or infinite values in {bad_v} of {v.shape[0]} images")
         with weight_statistics(self, need_inverse=True):
             x, _ = self.flow.inverse(v.to(self._device()), z)
+        bad_x = _count_nonfinite(x)
+        if bad_x and nonfinite == "raise":
+            raise NonFiniteError(
+                f"the inverse flow produced NaN or infinite values in {bad_x} of {v.shape[0]} images "
+                f"(an overflow: try a lower temperature, or an earlier checkpoint)"
+            )
+        if bad_x:
+            warnings.warn(
+                f"{bad_x} of {v.shape[0]} decoded images hold NaN or infinite values "
+                f"({bad_v} of them from v itself); those values are shown as black or white pixels",
+                stacklevel=2,
+            )
         return pp.postprocess(x, self.config.n_bits)
 
     def _sample_z(self, n: int, generator: torch.Generator | None) -> torch.Tensor | None:
         return None
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n uint8 samples ``[n, C, H, W]``: v ~ N(0, T^2 I) (z from its prior, no temperature)."""
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+    def sample(
+        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None, nonfinite: str = "raise"
+    ) -> torch.Tensor:
+        """n uint8 samples ``[n, C, H, W]``: v ~ N(0, T^2 I) (z from its prior, no temperature).
+        ``temperature`` is a finite number >= 0; ``nonfinite`` as in :meth:`decode`."""
+        temperature = check("temperature", temperature, float, NON_NEGATIVE)
+        n = check("n", n, int, AT_LEAST_ONE)
         size, c = self.config.image_size, self.config.in_channels
         ref = next(self.parameters())
         v = randn((n, c, size, size), ref, generator) * temperature
-        return self.decode(self._sample_z(n, generator), v)
+        return self.decode(self._sample_z(n, generator), v, nonfinite)
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fastflow.errors import UsageError
 from fastflow.nn import WeightNormLinear
 
 CODE_SIDE = 4  # the encoder halves the image down to CODE_SIDE x CODE_SIDE before its linear head
@@ -44,9 +45,9 @@ class CompressionEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if len(hidden_planes) != levels:
-            raise ValueError(f"encoder needs one hidden_planes entry per level ({levels}), got {hidden_planes}")
+            raise UsageError(f"encoder needs one hidden_planes entry per level ({levels}), got {hidden_planes}")
         if image_size != CODE_SIDE * 2**levels:
-            raise ValueError(
+            raise UsageError(
                 f"the encoder halves the image {levels} times down to {CODE_SIDE}x{CODE_SIDE}, so it needs image_size "
                 f"{CODE_SIDE * 2**levels}, got {image_size}"
             )

@@ -11,19 +11,23 @@ import math
 
 import torch
 
+from fastflow.errors import UsageError
+
 
 def check_images(x: torch.Tensor, channels: int, size: int) -> None:
-    """Raise ValueError unless ``x`` is a ``[B, channels, size, size]`` batch of finite pixel values."""
+    """Raise ValueError unless ``x`` is a non-empty ``[B, channels, size, size]`` batch of finite pixel values."""
     expected = f"[B, {channels}, {size}, {size}]"
     if x.dim() != 4 or x.shape[1] != channels or x.shape[2] != size or x.shape[3] != size:
-        raise ValueError(f"expected images of shape {expected}, got {tuple(x.shape)}")
+        raise UsageError(f"expected images of shape {expected}, got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise UsageError(f"expected a non-empty batch of images {expected} with B >= 1, got {tuple(x.shape)}")
     if x.dtype != torch.uint8:
         if not x.is_floating_point():
             raise TypeError(f"images must be uint8 or float pixel values in [0, 255], got {x.dtype}")
         if not torch.isfinite(x).all():
-            raise ValueError("images contain NaN or infinite values")
+            raise UsageError("images contain NaN or infinite values")
         if x.numel() and (x.min() < 0 or x.max() > 255):
-            raise ValueError("float images must hold pixel values in [0, 255]")
+            raise UsageError("float images must hold pixel values in [0, 255]")
 
 
 def to_bins(x: torch.Tensor, n_bits: int) -> torch.Tensor:
@@ -51,7 +55,8 @@ def bins_to_unit(bins: torch.Tensor, n_bits: int) -> torch.Tensor:
 
 
 def postprocess(x: torch.Tensor, n_bits: int) -> torch.Tensor:
-    """[-1, 1] -> uint8 pixels: back to bins, floor, scale to 8 bits, clamp. Non-finite values -> 0."""
+    """[-1, 1] -> uint8 pixels: back to bins, floor, scale to 8 bits, clamp. NaN and -inf -> 0, +inf -> 255
+    (callers decide whether non-finite values are an error: ``ImageFlowModel.decode``)."""
     bins = 2**n_bits
     x = torch.nan_to_num(x.float(), nan=-1.0, posinf=1.0, neginf=-1.0)
     p = torch.floor((x + 1.0) * 0.5 * bins).clamp(0, bins - 1) * (256 // bins)

@@ -12,6 +12,7 @@ import math
 import torch
 
 from fastflow.config import ModelConfig
+from fastflow.errors import UsageError
 from fastflow.flows import build_prior_flow, build_refined_glow
 from fastflow.models import preprocess as pp
 from fastflow.models.base import ImageFlowModel, randn
@@ -91,9 +92,9 @@ class WolfModel(ImageFlowModel):
     def _check_z(self, z: torch.Tensor | None, batch: int) -> None:
         if z is None or z.dim() != 2 or tuple(z.shape) != (batch, self.z_dim):
             shape = None if z is None else tuple(z.shape)
-            raise ValueError(f"z must have shape [{batch}, {self.z_dim}] (one code per image), got {shape}")
+            raise UsageError(f"z must have shape [{batch}, {self.z_dim}] (one code per image), got {shape}")
         if not torch.isfinite(z).all():
-            raise ValueError("z contains NaN or infinite values")
+            raise UsageError("z contains NaN or infinite values")
 
     def _sample_z(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         ref = next(self.parameters())
@@ -104,7 +105,7 @@ class WolfModel(ImageFlowModel):
     def switch(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         """For pairs (x0, x1) ``[B, C, H, W]``: decode(z1, v0) and decode(z0, v1), ``[B, 2, C, H, W]``."""
         if x0.shape != x1.shape:
-            raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+            raise UsageError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
         z0, v0 = self.encode(x0)
         z1, v1 = self.encode(x1)
         return torch.stack([self.decode(z1, v0), self.decode(z0, v1)], dim=1)
@@ -116,7 +117,7 @@ class WolfModel(ImageFlowModel):
         Returns uint8 ``[len(alphas), len(betas), C, H, W]``; (a, b) = (1, 0) is the switch image.
         """
         if x0.shape[0] != 1 or x1.shape[0] != 1:
-            raise ValueError(
+            raise UsageError(
                 f"interpolate takes one pair of shape [1, C, H, W], got {tuple(x0.shape)} and {tuple(x1.shape)}"
             )
         z0, v0 = self.encode(x0)

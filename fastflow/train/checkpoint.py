@@ -7,14 +7,18 @@ then the payload, a ``torch.save`` of a dict of tensors and plain Python values 
 
 Writes go to a temporary file in the same folder, are flushed and fsync-ed, then ``os.replace``-d over
 the old file (and the folder is fsync-ed), so a crash at any point leaves either the old checkpoint or
-the new one, never a mix.
+the new one, never a mix. A process killed mid-write leaves its temporary file behind; training
+removes such files at start-up (:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import re
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,11 @@ VERSION = 1
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupt, or from an incompatible model."""
+    """A checkpoint that is missing, corrupt, from an incompatible model, or that could not be written."""
+
+
+# atomic_write's temporary files: ".<name>.<pid of the writer>.<8 hex digits>.tmp", beside <name>.
+TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -49,13 +57,57 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_write` in ``folder`` whose writer is no longer
+    running (a process killed mid-write leaves one as large as a checkpoint); print what was removed
+    to stderr and return it. Files of a live process (e.g. a ``fastflow eval`` writing now) are kept."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        match = TEMPORARY.match(path.name)
+        if match and path.is_file() and int(match["pid"]) != os.getpid() and not _alive(int(match["pid"])):
+            size = path.stat().st_size
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            print(f"fastflow: removed {path} ({size / 2**20:.1f} MiB), left by a killed writer", file=sys.stderr)
+    return removed
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Serialise ``state`` with a checksum header and write it atomically to ``path``."""
+    """Serialise ``state`` with a checksum header and write it atomically to ``path``.
+
+    A failed write (full disk, no permission) raises :class:`CheckpointError` saying which file and
+    that the previous one at ``path``, if any, is unchanged.
+    """
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
     header = b"%s %d %s %d\n" % (MAGIC, VERSION, hashlib.sha256(payload).hexdigest().encode(), len(payload))
-    atomic_write(path, header + payload)
+    path = Path(path)
+    had_one = path.is_file()
+    try:
+        atomic_write(path, header + payload)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            reason += f" ({(len(header) + len(payload)) / 2**20:.1f} MiB needed)"
+        kept = f"the previous {path.name} is unchanged" if had_one else f"no {path.name} was written"
+        raise CheckpointError(
+            f"could not write {path}: {reason}; {kept}. Free some space (or fix the folder's permissions), "
+            f"then continue with --resume"
+        ) from err
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -68,6 +120,11 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     fields = raw[:newline].split(b" ") if newline > 0 else []
     if len(fields) != 4 or fields[0] != MAGIC:
         raise CheckpointError(f"{path} is not a fastflow checkpoint (no {MAGIC.decode()} header)")
+    if not (fields[1].isdigit() and fields[3].isdigit() and re.fullmatch(rb"[0-9a-f]{64}", fields[2])):
+        header = raw[:newline].decode("ascii", "replace")
+        raise CheckpointError(
+            f"{path} has a malformed header {header!r}; expected '{MAGIC.decode()} <version> <sha256> <bytes>'"
+        )
     if int(fields[1]) != VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {int(fields[1])}; this fastflow reads {VERSION}")
     payload = raw[newline + 1 :]

@@ -1,7 +1,8 @@
 """The ``train`` block of a config file: :class:`TrainConfig`, with defaults per data set.
 
 A run's configuration is resolved as: :func:`default_train_config` of the data set, then the ``train``
-block of the JSON file, then command-line overrides. Unknown keys are a :class:`ConfigError`.
+block of the JSON file, then command-line overrides. Unknown keys, and values of the wrong type or out of
+range (each field's type hint and :func:`~fastflow.schema.setting`), are a :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from fastflow.config import ConfigError, ModelConfig, bundled_config_path, from_dict, load_json, to_dict
+from fastflow.config import ConfigError, ModelConfig, bundled_config_path, load_json, to_dict
 from fastflow.data import DATASET_NAMES, DATASETS, DEFAULT_DATASET
+from fastflow.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, from_dict, setting, validate_fields
 
 
 @dataclasses.dataclass
@@ -26,70 +28,41 @@ class TrainConfig:
 
     dataset: str = DEFAULT_DATASET
     data_path: str | None = None
-    batch_size: int = 512
-    batch_steps: int = 1
-    eval_batch_size: int = 256
-    init_batch_size: int = 1024
-    lr: float = 1e-3
-    betas: list = dataclasses.field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    warmup_steps: int = 50
-    lr_decay: float = 0.999997
-    weight_decay: float = 1e-6
-    grad_clip: float = 0.0
-    train_k: int = 1
-    eval_k: int = 5
-    steps: int = 0
-    epochs: int = 0
-    valid_interval: int = 1000
-    valid_limit: int = 0
-    log_interval: int = 10
-    checkpoint_interval: int = 1000
-    sample_temperatures: list = dataclasses.field(default_factory=lambda: [0.7, 0.8, 0.9, 1.0])
-    num_samples: int = 64
+    batch_size: int = setting(512, allowed=AT_LEAST_ONE)
+    batch_steps: int = setting(1, allowed=AT_LEAST_ONE)
+    eval_batch_size: int = setting(256, allowed=AT_LEAST_ONE)
+    init_batch_size: int = setting(1024, allowed=AT_LEAST_ONE)
+    lr: float = setting(1e-3, allowed=POSITIVE)
+    betas: list[float] = setting(factory=lambda: [0.9, 0.999], allowed=Range(0, 1, high_open=True))
+    eps: float = setting(1e-8, allowed=POSITIVE)
+    warmup_steps: int = setting(50, allowed=NON_NEGATIVE)
+    lr_decay: float = setting(0.999997, allowed=Range(0, 1, low_open=True))
+    weight_decay: float = setting(1e-6, allowed=NON_NEGATIVE)
+    grad_clip: float = setting(0.0, allowed=NON_NEGATIVE)
+    train_k: int = setting(1, allowed=AT_LEAST_ONE)
+    eval_k: int = setting(5, allowed=AT_LEAST_ONE)
+    steps: int = setting(0, allowed=NON_NEGATIVE)
+    epochs: int = setting(0, allowed=NON_NEGATIVE)
+    valid_interval: int = setting(1000, allowed=NON_NEGATIVE)
+    valid_limit: int = setting(0, allowed=NON_NEGATIVE)
+    log_interval: int = setting(10, allowed=AT_LEAST_ONE)
+    checkpoint_interval: int = setting(1000, allowed=NON_NEGATIVE)
+    sample_temperatures: list[float] = setting(factory=lambda: [0.7, 0.8, 0.9, 1.0], allowed=NON_NEGATIVE)
+    num_samples: int = setting(64, allowed=AT_LEAST_ONE)
     augment: bool = True
-    workers: int = 0
-    seed: int = 65537
+    workers: int = setting(0, allowed=NON_NEGATIVE)
+    seed: int = setting(65537, allowed=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
+        validate_fields(self, "train")
         if self.dataset not in DATASETS:
             raise ConfigError(f"train.dataset must be one of {DATASET_NAMES}, got {self.dataset!r}")
-        positive = (
-            "batch_size",
-            "batch_steps",
-            "eval_batch_size",
-            "init_batch_size",
-            "train_k",
-            "eval_k",
-            "num_samples",
-            "log_interval",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in (
-            "steps",
-            "epochs",
-            "valid_interval",
-            "valid_limit",
-            "checkpoint_interval",
-            "warmup_steps",
-            "workers",
-            "grad_clip",
-            "weight_decay",
-        ):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size % self.batch_steps:
             raise ConfigError(
                 f"train.batch_size {self.batch_size} must be divisible by train.batch_steps {self.batch_steps}"
             )
-        if not self.lr > 0 or not 0 < self.lr_decay <= 1:
-            raise ConfigError(f"train.lr must be > 0 and train.lr_decay in (0, 1], got {self.lr}, {self.lr_decay}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        if len(self.betas) != 2:
             raise ConfigError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
-        if any(t < 0 for t in self.sample_temperatures):
-            raise ConfigError(f"train.sample_temperatures must be >= 0, got {self.sample_temperatures}")
 
 
 def default_train_config(dataset: str, **overrides: Any) -> TrainConfig:

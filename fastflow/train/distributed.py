@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fastflow.errors import UsageError
+
 
 @dataclasses.dataclass(frozen=True)
 class Context:
@@ -37,12 +39,17 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """``"auto"`` -> ``cuda:<local_rank>`` when CUDA is available, else CPU; otherwise ``name`` itself."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:<index>") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was asked for, but CUDA is not available here")
+            raise UsageError(f"device {name!r} was asked for, but CUDA is not available here; use --device cpu")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
+        if device.index >= torch.cuda.device_count():
+            raise UsageError(f"device {name!r} was asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fastflow.data.order import image_loader, subset_indices
+from fastflow.errors import UsageError
 from fastflow.seeding import EVAL_STREAM, mix_seed
 from fastflow.train.distributed import Context, all_reduce_sum
 
@@ -32,7 +33,7 @@ def evaluate_bpd(
     """
     indices = subset_indices(len(dataset), limit)
     if not indices:
-        raise ValueError("cannot evaluate on an empty data set")
+        raise UsageError("cannot evaluate on an empty data set")
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=ctx.device).manual_seed(mix_seed(seed, ctx.rank, EVAL_STREAM))

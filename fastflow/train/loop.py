@@ -25,8 +25,10 @@ from tqdm import tqdm
 from fastflow.analysis.visualize import sample_grid
 from fastflow.config import ConfigError, ModelConfig
 from fastflow.data import Augmented, EpochBatchSampler, build_datasets, dataset_spec
+from fastflow.errors import UsageError
 from fastflow.models import build_model
 from fastflow.runfiles import RunFiles
+from fastflow.schema import POSITIVE, check
 from fastflow.seeding import INIT_STREAM, SAMPLE_STREAM, TRAIN_STREAM, mix_seed
 from fastflow.train import distributed as D
 from fastflow.train.checkpoint import (
@@ -34,6 +36,7 @@ from fastflow.train.checkpoint import (
     atomic_write,
     load_checkpoint,
     load_model_state,
+    remove_stale_temporaries,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -71,8 +74,48 @@ def init_batch(dataset: Dataset, size: int, seed: int) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in indices])
 
 
+RESUME_FROM = ("checkpoint", "best")
+
+
+def check_run_folder(files: RunFiles, resume: bool, checkpoint: str, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from (None for a new run), or an error if the folder does not allow it:
+    resuming needs that checkpoint; a new run needs a folder without one (or ``overwrite``)."""
+    if checkpoint not in RESUME_FROM:
+        raise UsageError(f"checkpoint must be one of {RESUME_FROM}, got {checkpoint!r}")
+    if resume and overwrite:
+        raise UsageError("--resume continues the run in the folder and --overwrite starts it over: pass one")
+    if not resume:
+        if checkpoint != "checkpoint":
+            raise UsageError(f"--checkpoint {checkpoint} picks the checkpoint to resume from: add --resume")
+        marks = files.run_marks()
+        if marks and not overwrite:
+            raise CheckpointError(
+                f"{files.root} already holds a run ({', '.join(p.name for p in marks)}); pass --resume to "
+                f"continue it, --overwrite to start it over (deleting its checkpoints, metrics and samples), "
+                f"or choose another output folder"
+            )
+        return None
+    path = files.best if checkpoint == "best" else files.checkpoint
+    if not path.is_file():
+        raise CheckpointError(f"--resume: no checkpoint at {path} to resume from{_best_hint(files, checkpoint)}")
+    return path
+
+
+def _best_hint(files: RunFiles, checkpoint: str) -> str:
+    """Where the latest checkpoint is missing or unreadable: how to resume from ``best.pt`` instead."""
+    if checkpoint == "best" or not files.best.is_file():
+        return ""
+    return f"; {files.best} is there: `--resume --checkpoint best` continues from it (redoing the later steps)"
+
+
 class Trainer:
-    """One training run in ``out_dir``; :meth:`run` trains to the configured number of steps."""
+    """One training run in ``out_dir``; :meth:`run` trains to the configured number of steps.
+
+    ``resume`` continues from ``<checkpoint>.pt`` ("checkpoint", the latest, or "best"); a new run
+    refuses a folder that holds one unless ``overwrite``, which deletes the old run's training outputs
+    once the new run is set up. Nothing is written to ``out_dir`` before the setup has succeeded,
+    except that stale temporary files of killed writers are removed first.
+    """
 
     def __init__(
         self,
@@ -82,17 +125,15 @@ class Trainer:
         ctx: D.Context,
         resume: bool = False,
         progress: bool = True,
+        checkpoint: str = "checkpoint",
+        overwrite: bool = False,
     ) -> None:
         self.model_config, self.config, self.ctx = model_config, config, ctx
         self.files = RunFiles(Path(out_dir))
         self.progress = progress
-        if resume and not self.files.checkpoint.is_file():
-            raise CheckpointError(f"--resume: no checkpoint at {self.files.checkpoint} to resume from")
-        if not resume and self.files.checkpoint.is_file():
-            raise CheckpointError(
-                f"{self.files.root} already holds a run ({self.files.checkpoint.name}); "
-                f"pass --resume to continue it, or choose another output folder"
-            )
+        source = check_run_folder(self.files, resume, checkpoint, overwrite)
+        if self.ctx.is_main:
+            remove_stale_temporaries(self.files.root)
 
         train_set, self.valid_set = build_datasets(config.dataset, config.data_path, model_config.image_size)
         augment = dataset_spec(config.dataset).augmentation if config.augment else None
@@ -119,13 +160,14 @@ class Trainer:
         self.scheduler = warmup_exponential(self.optimizer, config.lr, config.warmup_steps, config.lr_decay)
         self.metrics = MetricsLog(self.files.metrics)
         self.step, self.skipped, self.best = 0, 0, math.inf
-        if self.ctx.is_main:
-            self.files.root.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self._restore()
+        if source is not None:
+            self._restore(source, checkpoint)
         else:
             self._initialize(train_set)
         if self.ctx.is_main:
+            if source is None:
+                self.files.clear()  # only reached with overwrite if the folder held a run
+            self.files.root.mkdir(parents=True, exist_ok=True)
             atomic_write(
                 self.files.config, (json.dumps(run_config_dict(model_config, config), indent=2) + "\n").encode()
             )
@@ -138,12 +180,14 @@ class Trainer:
             x = init_batch(train_set, self.config.init_batch_size, self.config.seed).to(self.ctx.device)
             generator = torch.Generator(device=self.ctx.device).manual_seed(mix_seed(self.config.seed, INIT_STREAM))
             self.model.initialize(x, generator=generator)
-            self.metrics.path.unlink(missing_ok=True)
         D.broadcast_module(self.model, self.ctx)
 
-    def _restore(self) -> None:
-        state = load_checkpoint(self.files.checkpoint, map_location=self.ctx.device)
-        load_model_state(self.model, state, self.files.checkpoint)
+    def _restore(self, path: Path, checkpoint: str) -> None:
+        try:
+            state = load_checkpoint(path, map_location=self.ctx.device)
+        except CheckpointError as err:
+            raise CheckpointError(f"{err}{_best_hint(self.files, checkpoint)}") from None
+        load_model_state(self.model, state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.skipped, self.best = state["step"], state["skipped_steps"], state["best_valid_bpd"]
@@ -216,6 +260,7 @@ class Trainer:
                     t,
                     self.files.samples / f"step{self.step:07d}_t{t:g}.png",
                     seed=mix_seed(c.seed, SAMPLE_STREAM),
+                    nonfinite="warn",  # a diverging model's samples are worth seeing; training goes on
                 )
             self.model.train()
             plot_bpd(self.metrics.read(), self.files.plot, title=f"{self.model.kind} on {c.dataset}")
@@ -356,12 +401,17 @@ def train(
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
     max_seconds: float | None = None,
+    checkpoint: str = "checkpoint",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train (or resume) a run in ``out_dir``, joining the torchrun process group if there is one;
-    returns the summary of :meth:`Trainer.run`."""
+    """Train (or resume from ``<checkpoint>.pt``) a run in ``out_dir``, joining the torchrun process
+    group if there is one; returns the summary of :meth:`Trainer.run`. See :class:`Trainer` for
+    ``overwrite``; ``max_seconds`` (> 0) limits the wall time."""
+    if max_seconds is not None:
+        check("max_seconds (--time-limit)", max_seconds, float, POSITIVE)
     ctx = D.setup(device)
     try:
-        trainer = Trainer(model_config, config, out_dir, ctx, resume=resume, progress=progress)
+        trainer = Trainer(model_config, config, out_dir, ctx, resume, progress, checkpoint, overwrite)
         return trainer.run(on_step, max_seconds)
     finally:
         D.teardown(ctx)

@@ -6,9 +6,13 @@ are means over the last ``log_interval`` steps.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
+
+from fastflow.errors import DataError
+from fastflow.train.checkpoint import atomic_write
 
 
 class MetricsLog:
@@ -22,14 +26,22 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
+        """The records; a torn last line (a kill while appending) is skipped, any other bad line raises."""
         if not self.path.is_file():
             return []
+        text = self.path.read_text()
+        lines = text.splitlines()
         records = []
-        for line in self.path.read_text().splitlines():
+        for number, line in enumerate(lines, 1):
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError:  # the last line of a killed run may be cut short
-                continue
+            except json.JSONDecodeError as err:
+                if number == len(lines) and not text.endswith("\n"):
+                    break  # a run killed while appending leaves its last line cut short (no newline)
+                raise DataError(
+                    f"{self.path} line {number} is not a JSON record ({err}); only a cut-short last line "
+                    f"is tolerated: fix or delete that line"
+                ) from None
         return records
 
     def truncate(self, step: int) -> None:
@@ -57,5 +69,7 @@ def plot_bpd(records: list[dict[str, Any]], path: Path, title: str = "") -> None
         ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    atomic_write(path, png.getvalue())

@@ -341,8 +341,9 @@ class Trainer:
                 if stop:
                     break
         bar.close()
-        if last_valid is None:  # resumed a finished run
+        if last_valid is None:  # resumed a finished run (maybe from best.pt: checkpoint.pt is rewritten)
             last_valid = self.validate()
+            self.save()
         if ctx.is_main:
             plot_bpd(self.metrics.read(), self.files.plot, title=f"{self.model.kind} on {c.dataset}")
         return {

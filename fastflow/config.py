@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-# The model kinds, from the baseline to the full model; fastflow.models.MODELS maps each to its class.
-MODEL_KINDS = ("glow", "refined_glow", "wolf")
-
 from fastflow.errors import ConfigError
 from fastflow.schema import AT_LEAST_ONE, NON_NEGATIVE, UNIT_INTERVAL, Range, from_dict, setting, validate_fields
+
+# The model kinds, from the baseline to the full model; fastflow.models.MODELS maps each to its class.
+MODEL_KINDS = ("glow", "refined_glow", "wolf")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

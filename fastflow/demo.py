@@ -14,6 +14,7 @@ from fastflow.analysis.baseline import png_bits_per_dim
 from fastflow.inference import commands
 from fastflow.inference.rundir import load_run
 from fastflow.runfiles import RunFiles
+from fastflow.schema import AT_LEAST_ONE, POSITIVE, check
 from fastflow.train.config import load_run_config
 from fastflow.train.loop import train
 from fastflow.train.metrics import MetricsLog
@@ -42,6 +43,9 @@ def run_demo(
 ) -> dict[str, Any]:
     """Train ``out_dir/run`` from scratch (replacing an earlier demo run there) for ``steps`` steps or
     ``seconds`` of wall time, whichever comes first, then write every output; returns the summary."""
+    if steps is not None:
+        check("steps", steps, int, AT_LEAST_ONE)
+    check("seconds", seconds, float, POSITIVE)
     out = Path(out_dir)
     started = time.time()
     overrides = dict(DEMO_TRAIN, **({"steps": steps} if steps else {}))

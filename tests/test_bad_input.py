@@ -174,6 +174,15 @@ def test_time_limit_must_be_positive_and_finite(tmp_path, capsys):
         assert not out.exists()
 
 
+def test_demo_and_thread_arguments_are_checked(tmp_path, capsys):
+    out = tmp_path / "demo"
+    fails(["demo", "--out", str(out), "--threads", "1", "--seconds", "0"], capsys, "seconds must be > 0, got 0.0")
+    fails(["demo", "--out", str(out), "--threads", "1", "--steps", "-2"], capsys, "steps must be >= 1, got -2")
+    fails(["demo", "--out", str(out), "--threads", "0"], capsys, "--threads must be >= 1, got 0")
+    fails(["train", "--out", str(out), "--threads", "many"], capsys, "--threads must be a number or 'auto'")
+    assert not out.exists()
+
+
 def test_internal_errors_keep_their_traceback(run, monkeypatch):
     from fastflow.train import commands
 

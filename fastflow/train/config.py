@@ -13,7 +13,7 @@ from typing import Any
 
 from fastflow.config import ConfigError, ModelConfig, bundled_config_path, load_json, to_dict
 from fastflow.data import DATASET_NAMES, DATASETS, DEFAULT_DATASET
-from fastflow.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, from_dict, setting, validate_fields
+from fastflow.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check, from_dict, setting, validate_fields
 
 
 @dataclasses.dataclass
@@ -77,7 +77,7 @@ def train_config_from(block: dict[str, Any] | None, overrides: dict[str, Any] | 
     if not isinstance(block or {}, dict):
         raise ConfigError(f"train must be a JSON object, got {type(block).__name__}")
     merged = {**(block or {}), **(overrides or {})}
-    dataset = merged.pop("dataset", DEFAULT_DATASET)
+    dataset = check("train.dataset", merged.pop("dataset", DEFAULT_DATASET), str, error=ConfigError)
     return default_train_config(dataset, **merged)
 
 

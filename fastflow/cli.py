@@ -17,12 +17,14 @@ from typing import Any
 
 from fastflow.data import DATASET_NAMES, DEFAULT_DATASET
 from fastflow.errors import UsageError
+from fastflow.flows.debug import NonFiniteError
 from fastflow.train.checkpoint import CheckpointError
 
 # What a command reports in one line (exit 2): bad input (UsageError, which includes config and data
-# errors), a missing, corrupt or unwritable checkpoint, and the operating system's refusals (a missing
-# data folder, a full disk, a folder without permission). Anything else is a bug and keeps its traceback.
-EXPECTED_ERRORS = (UsageError, CheckpointError, OSError)
+# errors), a missing, corrupt or unwritable checkpoint, a model whose inverse overflows (NonFiniteError,
+# e.g. sampling a diverged model), and the operating system's refusals (a missing data folder, a full
+# disk, a folder without permission). Anything else is a bug in fastflow and keeps its traceback.
+EXPECTED_ERRORS = (UsageError, CheckpointError, NonFiniteError, OSError)
 
 
 class Parser(argparse.ArgumentParser):

@@ -183,8 +183,23 @@ def test_demo_and_thread_arguments_are_checked(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_sampling_a_model_whose_inverse_overflows(run, capsys, monkeypatch):
+    from fastflow.flows.refined import MultiScaleLevel
+
+    real_inverse = MultiScaleLevel.inverse
+
+    def overflowing(self, y, cond=None):
+        x, logdet = real_inverse(self, y, cond)
+        return x + float("inf"), logdet
+
+    monkeypatch.setattr(MultiScaleLevel, "inverse", overflowing)
+    before = snapshot(run)
+    fails(["sample", str(run), "--n", "4"], capsys, "the inverse flow produced NaN or infinite values in 4 of 4 images")
+    assert snapshot(run) == before
+
+
 def test_internal_errors_keep_their_traceback(run, monkeypatch):
-    from fastflow.train import commands
+    from fastflow.inference import commands
 
     def bug(*args, **kwargs):
         raise ValueError("an internal bug")

@@ -231,11 +231,14 @@ def test_decode_refuses_non_finite_v_or_warns_and_counts(model):
     z, v = model.encode(x)
     v[1, 0, 0, 0] = float("nan")
     v[2, 1, 2, 3] = float("inf")
-    with pytest.raises(UsageError, match="v holds NaN or infinite values in 2 of 3 images"):
+    with pytest.raises(UsageError, match="v or z holds NaN or infinite values in 2 of 3 images"):
         model.decode(z, v)
-    with pytest.warns(UserWarning, match=r"2 of 3 decoded images hold NaN or infinite values \(2 of them from v"):
+    with pytest.warns(UserWarning, match=r"2 of 3 decoded images hold NaN or infinite values \(2 of them from v or z"):
         images = model.decode(z, v, nonfinite="warn")
     assert torch.equal(images[0], model.decode(z[:1], v[:1])[0])  # the finite image is decoded as usual
+    z[0, 0] = float("nan")
+    with pytest.raises(UsageError, match="v or z holds NaN or infinite values in 3 of 3 images"):
+        model.decode(z, v)
 
 
 def test_decode_refuses_non_finite_output_of_the_flow(model, monkeypatch):

@@ -22,9 +22,13 @@ from fastflow.schema import AT_LEAST_ONE, NON_NEGATIVE, check
 NONFINITE_POLICIES = ("raise", "warn")
 
 
-def _count_nonfinite(x: torch.Tensor) -> int:
-    """How many items of the batch ``x`` ``[B, ...]`` hold a NaN or an infinity."""
-    return int((~torch.isfinite(x)).flatten(1).any(1).sum())
+def _count_nonfinite(x: torch.Tensor, z: torch.Tensor | None = None) -> int:
+    """How many items of the batch ``x`` ``[B, ...]`` (with their codes ``z`` ``[B, dz]``) hold a NaN or an
+    infinity."""
+    bad = (~torch.isfinite(x)).flatten(1).any(1)
+    if z is not None:
+        bad = bad.to(z.device) | (~torch.isfinite(z)).any(1)
+    return int(bad.sum())
 
 
 def randn(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -161,8 +165,8 @@ class ImageFlowModel(nn.Module):
     def decode(self, z: torch.Tensor | None, v: torch.Tensor, nonfinite: str = "raise") -> torch.Tensor:
         """(z, v) -> uint8 images ``[B, C, H, W]`` (generation direction).
 
-        NaN or infinite values, in ``v`` or produced by the inverse flow (an overflow), have no pixel
-        value. ``nonfinite="raise"`` (default): a :class:`~fastflow.errors.UsageError` for ``v``, a
+        NaN or infinite values, in ``v`` or ``z`` or produced by the inverse flow (an overflow), have no
+        pixel value. ``nonfinite="raise"`` (default): a :class:`~fastflow.errors.UsageError` for ``v`` or ``z``, a
         :class:`~fastflow.flows.debug.NonFiniteError` for the flow's output. ``"warn"``: one warning
         counting the images affected, whose bad values become black (NaN, -inf) or white (+inf) pixels.
         """
@@ -172,9 +176,9 @@ class ImageFlowModel(nn.Module):
         if nonfinite not in NONFINITE_POLICIES:
             raise UsageError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         self._check_z(z, v.shape[0])
-        bad_v = _count_nonfinite(v)
+        bad_v = _count_nonfinite(v, z)
         if bad_v and nonfinite == "raise":
-            raise UsageError(f"v holds NaN or infinite values in {bad_v} of {v.shape[0]} images")
+            raise UsageError(f"v or z holds NaN or infinite values in {bad_v} of {v.shape[0]} images")
         with weight_statistics(self, need_inverse=True):
             x, _ = self.flow.inverse(v.to(self._device()), z)
         bad_x = _count_nonfinite(x)
@@ -186,7 +190,7 @@ class ImageFlowModel(nn.Module):
         if bad_x:
             warnings.warn(
                 f"{bad_x} of {v.shape[0]} decoded images hold NaN or infinite values "
-                f"({bad_v} of them from v itself); those values are shown as black or white pixels",
+                f"({bad_v} of them from v or z itself); those values are shown as black or white pixels",
                 stacklevel=2,
             )
         return pp.postprocess(x, self.config.n_bits)

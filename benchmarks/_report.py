@@ -78,7 +78,8 @@ def _settings(plan: tuple[Resolution, ...], rows: list[dict]) -> str:
         f"before it, measured as {method}; resident = parameters + gradients + AdamW state, counted from "
         "the tensors. `vs Glow torch`: speed over stock Glow with the torch backend at the same resolution; "
         "`vs own torch`: over the same model's torch row; `vs reference`: over the same model computed "
-        'the paper\'s way (`backend="reference"`: plain PyTorch ops, no extension, no fused op). Sampling: after one encode/decode round trip '
+        "the paper's way (`backend=reference`: plain PyTorch ops, no extension, no fused op). "
+        "Sampling: after one encode/decode round trip "
         "(which warms the inverse up), the median time of drawing a batch of samples at T = 0.7."
     )
 

@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from benchmarks._common import cpu_model, median, paired_ratio, time_interleaved
-from fastflow.ops import cond_bias_elu
+from fastflow.functional import cond_bias_elu
 from fastflow.ops.conv1x1_bias_elu import conv1x1_bias_elu
 
 

@@ -4,9 +4,10 @@
     y, logdet = FF.affine_coupling(x, mu, u, split="skip", order="up")
 
 Each op takes ``backend="auto" | "torch" | "triton" | "reference"``; "auto" runs the Triton kernels on
-CUDA tensors and the torch ops elsewhere; "reference" computes the op as the paper's code does. The ops themselves (reference, autograd Function, backend
-dispatch) live in the modules of :mod:`fastflow.ops` of the same names, and their kernels in
-``fastflow.kernels``; this module only gathers the public entry points in one place.
+CUDA tensors and the torch ops elsewhere; "reference" computes the op as the paper's code does. The
+ops themselves (reference, autograd Function, backend dispatch) live in the modules of
+:mod:`fastflow.ops` of the same names, and their kernels in ``fastflow.kernels``; this module only
+gathers the public entry points in one place.
 """
 
 from fastflow.ops.actnorm_conv1x1 import actnorm_conv1x1, actnorm_conv1x1_inverse

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fastflow.flows.conv1x1 import ActNormConv1x1, InvertibleMatrix
+from fastflow.functional import actnorm_conv1x1, affine_coupling, cond_bias_elu
 from fastflow.models import build_model
-from fastflow.ops import actnorm_conv1x1, affine_coupling, cond_bias_elu
 from fastflow.ops._backend import BACKENDS
 
 

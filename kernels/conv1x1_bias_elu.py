@@ -27,31 +27,26 @@ import torch
 import triton
 import triton.language as tl
 
+from fastflow.kernels import _common
+
 MIN_DOT = 16  # tl.dot needs every tile dimension >= 16
 TARGET_PROGRAMS = 512  # enough reduction programs to fill a large GPU
+# tile caps (power-of-two tiles, at least MIN_DOT): forward (O, K, P), input gradient (K, O, P),
+# weight gradient (O, K, P)
+FORWARD_TILES = (64, 32, 64)
+GRAD_INPUT_TILES = (64, 32, 64)
+GRAD_WEIGHT_TILES = (64, 64, 64)
 
 
-def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Every buffer a launcher hands to a kernel comes from here (tests poison it with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _tile(n: int, cap: int) -> int:
-    """A power-of-two tile covering ``n`` (at least 16, at most ``cap``)."""
-    return max(MIN_DOT, min(cap, triton.next_power_of_2(n)))
-
-
-def _acc_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def _tl_dtype(dtype: torch.dtype) -> tl.dtype:
-    return {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}.get(dtype, tl.float16)
+def _tiles(dims: tuple[int, int, int], caps: tuple[int, int, int]) -> tuple[int, int, int]:
+    return tuple(_common.pow2_tile(n, MIN_DOT, cap) for n, cap in zip(dims, caps))
 
 
 def _dot_dtype(h: torch.Tensor, acc: torch.dtype) -> tl.dtype:
     """The operand dtype of ``tl.dot``: h's own for float16/bfloat16, the accumulator's otherwise."""
-    return _tl_dtype(h.dtype if h.dtype in (torch.float16, torch.bfloat16) else acc)
+    if h.dtype in (torch.float16, torch.bfloat16):
+        return tl.bfloat16 if h.dtype == torch.bfloat16 else tl.float16
+    return _common.tl_dtype(acc)
 
 
 def _dot_precision(acc: torch.dtype) -> str:
@@ -244,11 +239,11 @@ def conv1x1_bias_elu_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.
     bias ``[B, C_out]`` or None (any strides); a contiguous ``[B, C_out, P]`` tensor in h's dtype."""
     batch, c_in, pixels = h.shape
     c_out = weight.shape[0]
-    out = _new_output((batch, c_out, pixels), h.dtype, h.device)
+    out = _common.new_output((batch, c_out, pixels), h.dtype, h.device)
     if out.numel() == 0:
         return out
-    acc = _acc_dtype(h, weight)
-    block_o, block_k, block_p = _tile(c_out, 64), _tile(c_in, 32), _tile(pixels, 64)
+    acc = _common.acc_dtype(h, weight)
+    block_o, block_k, block_p = _tiles((c_out, c_in, pixels), FORWARD_TILES)
     n_pblocks = triton.cdiv(pixels, block_p)
     _forward_kernel[(batch * n_pblocks, triton.cdiv(c_out, block_o))](
         h,
@@ -263,7 +258,7 @@ def conv1x1_bias_elu_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.
         *weight.stride(),
         *(bias.stride() if bias is not None else (0, 0)),
         HAS_BIAS=bias is not None,
-        ACC=_tl_dtype(acc),
+        ACC=_common.tl_dtype(acc),
         DOT=_dot_dtype(h, acc),
         PRECISION=_dot_precision(acc),
         BLOCK_O=block_o,
@@ -280,13 +275,13 @@ def grad_input(
     the saved output ``out`` and ``grad_out`` ``[B, C_out, P]`` (any strides)."""
     batch, c_out, pixels = out.shape
     c_in = weight.shape[1]
-    acc = _acc_dtype(out, weight)
-    grad_h = _new_output((batch, c_in, pixels), out.dtype, out.device)
+    acc = _common.acc_dtype(out, weight)
+    grad_h = _common.new_output((batch, c_in, pixels), out.dtype, out.device)
     if batch * pixels == 0 or c_in == 0:
         return grad_h.zero_(), torch.zeros(batch, c_out, dtype=acc, device=out.device) if bias_grad else None
-    block_k, block_o, block_p = _tile(c_in, 64), _tile(c_out, 32), _tile(pixels, 64)
+    block_k, block_o, block_p = _tiles((c_in, c_out, pixels), GRAD_INPUT_TILES)
     n_pblocks = triton.cdiv(pixels, block_p)
-    partial = _new_output((batch, c_out, n_pblocks), acc, out.device) if bias_grad else grad_h
+    partial = _common.new_output((batch, c_out, n_pblocks), acc, out.device) if bias_grad else grad_h
     _grad_input_kernel[(batch * n_pblocks, triton.cdiv(c_in, block_k))](
         out,
         grad_out,
@@ -301,7 +296,7 @@ def grad_input(
         *grad_out.stride(),
         *weight.stride(),
         BIAS_GRAD=bias_grad,
-        ACC=_tl_dtype(acc),
+        ACC=_common.tl_dtype(acc),
         DOT=_dot_dtype(out, acc),
         PRECISION=_dot_precision(acc),
         BLOCK_K=block_k,
@@ -317,17 +312,17 @@ def grad_weight(out: torch.Tensor, grad_out: torch.Tensor, h: torch.Tensor, spli
     ``splits`` overrides the number of reduction chunks."""
     batch, c_out, pixels = out.shape
     c_in = h.shape[1]
-    acc = _acc_dtype(out, h)
+    acc = _common.acc_dtype(out, h)
     if batch * pixels == 0:
         return torch.zeros(c_out, c_in, dtype=acc, device=h.device)
-    block_o, block_k, block_p = _tile(c_out, 64), _tile(c_in, 64), _tile(pixels, 64)
+    block_o, block_k, block_p = _tiles((c_out, c_in, pixels), GRAD_WEIGHT_TILES)
     n_pblocks = triton.cdiv(pixels, block_p)
     items = batch * n_pblocks
     tiles = (triton.cdiv(c_out, block_o), triton.cdiv(c_in, block_k))
     splits = min(items, splits) if splits else max(1, min(items, TARGET_PROGRAMS // (tiles[0] * tiles[1])))
     per_split = triton.cdiv(items, splits)
     splits = triton.cdiv(items, per_split)
-    dw_part = _new_output((splits, c_out, c_in), acc, h.device)
+    dw_part = _common.new_output((splits, c_out, c_in), acc, h.device)
     _grad_weight_kernel[(splits, *tiles)](
         out,
         grad_out,
@@ -342,7 +337,7 @@ def grad_weight(out: torch.Tensor, grad_out: torch.Tensor, h: torch.Tensor, spli
         *out.stride(),
         *grad_out.stride(),
         *h.stride(),
-        ACC=_tl_dtype(acc),
+        ACC=_common.tl_dtype(acc),
         DOT=_dot_dtype(h, acc),
         PRECISION=_dot_precision(acc),
         BLOCK_O=block_o,

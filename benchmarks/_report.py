@@ -26,6 +26,7 @@ TRAIN_COLUMNS = [
     ("train img/s", "train_img_s", ".3g"),
     ("vs Glow torch", "vs_glow", ".2f"),
     ("vs own torch", "vs_own_torch", ".2f"),
+    ("vs reference", "vs_reference", ".2f"),
     ("step memory MiB", "step_mem_mib", ".1f"),
     ("resident MiB", "state_mib", ".1f"),
 ]
@@ -76,7 +77,9 @@ def _settings(plan: tuple[Resolution, ...], rows: list[dict]) -> str:
         "per image). Step memory: how far memory rises during one training step above what is resident "
         f"before it, measured as {method}; resident = parameters + gradients + AdamW state, counted from "
         "the tensors. `vs Glow torch`: speed over stock Glow with the torch backend at the same resolution; "
-        "`vs own torch`: over the same model's torch row. Sampling: after one encode/decode round trip "
+        "`vs own torch`: over the same model's torch row; `vs reference`: over the same model computed "
+        "the paper's way (`backend=reference`: plain PyTorch ops, no extension, no fused op). "
+        "Sampling: after one encode/decode round trip "
         "(which warms the inverse up), the median time of drawing a batch of samples at T = 0.7."
     )
 

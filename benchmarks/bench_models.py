@@ -16,7 +16,8 @@ one seeded batch of random uint8 images and measures every (model, variant):
 - sampling throughput at temperature 0.7 (median, interleaved) and the round-trip error
   ``max |decode(encode(x)) - x|`` in 8-bit levels (0 = exact).
 
-Variants (:data:`VARIANTS`): the op backends ``torch`` and ``triton`` (CUDA only), bfloat16 autocast
+Variants (:data:`VARIANTS`): the op backends ``reference`` (the paper's plain-PyTorch way, the yardstick
+of every speed claim), ``torch`` and ``triton`` (CUDA only), bfloat16 autocast
 (the flows keep their main path in float32), channels-last weights and activations, and
 ``torch.compile`` of the loss (opt-in: minutes of compilation per model on a CPU).
 
@@ -70,6 +71,7 @@ class Variant:
 VARIANTS = {
     v.name: v
     for v in [
+        Variant("reference", backend="reference"),
         Variant("torch"),
         Variant("torch+bf16", bf16=True),
         Variant("torch+channels_last", channels_last=True),
@@ -104,12 +106,17 @@ class Resolution:
         return "full" if self.depth_divisor == 1 else f"1/{self.depth_divisor}"
 
 
-CPU_VARIANTS = ("torch", "torch+bf16", "torch+channels_last")
-CUDA_VARIANTS = ("torch", "triton", "triton+bf16")
+CPU_VARIANTS = ("reference", "torch", "torch+bf16", "torch+channels_last")
+CUDA_VARIANTS = ("reference", "torch", "triton", "triton+bf16")
 CPU_PLAN = (  # sized for about 10 minutes on 2 shared cores
     Resolution("cifar10", batch=2, repeats=5, variants=CPU_VARIANTS, rosinality=True),
     Resolution(
-        "imagenet64", batch=1, repeats=3, variants=("torch", "torch+bf16"), sample_repeats=1, sample_variants=("torch",)
+        "imagenet64",
+        batch=1,
+        repeats=3,
+        variants=("reference", "torch", "torch+bf16"),
+        sample_repeats=1,
+        sample_variants=("torch",),
     ),
     Resolution("celeba256", batch=1, repeats=1, variants=("torch",), depth_divisor=8, sample_repeats=1),
 )
@@ -387,9 +394,10 @@ def case_row(
 
 def add_ratios(rows: list[dict]) -> list[dict]:
     """Per resolution: training speed and FLOPs against stock Glow's ``torch`` row, and each
-    variant's speed against the same model's ``torch`` row. Speed ratios pair the steps of each
-    round (:func:`benchmarks._common.paired_ratio`)."""
+    variant's speed against the same model's ``torch`` and ``reference`` rows. Speed ratios pair the
+    steps of each round (:func:`benchmarks._common.paired_ratio`)."""
     torch_rows = {(r["resolution"], r["model"]): r for r in rows if r.get("variant") == "torch"}
+    reference_rows = {(r["resolution"], r["model"]): r for r in rows if r.get("variant") == "reference"}
     for row in rows:
         if "error" in row:
             continue
@@ -398,6 +406,8 @@ def add_ratios(rows: list[dict]) -> list[dict]:
         times = row["train_step_times_s"]
         row["vs_glow"] = paired_ratio(glow["train_step_times_s"], times) if glow else None
         row["vs_own_torch"] = paired_ratio(own["train_step_times_s"], times) if own else None
+        ref = reference_rows.get((row["resolution"], row["model"]))
+        row["vs_reference"] = paired_ratio(ref["train_step_times_s"], times) if ref else None
         has_flops = glow and glow["gflop_per_image"] and row["gflop_per_image"]
         row["flops_vs_glow"] = row["gflop_per_image"] / glow["gflop_per_image"] if has_flops else None
     return rows

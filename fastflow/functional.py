@@ -3,10 +3,11 @@
     import fastflow.functional as FF
     y, logdet = FF.affine_coupling(x, mu, u, split="skip", order="up")
 
-Each op takes ``backend="auto" | "torch" | "triton"``; "auto" runs the Triton kernels on CUDA tensors
-and the plain-PyTorch references elsewhere. The ops themselves (reference, autograd Function, backend
-dispatch) live in the modules of :mod:`fastflow.ops` of the same names, and their kernels in
-``fastflow.kernels``; this module only gathers the public entry points in one place.
+Each op takes ``backend="auto" | "torch" | "triton" | "reference"``; "auto" runs the Triton kernels on
+CUDA tensors and the torch ops elsewhere; "reference" computes the op as the paper's code does. The
+ops themselves (reference, autograd Function, backend dispatch) live in the modules of
+:mod:`fastflow.ops` of the same names, and their kernels in ``fastflow.kernels``; this module only
+gathers the public entry points in one place.
 """
 
 from fastflow.ops.actnorm_conv1x1 import actnorm_conv1x1, actnorm_conv1x1_inverse
@@ -17,6 +18,7 @@ from fastflow.ops.affine_coupling import (
     transformed_channels,
 )
 from fastflow.ops.cond_bias_elu import cond_bias_elu
+from fastflow.ops.conv1x1_bias_elu import conv1x1_bias_elu
 from fastflow.ops.slogdet import batched_inverse, batched_slogdet, batched_slogdet_inverse
 
 __all__ = [
@@ -29,5 +31,6 @@ __all__ = [
     "batched_slogdet_inverse",
     "cond_bias_elu",
     "conditioning_channels",
+    "conv1x1_bias_elu",
     "transformed_channels",
 ]

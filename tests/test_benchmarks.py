@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks._common import replace_block
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,6 +53,9 @@ def test_quick_benchmark_writes_every_result(tmp_path: Path) -> None:
             assert int(r["roundtrip_max_err"]) == 0, r  # float32 flows invert exactly
     glow = next(r for r in rows if r["model"] == "glow" and r["variant"] == "torch")
     assert float(glow["vs_glow"]) == 1.0 and float(glow["flops_vs_glow"]) == 1.0
+    reference = [r for r in rows if r["variant"] == "reference"]
+    assert len(reference) == 3 and all(float(r["vs_reference"]) == 1.0 for r in reference)
+    assert all(float(r["vs_reference"]) > 0 for r in rows if r["variant"] == "torch")
 
 
 def test_op_speed_benchmarks_run_once() -> None:
@@ -67,3 +72,24 @@ def test_cpu_elu_benchmark_runs() -> None:
         "-m", "benchmarks.bench_cpu_elu", "--config", "tiny_wolf", "--batch", "2", "--rounds", "1", "--threads", "1"
     )
     assert "speed-up" in proc.stdout and "median of paired ratios" in proc.stdout
+
+
+@pytest.mark.slow
+def test_step_targets_benchmark_runs() -> None:
+    """``python -m benchmarks.bench_step`` (the issue-14 targets) on a tiny config: a ratio per variant
+    and a verdict per target."""
+    proc = run_python(
+        "-m", "benchmarks.bench_step", "--config", "tiny_wolf", "--batch", "2", "--rounds", "1", "--threads", "1"
+    )
+    assert proc.stdout.count("x reference speed") == 3
+    assert proc.stdout.count("-> MET") + proc.stdout.count("-> NOT MET") == 3
+
+
+@pytest.mark.slow
+def test_profile_and_conv_mid_benchmarks_run() -> None:
+    proc = run_python(
+        "-m", "benchmarks.profile_step", "--config", "tiny_wolf", "--batch", "2", "--rounds", "1", "--threads", "1"
+    )
+    assert "**step total**" in proc.stdout
+    proc = run_python("-m", "benchmarks.bench_conv_mid", "--shape", "2", "16", "4", "4", "--rounds", "1")
+    assert "nhwc_mm" in proc.stdout and "x reference" in proc.stdout

@@ -21,6 +21,7 @@ from fastflow.functional import (
     affine_coupling_inverse,
     cond_bias_elu,
     conditioning_channels,
+    conv1x1_bias_elu,
     transformed_channels,
 )
 from fastflow.nn import WeightNormConv2d, WeightNormLinear
@@ -30,6 +31,9 @@ TRANSFORMS = ("affine", "additive")
 
 class CouplingNet2d(nn.Module):
     """conv3x3 -> ELU -> conv1x1 (+ FC(z) per channel) -> ELU -> weight-normed conv3x3.
+
+    The middle three are one fused op (:func:`fastflow.functional.conv1x1_bias_elu`); ``conv_mid`` keeps
+    its ``nn.Conv2d`` parameter (``[hidden, hidden, 1, 1]``) so the state dict is unchanged.
 
     ``[B, c_in, H, W]`` (and z ``[B, dz]``) -> ``[B, c_out, H, W]``; the last conv starts at zero.
     """
@@ -44,9 +48,8 @@ class CouplingNet2d(nn.Module):
 
     def forward(self, x_a: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         h = cond_bias_elu(self.conv_in(x_a), None, backend=self.backend)
-        h = self.conv_mid(h)
         bias = self.z_proj(z) if self.z_proj is not None else None
-        h = cond_bias_elu(h, bias, backend=self.backend)
+        h = conv1x1_bias_elu(h, self.conv_mid.weight.flatten(1), bias, backend=self.backend)
         return self.conv_out(h)
 
 

@@ -1,8 +1,11 @@
 """Choice between the plain-PyTorch reference ops and the fused Triton kernels.
 
-``backend="auto"`` takes Triton for CUDA tensors when Triton imports, and the reference otherwise;
+``backend="auto"`` takes Triton for CUDA tensors when Triton imports, and the torch ops otherwise;
 ``"torch"`` and ``"triton"`` force one (forcing Triton on CPU tensors needs ``TRITON_INTERPRET=1``
 set before ``fastflow.kernels`` is imported, which is how the tests run the kernels).
+``"reference"`` is the yardstick of every speed claim: the same model computed the way the paper's
+code computes it, with plain PyTorch ops only (actnorm then ``conv2d`` for a 1x1 conv, slices and
+``torch.cat`` for the coupling's split, ``F.elu``, scale and shift apart), no extension, no fused op.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import os
 
 import torch
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "reference")
 
 
 def triton_available() -> bool:
@@ -28,11 +31,11 @@ def interpreter_on() -> bool:
 
 
 def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
-    """Return ``"torch"`` or ``"triton"`` for ``backend`` applied to ``tensors``."""
+    """Return ``"torch"``, ``"triton"`` or ``"reference"`` for ``backend`` applied to ``tensors``."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    if backend == "torch":
-        return "torch"
+    if backend in ("torch", "reference"):
+        return backend
     on_cuda = all(t.is_cuda for t in tensors if t is not None)
     if backend == "auto":
         return "triton" if on_cuda and triton_available() else "torch"

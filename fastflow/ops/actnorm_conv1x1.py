@@ -12,8 +12,8 @@ here with ``fastflow.ops.batched_slogdet``.
 Both backends fold the actnorm into the matrix, so each direction is one per-sample GEMM
 ``y[b] = M x[b] + c`` over pixels: ``backend="torch"`` with one ``torch.baddbmm``
 (:func:`pixel_affine_torch`), ``backend="triton"`` with :class:`PixelAffineFunction` (kernels in
-``fastflow.kernels.actnorm_conv1x1``). The literal two-pass definitions ``*_reference`` are kept
-for the tests.
+``fastflow.kernels.actnorm_conv1x1``). The literal two-pass definitions ``*_reference`` (actnorm, then
+``conv2d``) are the ``backend="reference"`` path and the tests' yardstick.
 
 - forward: ``M = W diag(e)``, ``c = W b`` with ``e = exp(log_scale)``;
 - inverse: ``M = diag(1/e) W^-1``, ``c = -b / e``.
@@ -154,6 +154,10 @@ def actnorm_conv1x1(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Density direction x -> y; returns ``(y [B, C, H, W], logdet [B])``."""
     _check(x, log_scale, bias, weight)
+    if resolve_backend(backend, x) == "reference":
+        if log_abs_det is None:
+            log_abs_det = torch.linalg.slogdet(weight)[1]
+        return actnorm_conv1x1_reference(x, log_scale, bias, weight), _logdet(x, log_scale, log_abs_det, weight)
     y = _pixel_affine(x, *forward_map(log_scale, bias, weight), backend)
     return y, _logdet(x, log_scale, log_abs_det, weight)
 
@@ -174,5 +178,8 @@ def actnorm_conv1x1_inverse(
         weight_inverse = batched_inverse(weight.unsqueeze(0))[0]
     elif weight_inverse.shape != weight.shape:
         raise ValueError(f"weight_inverse must have shape {tuple(weight.shape)}, got {tuple(weight_inverse.shape)}")
-    x = _pixel_affine(y, *inverse_map(log_scale, bias, weight_inverse), backend)
+    if resolve_backend(backend, y) == "reference":
+        x = actnorm_conv1x1_inverse_reference(y, log_scale, bias, weight_inverse)
+    else:
+        x = _pixel_affine(y, *inverse_map(log_scale, bias, weight_inverse), backend)
     return x, -_logdet(y, log_scale, log_abs_det, weight)

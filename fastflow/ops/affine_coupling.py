@@ -99,34 +99,48 @@ def _check(x: torch.Tensor, mu: torch.Tensor, u: torch.Tensor | None, alpha: flo
         raise ValueError(f"x, mu and u must be on one device, got {sorted(map(str, devices))}")
 
 
+def _split(x: torch.Tensor, num_transformed: int, split: str, order: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x_a, x_b)``: the conditioning and the transformed channels of x, as slices (views)."""
+    idx = transformed_channels(x.shape[1], num_transformed, split, order)
+    return x[:, conditioning_channels(x.shape[1], num_transformed, split, order)], x[:, idx]
+
+
+def _join(x_a: torch.Tensor, y_b: torch.Tensor, split: str, order: str) -> torch.Tensor:
+    """The inverse of :func:`_split`, with ``torch.cat`` (continuous) or interleaving ``torch.stack``
+    (skip), as the paper's code joins the halves."""
+    if split == "skip":
+        even, odd = (x_a, y_b) if order == "up" else (y_b, x_a)
+        return torch.stack([even, odd], dim=2).flatten(1, 2)
+    return torch.cat([x_a, y_b] if order == "up" else [y_b, x_a], dim=1)
+
+
 def affine_coupling_reference(
     x: torch.Tensor, mu: torch.Tensor, u: torch.Tensor | None, split: str, order: str, alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain-PyTorch density direction; see the module docstring."""
-    idx = transformed_channels(x.shape[1], mu.shape[1], split, order)
-    x_b = x[:, idx]
-    y = x.clone()
+    """Plain-PyTorch density direction, written as the paper's code writes it: slice x into its
+    halves, scale then shift x_b, join the halves with ``torch.cat``; see the module docstring."""
+    x_a, x_b = _split(x, mu.shape[1], split, order)
     if u is None:
-        y[:, idx] = x_b + mu
-        return y, x.new_zeros(x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32))
+        return _join(x_a, x_b + mu, split, order), x.new_zeros(
+            x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32)
+        )
     s, log_s = coupling_scale(u, alpha)
-    y[:, idx] = (s * x_b + mu).to(y.dtype)
-    return y, log_s.flatten(1).sum(1)
+    y_b = (x_b * s + mu).to(x.dtype)
+    return _join(x_a, y_b, split, order), log_s.flatten(1).sum(1)
 
 
 def affine_coupling_inverse_reference(
     y: torch.Tensor, mu: torch.Tensor, u: torch.Tensor | None, split: str, order: str, alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain-PyTorch generation direction; see the module docstring."""
-    idx = transformed_channels(y.shape[1], mu.shape[1], split, order)
-    y_b = y[:, idx]
-    x = y.clone()
+    """Plain-PyTorch generation direction (slices, unshift then unscale, ``torch.cat``)."""
+    y_a, y_b = _split(y, mu.shape[1], split, order)
     if u is None:
-        x[:, idx] = y_b - mu
-        return x, y.new_zeros(y.shape[0], dtype=torch.promote_types(y.dtype, torch.float32))
+        return _join(y_a, y_b - mu, split, order), y.new_zeros(
+            y.shape[0], dtype=torch.promote_types(y.dtype, torch.float32)
+        )
     s, log_s = coupling_scale(u, alpha)
-    x[:, idx] = ((y_b - mu) / s).to(x.dtype)
-    return x, -log_s.flatten(1).sum(1)
+    x_b = ((y_b - mu) / s).to(y.dtype)
+    return _join(y_a, x_b, split, order), -log_s.flatten(1).sum(1)
 
 
 def _as_bcp(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -120,8 +120,9 @@ def cond_bias_elu(h: torch.Tensor, bias: torch.Tensor | None = None, backend: st
         raise ValueError(f"bias must have shape {tuple(h.shape[:2])} ([B, Hd]), got {tuple(bias.shape)}")
     if bias is not None and bias.device != h.device:
         raise ValueError(f"h and bias must be on one device, got {h.device} and {bias.device}")
-    if resolve_backend(backend, h, bias) == "triton":
+    resolved = resolve_backend(backend, h, bias)
+    if resolved == "triton":
         return cond_bias_elu_fused(h, bias, "triton")
-    if _use_cpu_kernels(h, bias):
+    if resolved == "torch" and _use_cpu_kernels(h, bias):
         return cond_bias_elu_fused(h, bias, "cpu")
     return cond_bias_elu_reference(h, bias)

@@ -1,0 +1,135 @@
+"""The step-speed targets of issue 14, in one command: a Wolf training step (forward + backward + AdamW)
+with fastflow's ops against the same model on ``backend="reference"`` (the paper's plain-PyTorch way).
+
+    python -m benchmarks.bench_step                      # CIFAR-10 Wolf, batch 16, 2 threads (~5 min)
+    python -m benchmarks.bench_step --rounds 3 --batch 4 # shorter
+
+One process, one model (its parameters shared by the variants, one AdamW each), random uint8 images.
+The variants take one step each per round, the order reversed every other round; each speed ratio is
+the median over rounds of the paired step-time ratio (reference time / variant time), so that load
+from other processes falls on all alike. Memory: one more step of each variant under
+:class:`benchmarks._common.StepMemory` (peak RSS rise above what is resident), plus the resident
+parameters, gradients and AdamW state, which every variant shares. Prints the ratios and whether each
+target is met; ``--json`` also writes them to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks._common import StepMemory, cpu_model, median, paired_ratio, time_interleaved
+from benchmarks.bench_models import VARIANTS, Case, Resolution, Trainable, fastflow_case, model_config
+from fastflow.models import build_model
+
+MIB = 2**20
+# (variant, its speed over "reference" must be at least) and the memory bound, from issue 14
+SPEED_TARGETS = {"torch": 1.25, "torch+bf16": 2.0}
+MEMORY_TARGET = ("torch", 0.8)
+
+
+def build(config: str, batch: int, variants: list[str], seed: int = 0) -> list[Case]:
+    """The cases of ``variants`` over one initialised model of ``config``, each with its own AdamW."""
+    res = Resolution(config.split("_", 1)[0], batch=batch, repeats=1, variants=tuple(variants))
+    cfg = model_config(res, config.split("_", 1)[1])
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (batch, cfg.in_channels, cfg.image_size, cfg.image_size), generator=gen).to(torch.uint8)
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    model.initialize(x, generator=torch.Generator().manual_seed(seed))
+    cases = []
+    for name in variants:
+        trainable = Trainable(model, torch.optim.AdamW(model.parameters(), lr=1e-5))
+        cases.append(fastflow_case(cfg.kind, trainable, VARIANTS[name], x, seed, sampled=False))
+    return cases
+
+
+def measure(cases: list[Case], rounds: int) -> dict[str, dict]:
+    """Step times over interleaved rounds (after one warm-up step each), then each case's step memory."""
+    null = contextlib.nullcontext
+    for case in cases:
+        case.step(null())
+    times = time_interleaved({c.variant.name: (lambda c=c: c.step(null())) for c in cases}, rounds, lambda: None)
+    out = {}
+    for case in cases:
+        with StepMemory("cpu") as memory:
+            case.step(null())
+        out[case.variant.name] = {
+            "step_times_s": times[case.variant.name],
+            "step_s": median(times[case.variant.name]),
+            "step_mem_mib": None if memory.bytes is None else memory.bytes / MIB,
+            "resident_mib": case.trainable.state_bytes() / MIB,
+        }
+    return out
+
+
+def report(results: dict[str, dict], batch: int) -> list[str]:
+    """Lines: per variant img/s, speed and memory against the reference; then each target, met or not."""
+    ref = results["reference"]
+    lines = []
+    for name, r in results.items():
+        r["vs_reference"] = paired_ratio(ref["step_times_s"], r["step_times_s"])
+        if r["step_mem_mib"] is not None and ref["step_mem_mib"] is not None:
+            r["peak_vs_reference"] = (r["step_mem_mib"] + r["resident_mib"]) / (
+                ref["step_mem_mib"] + ref["resident_mib"]
+            )
+            r["step_mem_vs_reference"] = r["step_mem_mib"] / ref["step_mem_mib"]
+        lines.append(
+            f"{name:>22}: {batch / r['step_s']:6.2f} img/s, step {r['step_s']:6.2f} s, "
+            f"{r['vs_reference']:.2f}x reference speed; step memory {r['step_mem_mib'] or float('nan'):7.0f} MiB "
+            f"+ resident {r['resident_mib']:.0f} MiB = {r.get('peak_vs_reference', float('nan')):.2f}x reference "
+            f"(step memory alone {r.get('step_mem_vs_reference', float('nan')):.2f}x)"
+        )
+    for name, target in SPEED_TARGETS.items():
+        if name in results:
+            got = results[name]["vs_reference"]
+            lines.append(
+                f"target {name} >= {target}x reference speed: {got:.2f}x -> {'MET' if got >= target else 'NOT MET'}"
+            )
+    name, bound = MEMORY_TARGET
+    if name in results and "peak_vs_reference" in results[name]:
+        got = results[name]["peak_vs_reference"]
+        lines.append(
+            f"target {name} peak memory <= {bound}x reference: {got:.2f}x -> {'MET' if got <= bound else 'NOT MET'}"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_step", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="cifar10_wolf", help="a bundled config, {dataset}_{kind}")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--variants", nargs="+", default=["reference", "torch", "torch+bf16"], choices=sorted(VARIANTS))
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    if "reference" not in args.variants:
+        parser.error("--variants must include reference (every ratio is taken against it)")
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} | {cpu_model()} | {os.cpu_count()} cores, {args.threads} threads | "
+        f"torch {torch.__version__} | {args.config} batch {args.batch}, {args.rounds} rounds | "
+        f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    results = measure(build(args.config, args.batch, args.variants), args.rounds)
+    lines = report(results, args.batch)
+    load_end = os.getloadavg()
+    lines.append(f"wall {time.perf_counter() - start:.0f} s; load at the end {load_end[0]:.2f} {load_end[1]:.2f}")
+    print("\n".join(lines), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

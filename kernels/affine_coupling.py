@@ -1,20 +1,37 @@
 """Triton kernels of the conditional affine coupling (and its additive variant).
 
 Density direction (x -> y), with x, y viewed as ``[B, C, P]`` (P = pixels, 1 for vectors) and
-mu, u as ``[B, Cb, P]``:
+mu, u as ``[B, Cb, P]`` (any strides):
 
-    y[:, c] = s * x[:, c] + mu[:, j]   if c = start + j * stride (a transformed channel, j < Cb)
-    y[:, c] = x[:, c]                  otherwise (a conditioning channel, copied)
-    s = 1 + alpha * tanh(u / 2) = (1 - alpha) + 2 * alpha * sigmoid(u),   logdet[b] = sum log s
+    y[:, c] = s * x[:, c] + mu[:, j]     if c = start + j * stride (a transformed channel, j < Cb)
+              s * (x[:, c] + mu[:, j])   with SHIFT_FIRST (Glow's order)
+    y[:, c] = x[:, c]                    otherwise (a conditioning channel, copied)
+    logdet[b] = sum log s
+
+Generation direction (y -> x): ``x_b = (y_b - mu) / s`` (``y_b / s - mu`` with SHIFT_FIRST),
+``logdet = -sum log s``. The scale ``s = f(u)`` is a compile-time choice (``SCALE``), with one runtime
+parameter ``param``:
+
+- ``SCALE_TANH``: Wolf's ``s = 1 + param * tanh(u / 2) = (1 - param) + 2 param sigmoid(u)``
+  (``SPECIAL``: param == 1, where ``log s = log 2 - softplus(-u)``);
+- ``SCALE_SIGMOID``: Glow's ``s = sigmoid(u + param)``, ``log s = -softplus(-(u + param))``;
+- ``SCALE_EXP``: RealNVP's ``s = exp(param * tanh(u / param))`` (soft clamp), or ``exp(u)`` with
+  ``SPECIAL``;
+
+and ``RECIPROCAL`` replaces s by 1 / s (normflows' "sigmoid" coupling divides by the sigmoid).
+log s and d(log s)/du are formed without ever taking the log of an underflowed s, so both stay
+finite for every finite u (s itself may reach 0 or inf where the maths does: unclamped exp).
 
 ``(start, stride)`` encodes all four split patterns without any split/cat copy: continuous/up is
 ``(C - Cb, 1)``, continuous/down ``(0, 1)``, skip/up ``(1, 2)`` and skip/down ``(0, 2)``.
-Generation direction (y -> x): ``x_b = (y_b - mu) / s``, ``logdet = -sum log s``.
 
 Every program handles ``BLOCK`` consecutive elements of one sample's ``[C, P]`` plane, so it writes
 all of y (copied and transformed channels alike) in one pass and stores one partial sum of log s;
 the per-sample logdet is the sum of a sample's partials (a tiny torch sum, deterministic, no
-atomics). The backward kernels recompute s and d(log s)/du from u instead of storing them.
+atomics). With ``B_ONLY`` a program covers elements of the ``[Cb, P]`` transformed plane instead and
+writes only those (the caller's output already holds x_a: the in-place, no-grad use). The backward
+kernels recompute s and d(log s)/du from u instead of storing them and store dmu and du through
+strides, so both can be halves of the one gradient buffer of a conditioning net's output.
 All arithmetic is in float32 (float64 for float64 inputs); outputs are stored in their input dtype.
 """
 
@@ -27,6 +44,7 @@ import triton.language as tl
 from fastflow.kernels import _common
 
 MIN_BLOCK, MAX_BLOCK = 16, 1024  # elements per program
+SCALE_TANH, SCALE_SIGMOID, SCALE_EXP = 0, 1, 2
 
 
 def _block_size(plane: int) -> int:
@@ -63,23 +81,55 @@ def _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE: tl.constexpr, BLOCK:
 
 
 @triton.jit
-def _scale_terms(u, alpha, ALPHA_ONE: tl.constexpr):
-    """``s``, ``log s`` and ``d(log s)/du`` for ``s = (1 - alpha) + 2 alpha sigmoid(u)``, finite for any u.
+def _sigmoids(v):
+    """``exp(-|v|)``, ``sigmoid(v)`` and ``sigmoid(-v)``, none of which overflows."""
+    e = tl.exp(-tl.abs(v))  # in (0, 1]
+    pos = tl.where(v >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    neg = tl.where(v >= 0, e / (1.0 + e), 1.0 / (1.0 + e))
+    return e, pos, neg
 
-    With ``alpha == 1`` the log is ``log 2 - softplus(-u) = min(u, 0) + log(2 / (1 + exp(-|u|)))``
-    and the derivative ``sigmoid(-u)``. ``alpha`` arrives as a float32 scalar.
+
+@triton.jit
+def _scale_terms(u, param, SCALE: tl.constexpr, SPECIAL: tl.constexpr, RECIPROCAL: tl.constexpr, INV: tl.constexpr):
+    """``s`` (``1 / s`` with INV), ``log s`` and ``d(log s)/du`` of the scale function (module docstring).
+
+    ``param`` arrives as a float32 scalar: alpha (tanh), the offset (sigmoid) or the clamp (exp).
+    Only the factor asked for is formed (s may underflow where 1 / s overflows, and vice versa).
     """
-    e = tl.exp(-tl.abs(u))  # in (0, 1]: never overflows
-    sig_pos = tl.where(u >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    sig_neg = tl.where(u >= 0, e / (1.0 + e), 1.0 / (1.0 + e))
-    if ALPHA_ONE:
-        s = 2.0 * sig_pos
-        log_s = tl.minimum(u, 0.0) + tl.log(2.0 / (1.0 + e))
-        dlog_s = sig_neg
-    else:
-        s = (1.0 - alpha) + 2.0 * alpha * sig_pos
-        log_s = tl.log(s)
-        dlog_s = 2.0 * alpha * sig_pos * sig_neg / s
+    if SCALE == 0:  # SCALE_TANH
+        e, sig_pos, sig_neg = _sigmoids(u)
+        if SPECIAL:
+            s = 2.0 * sig_pos
+            log_s = tl.minimum(u, 0.0) + tl.log(2.0 / (1.0 + e))
+            dlog_s = sig_neg
+        else:
+            s = (1.0 - param) + 2.0 * param * sig_pos
+            log_s = tl.log(s)
+            dlog_s = 2.0 * param * sig_pos * sig_neg / s
+        if INV != RECIPROCAL:  # the factor asked for is 1 / f(u)
+            s = 1.0 / s
+    elif SCALE == 1:  # SCALE_SIGMOID
+        v = u + param
+        e, s, dlog_s = _sigmoids(v)
+        log_s = tl.minimum(v, 0.0) - tl.log(1.0 + e)
+        if INV != RECIPROCAL:  # the factor asked for is 1 / f(u)
+            s = tl.exp(-log_s)
+    else:  # SCALE_EXP
+        if SPECIAL:
+            log_s = u
+            dlog_s = tl.full(u.shape, 1.0, u.dtype)
+        else:
+            w = u / param
+            e2 = tl.exp(-2.0 * tl.abs(w))  # tanh(|w|) = (1 - e2) / (1 + e2), no overflow
+            th = (1.0 - e2) / (1.0 + e2)
+            log_s = param * tl.where(w >= 0, th, -th)
+            dlog_s = 4.0 * e2 / ((1.0 + e2) * (1.0 + e2))
+        if INV != RECIPROCAL:
+            s = tl.exp(-log_s)
+        else:
+            s = tl.exp(log_s)
+    if RECIPROCAL:
+        return s, -log_s, -dlog_s
     return s, log_s, dlog_s
 
 
@@ -95,7 +145,7 @@ def _coupling_kernel(
     P,
     N_BLOCKS,
     START,
-    alpha,
+    param,
     s_xb,
     s_xc,
     s_xp,
@@ -111,25 +161,47 @@ def _coupling_kernel(
     INVERSE: tl.constexpr,
     STRIDE: tl.constexpr,
     HAS_U: tl.constexpr,
-    ALPHA_ONE: tl.constexpr,
+    SCALE: tl.constexpr,
+    SPECIAL: tl.constexpr,
+    RECIPROCAL: tl.constexpr,
+    SHIFT_FIRST: tl.constexpr,
+    B_ONLY: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """One block of one sample, X -> Y: the density direction (y_b = s x_b + mu, partial sum of
-    log s per program) or, with INVERSE, the generation direction (x_b = (y_b - mu) / s, -log s)."""
+    log s per program) or, with INVERSE, the generation direction (x_b = (y_b - mu) / s, -log s).
+    With B_ONLY the block indexes the transformed plane ``[Cb, P]`` and only y_b is stored."""
     pid = tl.program_id(0)
-    b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
+    if B_ONLY:
+        b = (pid // N_BLOCKS).to(tl.int64)
+        i = (pid % N_BLOCKS) * BLOCK + tl.arange(0, BLOCK)
+        inside = i < CB * P
+        j = tl.where(inside, i // P, 0)
+        p = i % P
+        c = START + j * STRIDE
+        is_b = inside
+    else:
+        b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
     x = tl.load(X + b * s_xb + c * s_xc + p * s_xp, mask=inside, other=0.0).to(ACC)
     mu = tl.load(MU + b * s_mb + j * s_mc + p * s_mp, mask=is_b, other=0.0).to(ACC)
     if HAS_U:
         u = tl.load(U + b * s_ub + j * s_uc + p * s_up, mask=is_b, other=0.0).to(ACC)
-        s, log_s, _ = _scale_terms(u, alpha, ALPHA_ONE)
+        s, log_s, _ = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, INVERSE)
         log_det = tl.sum(tl.where(is_b, log_s, 0.0), axis=0)
         if INVERSE:
-            y = tl.where(is_b, (x - mu) / tl.where(is_b, s, 1.0), x)
+            inv_s = s
+            if SHIFT_FIRST:
+                y_b = x * inv_s - mu
+            else:
+                y_b = (x - mu) * inv_s
             log_det = -log_det
         else:
-            y = tl.where(is_b, s * x + mu, x)
+            if SHIFT_FIRST:
+                y_b = s * (x + mu)
+            else:
+                y_b = s * x + mu
+        y = tl.where(is_b, y_b, x)
         tl.store(LOGDET_PART + pid, log_det)
     else:
         y = tl.where(is_b, x - mu, x) if INVERSE else tl.where(is_b, x + mu, x)
@@ -139,6 +211,7 @@ def _coupling_kernel(
 @triton.jit
 def _coupling_forward_backward_kernel(
     X,
+    MU,
     U,
     DY,
     DLOGDET,
@@ -150,41 +223,59 @@ def _coupling_forward_backward_kernel(
     P,
     N_BLOCKS,
     START,
-    alpha,
+    param,
     s_xb,
     s_xc,
     s_xp,
+    s_mb,
+    s_mc,
+    s_mp,
     s_ub,
     s_uc,
     s_up,
     s_gb,
     s_gc,
     s_gp,
+    s_dmb,
+    s_dmc,
+    s_dub,
+    s_duc,
     STRIDE: tl.constexpr,
     HAS_U: tl.constexpr,
-    ALPHA_ONE: tl.constexpr,
+    SCALE: tl.constexpr,
+    SPECIAL: tl.constexpr,
+    RECIPROCAL: tl.constexpr,
+    SHIFT_FIRST: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """Gradients of the density direction: dx_b = s dy_b, dx_a = dy_a, dmu = dy_b,
-    du = d(log s)/du * (dy_b * x_b * s + dlogdet[b]).  DY, DX ``[B, C, P]`` and DMU, DU
-    ``[B, Cb, P]`` are contiguous; X and U are read through their strides."""
+    """Gradients of the density direction. ``y_b = s x_b + mu``: dx_b = s dy_b, dmu = dy_b,
+    du = d(log s)/du * (dy_b * s x_b + dlogdet[b]); SHIFT_FIRST ``y_b = s (x_b + mu)``: dx_b = dmu
+    = s dy_b, du = d(log s)/du * (dy_b * s (x_b + mu) + dlogdet[b]); dx_a = dy_a.  DY and DX
+    ``[B, C, P]`` share strides; DMU and DU ``[B, Cb, P]`` have unit pixel stride."""
     pid = tl.program_id(0)
     b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
     dy = tl.load(DY + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
-    small = b * CB * P + j * P + p
     if HAS_U:
         x = tl.load(X + b * s_xb + c * s_xc + p * s_xp, mask=is_b, other=0.0).to(ACC)
         u = tl.load(U + b * s_ub + j * s_uc + p * s_up, mask=is_b, other=0.0).to(ACC)
         g = tl.load(DLOGDET + b).to(ACC)
-        s, _, dlog_s = _scale_terms(u, alpha, ALPHA_ONE)
+        s, _, dlog_s = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, False)
+        if SHIFT_FIRST:
+            mu = tl.load(MU + b * s_mb + j * s_mc + p * s_mp, mask=is_b, other=0.0).to(ACC)
+            sx = s * (x + mu)
+            dmu = s * dy
+        else:
+            sx = s * x
+            dmu = dy
         dx = tl.where(is_b, s * dy, dy)
-        du = dlog_s * (dy * x * s + g)
-        tl.store(DU + small, du.to(DU.dtype.element_ty), mask=is_b)
+        du = dlog_s * (dy * sx + g)
+        tl.store(DU + b * s_dub + j * s_duc + p, du.to(DU.dtype.element_ty), mask=is_b)
     else:
         dx = dy
+        dmu = dy
     tl.store(DX + b * s_gb + c * s_gc + p * s_gp, dx.to(DX.dtype.element_ty), mask=inside)
-    tl.store(DMU + small, dy.to(DMU.dtype.element_ty), mask=is_b)
+    tl.store(DMU + b * s_dmb + j * s_dmc + p, dmu.to(DMU.dtype.element_ty), mask=is_b)
 
 
 @triton.jit
@@ -202,7 +293,7 @@ def _coupling_inverse_backward_kernel(
     P,
     N_BLOCKS,
     START,
-    alpha,
+    param,
     s_yb,
     s_yc,
     s_yp,
@@ -215,37 +306,58 @@ def _coupling_inverse_backward_kernel(
     s_gb,
     s_gc,
     s_gp,
+    s_dmb,
+    s_dmc,
+    s_dub,
+    s_duc,
     STRIDE: tl.constexpr,
     HAS_U: tl.constexpr,
-    ALPHA_ONE: tl.constexpr,
+    SCALE: tl.constexpr,
+    SPECIAL: tl.constexpr,
+    RECIPROCAL: tl.constexpr,
+    SHIFT_FIRST: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """Gradients of the generation direction, recomputing x_b = (y_b - mu) / s:
-    dy_b = dx_b / s, dy_a = dx_a, dmu = -dx_b / s, du = -d(log s)/du * (dx_b * x_b + dlogdet[b])."""
+    """Gradients of the generation direction, recomputing x_b. ``x_b = (y_b - mu) / s``:
+    dy_b = dx_b / s, dmu = -dx_b / s, du = -d(log s)/du * (dx_b * x_b + dlogdet[b]); SHIFT_FIRST
+    ``x_b = y_b / s - mu``: dy_b = dx_b / s, dmu = -dx_b, du = -d(log s)/du * (dx_b * y_b / s +
+    dlogdet[b]); dy_a = dx_a."""
     pid = tl.program_id(0)
     b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
     dx = tl.load(DX + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
-    small = b * CB * P + j * P + p
     if HAS_U:
         y = tl.load(Y + b * s_yb + c * s_yc + p * s_yp, mask=is_b, other=0.0).to(ACC)
-        mu = tl.load(MU + b * s_mb + j * s_mc + p * s_mp, mask=is_b, other=0.0).to(ACC)
         u = tl.load(U + b * s_ub + j * s_uc + p * s_up, mask=is_b, other=0.0).to(ACC)
         g = tl.load(DLOGDET + b).to(ACC)
-        s, _, dlog_s = _scale_terms(u, alpha, ALPHA_ONE)
-        s = tl.where(is_b, s, 1.0)
-        dy = tl.where(is_b, dx / s, dx)
-        du = -dlog_s * (dx * (y - mu) / s + g)
-        tl.store(DU + small, du.to(DU.dtype.element_ty), mask=is_b)
+        inv_s, _, dlog_s = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, True)
+        inv_s = tl.where(is_b, inv_s, 1.0)
+        dy = tl.where(is_b, dx * inv_s, dx)
+        if SHIFT_FIRST:
+            x_s = y * inv_s
+            dmu = -dx
+        else:
+            mu = tl.load(MU + b * s_mb + j * s_mc + p * s_mp, mask=is_b, other=0.0).to(ACC)
+            x_s = (y - mu) * inv_s
+            dmu = -dy
+        du = -dlog_s * (dx * x_s + g)
+        tl.store(DU + b * s_dub + j * s_duc + p, du.to(DU.dtype.element_ty), mask=is_b)
     else:
         dy = dx
+        dmu = -dx
     tl.store(DY + b * s_gb + c * s_gc + p * s_gp, dy.to(DY.dtype.element_ty), mask=inside)
-    tl.store(DMU + small, (-dy).to(DMU.dtype.element_ty), mask=is_b)
+    tl.store(DMU + b * s_dmb + j * s_dmc + p, dmu.to(DMU.dtype.element_ty), mask=is_b)
 
 
 def _grid(batch: int, plane: int, block: int) -> tuple[int, tuple[int]]:
     n_blocks = triton.cdiv(plane, block)
     return n_blocks, (batch * n_blocks,)
+
+
+def _form_constexprs(form: tuple[int, float, bool, bool, bool]) -> tuple[float, dict]:
+    """``form = (scale code, param, special, reciprocal, shift_first)`` -> (param, constexprs)."""
+    code, param, special, reciprocal, shift_first = form
+    return float(param), dict(SCALE=code, SPECIAL=special, RECIPROCAL=reciprocal, SHIFT_FIRST=shift_first)
 
 
 def coupling_apply(
@@ -254,24 +366,32 @@ def coupling_apply(
     u: torch.Tensor | None,
     start: int,
     stride: int,
-    alpha: float,
+    form: tuple[int, float, bool, bool, bool],
     inverse: bool = False,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One direction of the coupling on ``[B, C, P]`` views.
 
     ``inverse=False``: x -> (y, logdet); ``inverse=True``: x plays y and the result is
-    (x, -sum log s). x ``[B, C, P]``, mu and u ``[B, Cb, P]`` (any strides); returns a contiguous
-    ``[B, C, P]`` tensor of x's dtype and a logdet ``[B]`` in float32 (float64 for float64 input).
+    (x, -sum log s). x ``[B, C, P]``, mu and u ``[B, Cb, P]`` (any strides); ``form`` as in
+    :func:`_form_constexprs`. Returns a contiguous ``[B, C, P]`` tensor of x's dtype and a logdet
+    ``[B]`` in float32 (float64 for float64 input). ``out`` (``[B, C, P]``, x's dtype, possibly x
+    itself) must already hold the conditioning channels: only the transformed ones are written.
     """
     batch, channels, pixels = x.shape
+    cb = mu.shape[1]
     acc = _common.acc_dtype(x, mu, u)
-    out = _common.new_output((batch, channels, pixels), x.dtype, x.device)
+    b_only = out is not None
+    if out is None:
+        out = _common.new_output((batch, channels, pixels), x.dtype, x.device)
     zeros = torch.zeros(batch, dtype=acc, device=x.device)
     if out.numel() == 0:
         return out, zeros
-    block = _block_size(channels * pixels)
-    n_blocks, grid = _grid(batch, channels * pixels, block)
+    plane = (cb if b_only else channels) * pixels
+    block = _block_size(plane)
+    n_blocks, grid = _grid(batch, plane, block)
     partial = _common.new_output((batch, n_blocks), acc, x.device) if u is not None else zeros
+    param, constexprs = _form_constexprs(form)
     _coupling_kernel[grid](
         x,
         mu,
@@ -279,11 +399,11 @@ def coupling_apply(
         out,
         partial,
         channels,
-        mu.shape[1],
+        cb,
         pixels,
         n_blocks,
         start,
-        float(alpha),
+        param,
         *x.stride(),
         *mu.stride(),
         *_strides(u),
@@ -291,9 +411,10 @@ def coupling_apply(
         INVERSE=inverse,
         STRIDE=stride,
         HAS_U=u is not None,
-        ALPHA_ONE=alpha == 1.0,
+        B_ONLY=b_only,
         ACC=_common.tl_dtype(acc),
         BLOCK=block,
+        **constexprs,
     )
     return out, (partial.sum(1) if u is not None else zeros)
 
@@ -306,60 +427,63 @@ def coupling_backward(
     grad_logdet: torch.Tensor,
     start: int,
     stride: int,
-    alpha: float,
+    form: tuple[int, float, bool, bool, bool],
     inverse: bool = False,
+    d_mu: torch.Tensor | None = None,
+    d_u: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients of :func:`coupling_apply` with respect to its input, mu and u.
 
     ``x``, ``mu``, ``u`` are the inputs of that call (for ``inverse=True`` ``x`` is y); grad_out
-    ``[B, C, P]``, grad_logdet ``[B]``. Returns contiguous (d input ``[B, C, P]``, dmu and du
-    ``[B, Cb, P]``, du None for the additive coupling), each in its input's dtype.
+    ``[B, C, P]``, grad_logdet ``[B]``. ``d_mu`` and ``d_u`` may be given as ``[B, Cb, P]`` views
+    with unit pixel stride (two halves of one buffer); otherwise they are allocated contiguous.
+    Returns (d input ``[B, C, P]`` contiguous, dmu, du; du None for the additive coupling), each in
+    its input's dtype.
     """
     batch, channels, pixels = x.shape
     cb = mu.shape[1]
     acc = _common.acc_dtype(x, mu, u)
     grad_out = grad_out.contiguous()
     d_in = _common.new_output((batch, channels, pixels), x.dtype, x.device)
-    d_mu = _common.new_output((batch, cb, pixels), mu.dtype, x.device)
-    d_u = _common.new_output((batch, cb, pixels), u.dtype, x.device) if u is not None else None
+    if d_mu is None:
+        d_mu = _common.new_output((batch, cb, pixels), mu.dtype, x.device)
+    if d_u is None and u is not None:
+        d_u = _common.new_output((batch, cb, pixels), u.dtype, x.device)
     if d_in.numel() == 0:
         return d_in, d_mu, d_u
     block = _block_size(channels * pixels)
     n_blocks, grid = _grid(batch, channels * pixels, block)
     grad_logdet = grad_logdet.contiguous()
-    u_or_mu = u if u is not None else mu
-    common = dict(STRIDE=stride, HAS_U=u is not None, ALPHA_ONE=alpha == 1.0, ACC=_common.tl_dtype(acc), BLOCK=block)
-    sizes = (channels, cb, pixels, n_blocks, start, float(alpha))
-    if inverse:
-        _coupling_inverse_backward_kernel[grid](
-            x,
-            mu,
-            u_or_mu,
-            grad_out,
-            grad_logdet,
-            d_in,
-            d_mu,
-            d_u if d_u is not None else d_mu,
-            *sizes,
-            *x.stride(),
-            *mu.stride(),
-            *_strides(u),
-            *grad_out.stride(),
-            **common,
-        )
-    else:
-        _coupling_forward_backward_kernel[grid](
-            x,
-            u_or_mu,
-            grad_out,
-            grad_logdet,
-            d_in,
-            d_mu,
-            d_u if d_u is not None else d_mu,
-            *sizes,
-            *x.stride(),
-            *_strides(u),
-            *grad_out.stride(),
-            **common,
-        )
+    param, constexprs = _form_constexprs(form)
+    kernel = _coupling_inverse_backward_kernel if inverse else _coupling_forward_backward_kernel
+    d_u_or_mu = d_u if d_u is not None else d_mu
+    kernel[grid](
+        x,
+        mu,
+        u if u is not None else mu,
+        grad_out,
+        grad_logdet,
+        d_in,
+        d_mu,
+        d_u_or_mu,
+        channels,
+        cb,
+        pixels,
+        n_blocks,
+        start,
+        param,
+        *x.stride(),
+        *mu.stride(),
+        *_strides(u),
+        *grad_out.stride(),
+        d_mu.stride(0),
+        d_mu.stride(1),
+        d_u_or_mu.stride(0),
+        d_u_or_mu.stride(1),
+        STRIDE=stride,
+        HAS_U=u is not None,
+        ACC=_common.tl_dtype(acc),
+        BLOCK=block,
+        **constexprs,
+    )
     return d_in, d_mu, d_u

@@ -233,17 +233,34 @@ def test_bad_input_raises(kwargs, message, inverse):
 
 
 def test_kernels_compile_for_a_gpu():
-    """Every kernel: float32 skip split, float64 continuous split with alpha = 1, float16 additive."""
+    """Every kernel: float32 skip split with tanh (alpha < 1), float64 continuous split with the
+    reciprocal shift-first sigmoid, float32 with the clamped exp, float16 additive."""
     variants = []
-    for dtype, acc, stride, has_u, alpha_one in (
-        ("fp32", "fp32", 2, True, False),
-        ("fp64", "fp64", 1, True, True),
-        ("fp16", "fp32", 1, False, True),
+    for dtype, acc, stride, has_u, scale in (
+        ("fp32", "fp32", 2, True, (0, False, False, False)),
+        ("fp64", "fp64", 1, True, (1, False, True, True)),
+        ("fp32", "fp32", 2, True, (2, False, False, False)),
+        ("fp32", "fp32", 1, True, (2, True, True, False)),
+        ("fp16", "fp32", 1, False, (0, True, False, False)),
     ):
-        types = {"alpha": "fp32", "LOGDET_PART": f"*{acc}", "DLOGDET": f"*{acc}"}
+        types = {"param": "fp32", "LOGDET_PART": f"*{acc}", "DLOGDET": f"*{acc}"}
         types |= {n: f"*{dtype}" for n in ("X", "Y", "MU", "U", "DX", "DY", "DMU", "DU")}
-        constexprs = dict(STRIDE=stride, HAS_U=has_u, ALPHA_ONE=alpha_one, ACC=f"tl.float{acc[2:]}", BLOCK=1024)
-        variants += [("_coupling_kernel", types, constexprs | {"INVERSE": inverse}) for inverse in (False, True)]
+        code, special, reciprocal, shift_first = scale
+        constexprs = dict(
+            STRIDE=stride,
+            HAS_U=has_u,
+            SCALE=code,
+            SPECIAL=special,
+            RECIPROCAL=reciprocal,
+            SHIFT_FIRST=shift_first,
+            ACC=f"tl.float{acc[2:]}",
+            BLOCK=1024,
+        )
+        variants += [
+            ("_coupling_kernel", types, constexprs | {"INVERSE": inverse, "B_ONLY": b_only})
+            for inverse in (False, True)
+            for b_only in (False, True)
+        ]
         variants += [
             (name, types, constexprs)
             for name in ("_coupling_forward_backward_kernel", "_coupling_inverse_backward_kernel")

@@ -1,8 +1,19 @@
-"""Conditional affine coupling with a tanh-bounded scale (and its additive variant).
+"""Conditional affine coupling with a choice of scale function (and its additive variant).
 
-Density direction (x to y):  y_a = x_a,  y_b = s * x_b + mu,  s = 1 + alpha * tanh(u / 2),
+Density direction (x to y):  y_a = x_a,  y_b = s * x_b + mu  (``shift_first``: y_b = s * (x_b + mu)),
 logdet = sum over the transformed elements of log s, per sample.
-Inverse (y to x):            x_b = (y_b - mu) / s,  logdet = -sum log s.
+Inverse (y to x):            x_b = (y_b - mu) / s  (``shift_first``: x_b = y_b / s - mu),
+logdet = -sum log s.
+
+The scale ``s = f(u)`` (:class:`CouplingScale`):
+
+- ``"tanh"`` (Wolf): ``s = 1 + alpha * tanh(u / 2)``, alpha in (0, 1];
+- ``"sigmoid"`` (Glow: openai/glow, rosinality/glow-pytorch): ``s = sigmoid(u + offset)``, offset 2;
+- ``"exp"`` (RealNVP): ``s = exp(u)``, or with ``clamp=c`` the soft clamp ``exp(c * tanh(u / c))``;
+- ``"additive"`` (NICE): no u, ``y_b = x_b + mu``, logdet 0;
+
+and ``reciprocal=True`` uses ``1 / f(u)`` instead (normflows' "sigmoid" coupling divides by the
+sigmoid). log s is computed without taking the log of an underflowed s: finite for every finite u.
 
 The channel partition is given by index arithmetic, never by split/cat copies:
 
@@ -15,26 +26,40 @@ The channel partition is given by index arithmetic, never by split/cat copies:
 ``C // F`` for the split-prior coupling). A skip split needs ``Cb == C // 2`` and an even ``C``; for
 odd ``C`` the layers pass ``split="continuous"`` instead, as the paper's code does.
 
-Shapes: x, y ``[B, C, *S]`` (images ``[B, C, H, W]``, vectors ``[B, C]``); mu, u ``[B, Cb, *S]``;
-logdet ``[B]``. ``u=None`` gives the additive coupling (logdet 0).
+``backend="torch"`` and ``"reference"`` run the plain-PyTorch references (slices, the scale, and
+``torch.cat``, as the papers' code computes a coupling); ``"triton"`` the fused kernels.
 
-The Triton path (:class:`AffineCouplingFunction`, kernels in ``fastflow.kernels.affine_coupling``)
-reads x, mu and u through their strides (a ``chunk`` of a conditioning-net output costs no copy),
-writes y and the per-sample logdet in one pass and recomputes s from u in the backward, so it saves
-only its inputs. float16/bfloat16 inputs are computed in float32 and give a float32 logdet.
+Shapes: x, y ``[B, C, *S]`` (images ``[B, C, H, W]``, vectors ``[B, C]``); mu, u ``[B, Cb, *S]``;
+logdet ``[B]``. ``u=None`` gives the additive coupling (logdet 0). Instead of mu and u, the whole
+output of a conditioning network may be passed as ``params`` ``[B, 2 Cb, *S]`` with its ``layout``:
+``"shift_scale"`` (mu = first Cb channels, u = last Cb: Wolf), ``"scale_shift"`` (u first: Glow) or
+``"interleaved"`` (mu = even channels, u = odd ones: normflows); ``[B, Cb, *S]`` mu for the additive
+coupling. The fused op then reads mu and u in place and returns their gradient as one buffer of
+params' shape, so the network's last layer gets one gradient tensor (no zeros + slice-copy assembly).
+
+The Triton path (:class:`AffineCouplingFunction`, kernels in ``fastflow.kernels.affine_coupling``,
+one kernel per direction with the scale function a compile-time constant) reads x, mu and u through
+their strides, writes y and the per-sample logdet in one pass and recomputes s from u in the
+backward, so it saves only its inputs. With ``inplace=True`` (no autograd recording) y overwrites x
+and only the transformed channels are written. float16/bfloat16 inputs are computed in float32 and
+give a float32 logdet.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
 
 from fastflow.ops._backend import resolve_backend
 
 SPLITS = ("continuous", "skip")
 ORDERS = ("up", "down")
+SCALES = ("tanh", "sigmoid", "exp", "additive")
+LAYOUTS = ("shift_scale", "scale_shift", "interleaved")
 
 
 def transformed_channels(num_channels: int, num_transformed: int, split: str, order: str) -> slice:
@@ -70,21 +95,98 @@ def conditioning_channels(num_channels: int, num_transformed: int, split: str, o
     return slice(transformed.stop, num_channels)
 
 
-def coupling_scale(u: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``s = 1 + alpha * tanh(u / 2)`` and ``log s``, computed in float32 or wider.
+@dataclass(frozen=True)
+class CouplingScale:
+    """The scale function ``s = f(u)`` of a coupling (see the module docstring for each ``kind``).
 
-    For ``alpha == 1``, ``s = 2 * sigmoid(u)`` and ``log s = log 2 - softplus(-u)``, which stays
-    finite for any finite u; for ``alpha < 1``, s lies in ``[1 - alpha, 1 + alpha]``.
+    ``alpha`` is used by "tanh", ``offset`` by "sigmoid", ``clamp`` (None: no clamp) by "exp".
     """
-    u = u.float() if u.dtype in (torch.float16, torch.bfloat16) else u
-    if alpha == 1.0:
-        log_s = math.log(2.0) - torch.nn.functional.softplus(-u)
+
+    kind: str = "tanh"
+    alpha: float = 1.0
+    offset: float = 2.0
+    clamp: float | None = None
+    reciprocal: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCALES:
+            raise ValueError(f"unknown scale {self.kind!r}; expected one of {SCALES}")
+        if self.kind == "tanh" and not 0.0 < self.alpha <= 1.0:
+            raise ValueError(f"alpha must lie in (0, 1], got {self.alpha}")
+        if self.kind == "sigmoid" and not math.isfinite(self.offset):
+            raise ValueError(f"the sigmoid offset must be finite, got {self.offset}")
+        if self.kind == "exp" and self.clamp is not None and not 0.0 < self.clamp < math.inf:
+            raise ValueError(f"the exp clamp must be a positive number or None, got {self.clamp}")
+
+    @property
+    def additive(self) -> bool:
+        return self.kind == "additive"
+
+    def log_scale(self, u: torch.Tensor) -> torch.Tensor:
+        """``log s`` in float32 or wider, finite for every finite u."""
+        u = u.float() if u.dtype in (torch.float16, torch.bfloat16) else u
+        if self.kind == "tanh":
+            if self.alpha == 1.0:
+                log_s = math.log(2.0) - F.softplus(-u)
+            else:
+                log_s = torch.log(1.0 + self.alpha * torch.tanh(u * 0.5))
+        elif self.kind == "sigmoid":
+            log_s = F.logsigmoid(u + self.offset)
+        else:
+            log_s = u if self.clamp is None else self.clamp * torch.tanh(u / self.clamp)
+        return -log_s if self.reciprocal else log_s
+
+    def terms(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s, log s)`` of u, in float32 or wider."""
+        log_s = self.log_scale(u)
+        if self.kind == "sigmoid" and not self.reciprocal:
+            return torch.sigmoid(u.to(log_s.dtype) + self.offset), log_s
+        if self.kind == "tanh" and self.alpha != 1.0 and not self.reciprocal:
+            return 1.0 + self.alpha * torch.tanh(u.to(log_s.dtype) * 0.5), log_s
         return torch.exp(log_s), log_s
-    s = 1.0 + alpha * torch.tanh(u * 0.5)
-    return s, torch.log(s)
+
+    def kernel_form(self, shift_first: bool) -> tuple[int, float, bool, bool, bool]:
+        """``(scale code, param, special, reciprocal, shift_first)`` for the Triton kernels."""
+        if self.kind == "tanh":
+            return 0, self.alpha, self.alpha == 1.0, self.reciprocal, shift_first
+        if self.kind == "sigmoid":
+            return 1, self.offset, False, self.reciprocal, shift_first
+        return 2, self.clamp or 1.0, self.clamp is None, self.reciprocal, shift_first
 
 
-def _check(x: torch.Tensor, mu: torch.Tensor, u: torch.Tensor | None, alpha: float) -> None:
+def as_scale(scale: str | CouplingScale, alpha: float = 1.0) -> CouplingScale:
+    """A :class:`CouplingScale` from a kind name (with Wolf's ``alpha`` for "tanh") or itself."""
+    if isinstance(scale, CouplingScale):
+        return scale
+    if not isinstance(scale, str):
+        raise TypeError(f"scale must be a str or CouplingScale, got {type(scale).__name__}")
+    return CouplingScale(scale, alpha=alpha)
+
+
+def coupling_scale(u: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wolf's ``s = 1 + alpha * tanh(u / 2)`` and ``log s``, computed in float32 or wider."""
+    return CouplingScale("tanh", alpha=alpha).terms(u)
+
+
+def split_params(params: torch.Tensor, layout: str, additive: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """mu and u as views of a conditioning network's output ``[B, 2 Cb, *S]`` (``[B, Cb, *S]`` additive)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown params layout {layout!r}; expected one of {LAYOUTS}")
+    if params.dim() < 2:
+        raise ValueError(f"params must be [B, 2 Cb, ...], got shape {tuple(params.shape)}")
+    if additive:
+        return params, None
+    if params.shape[1] % 2:
+        raise ValueError(f"params of an affine coupling need an even channel count (mu and u), got {params.shape[1]}")
+    cb = params.shape[1] // 2
+    if layout == "shift_scale":
+        return params[:, :cb], params[:, cb:]
+    if layout == "scale_shift":
+        return params[:, cb:], params[:, :cb]
+    return params[:, 0::2], params[:, 1::2]
+
+
+def _check(x: torch.Tensor, mu: torch.Tensor, u: torch.Tensor | None, scale: CouplingScale) -> None:
     if x.dim() < 2:
         raise ValueError(f"coupling input must be [B, C, ...], got shape {tuple(x.shape)}")
     expected = (x.shape[0], mu.shape[1], *x.shape[2:])
@@ -92,8 +194,8 @@ def _check(x: torch.Tensor, mu: torch.Tensor, u: torch.Tensor | None, alpha: flo
         raise ValueError(f"mu must have shape {expected} (Cb transformed channels), got {tuple(mu.shape)}")
     if u is not None and u.shape != mu.shape:
         raise ValueError(f"u must have the shape of mu {tuple(mu.shape)}, got {tuple(u.shape)}")
-    if not 0.0 < alpha <= 1.0:
-        raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
+    if scale.additive and u is not None:
+        raise ValueError("an additive coupling takes no u; pass u=None")
     devices = {t.device for t in (x, mu, u) if t is not None}
     if len(devices) > 1:
         raise ValueError(f"x, mu and u must be on one device, got {sorted(map(str, devices))}")
@@ -115,31 +217,43 @@ def _join(x_a: torch.Tensor, y_b: torch.Tensor, split: str, order: str) -> torch
 
 
 def affine_coupling_reference(
-    x: torch.Tensor, mu: torch.Tensor, u: torch.Tensor | None, split: str, order: str, alpha: float
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    u: torch.Tensor | None,
+    split: str,
+    order: str,
+    alpha: float = 1.0,
+    scale: str | CouplingScale = "tanh",
+    shift_first: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain-PyTorch density direction, written as the paper's code writes it: slice x into its
-    halves, scale then shift x_b, join the halves with ``torch.cat``; see the module docstring."""
+    """Plain-PyTorch density direction, written as the papers' code writes it: slice x into its
+    halves, scale and shift x_b, join the halves with ``torch.cat``; see the module docstring."""
     x_a, x_b = _split(x, mu.shape[1], split, order)
     if u is None:
-        return _join(x_a, x_b + mu, split, order), x.new_zeros(
-            x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32)
-        )
-    s, log_s = coupling_scale(u, alpha)
-    y_b = (x_b * s + mu).to(x.dtype)
+        zeros = x.new_zeros(x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32))
+        return _join(x_a, x_b + mu, split, order), zeros
+    s, log_s = as_scale(scale, alpha).terms(u)
+    y_b = ((x_b + mu) * s if shift_first else x_b * s + mu).to(x.dtype)
     return _join(x_a, y_b, split, order), log_s.flatten(1).sum(1)
 
 
 def affine_coupling_inverse_reference(
-    y: torch.Tensor, mu: torch.Tensor, u: torch.Tensor | None, split: str, order: str, alpha: float
+    y: torch.Tensor,
+    mu: torch.Tensor,
+    u: torch.Tensor | None,
+    split: str,
+    order: str,
+    alpha: float = 1.0,
+    scale: str | CouplingScale = "tanh",
+    shift_first: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain-PyTorch generation direction (slices, unshift then unscale, ``torch.cat``)."""
+    """Plain-PyTorch generation direction (slices, undo shift and scale, ``torch.cat``)."""
     y_a, y_b = _split(y, mu.shape[1], split, order)
     if u is None:
-        return _join(y_a, y_b - mu, split, order), y.new_zeros(
-            y.shape[0], dtype=torch.promote_types(y.dtype, torch.float32)
-        )
-    s, log_s = coupling_scale(u, alpha)
-    x_b = ((y_b - mu) / s).to(y.dtype)
+        zeros = y.new_zeros(y.shape[0], dtype=torch.promote_types(y.dtype, torch.float32))
+        return _join(y_a, y_b - mu, split, order), zeros
+    s, log_s = as_scale(scale, alpha).terms(u)
+    x_b = (y_b / s - mu if shift_first else (y_b - mu) / s).to(y.dtype)
     return _join(y_a, x_b, split, order), -log_s.flatten(1).sum(1)
 
 
@@ -151,18 +265,23 @@ def _as_bcp(t: torch.Tensor | None) -> torch.Tensor | None:
 class AffineCouplingFunction(torch.autograd.Function):
     """Fused coupling in either direction, with its backward; inputs are ``[B, C, P]`` views.
 
-    ``forward(x, mu, u, start, stride, alpha, inverse) -> (out [B, C, P], logdet [B])``: the
-    transformed channels are ``start + j * stride``; ``inverse=False`` is the density direction
-    x -> y, ``inverse=True`` the generation direction y -> x (then ``x`` holds y).
+    ``forward(x, mu, u, params, layout, start, stride, form, inverse) -> (out [B, C, P], logdet [B])``:
+    either mu and u (u None: additive) or ``params`` with its ``layout`` (mu and u are views of it,
+    and the backward returns one gradient of params' shape); the transformed channels are
+    ``start + j * stride``; ``form`` is :meth:`CouplingScale.kernel_form`; ``inverse=False`` is the
+    density direction x -> y, ``inverse=True`` the generation direction y -> x (then ``x`` holds y).
     """
 
     @staticmethod
-    def forward(ctx, x, mu, u, start: int, stride: int, alpha: float, inverse: bool):
+    def forward(ctx, x, mu, u, params, layout: str, start: int, stride: int, form: tuple, inverse: bool):
         from fastflow.kernels.affine_coupling import coupling_apply
 
-        out, logdet = coupling_apply(x, mu, u, start, stride, alpha, inverse)
-        ctx.save_for_backward(x, mu, u)
-        ctx.layout = (start, stride, alpha, inverse)
+        additive = u is None and params is None or (params is not None and layout is None)
+        if params is not None:
+            mu, u = split_params(params, layout or "shift_scale", additive)
+        out, logdet = coupling_apply(x, mu, u, start, stride, form, inverse)
+        ctx.save_for_backward(x, mu, u, params)
+        ctx.layout = (start, stride, form, inverse, layout, additive)
         return out, logdet
 
     @staticmethod
@@ -170,55 +289,142 @@ class AffineCouplingFunction(torch.autograd.Function):
     def backward(ctx, grad_out, grad_logdet):
         from fastflow.kernels.affine_coupling import coupling_backward
 
-        x, mu, u = ctx.saved_tensors
-        d_in, d_mu, d_u = coupling_backward(x, mu, u, grad_out, grad_logdet, *ctx.layout)
-        return d_in, d_mu, d_u, None, None, None, None
+        x, mu, u, params = ctx.saved_tensors
+        start, stride, form, inverse, layout, additive = ctx.layout
+        if params is None:
+            d_in, d_mu, d_u = coupling_backward(x, mu, u, grad_out, grad_logdet, start, stride, form, inverse)
+            return d_in, d_mu, d_u, None, None, None, None, None, None
+        d_params = torch.empty(params.shape, dtype=params.dtype, device=params.device)
+        d_mu, d_u = split_params(d_params, layout or "shift_scale", additive)
+        d_in, _, _ = coupling_backward(
+            x, mu, u, grad_out, grad_logdet, start, stride, form, inverse, d_mu=d_mu, d_u=d_u
+        )
+        return d_in, None, None, d_params, None, None, None, None, None
 
 
-def affine_coupling_triton(
+def _resolve_params(
+    mu: torch.Tensor | None,
+    u: torch.Tensor | None,
+    params: torch.Tensor | None,
+    layout: str,
+    scale: CouplingScale,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if params is None:
+        if mu is None:
+            raise ValueError("the coupling needs mu (and u), or params")
+        return mu, u
+    if mu is not None or u is not None:
+        raise ValueError("pass either mu and u or params, not both")
+    return split_params(params, layout, scale.additive)
+
+
+def _run(
     x: torch.Tensor,
-    mu: torch.Tensor,
+    mu: torch.Tensor | None,
     u: torch.Tensor | None,
     split: str,
     order: str,
-    alpha: float,
-    inverse: bool = False,
+    scale: CouplingScale,
+    backend: str,
+    shift_first: bool,
+    params: torch.Tensor | None,
+    layout: str,
+    inplace: bool,
+    inverse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fused op on ``[B, C, *S]`` tensors, either direction; see the module docstring."""
-    idx = transformed_channels(x.shape[1], mu.shape[1], split, order)
-    out, logdet = AffineCouplingFunction.apply(
-        _as_bcp(x), _as_bcp(mu), _as_bcp(u), idx.start, idx.step or 1, float(alpha), inverse
-    )
-    return out.view(x.shape), logdet
+    mu_, u_ = _resolve_params(mu, u, params, layout, scale)
+    _check(x, mu_, u_, scale)
+    if inplace and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, mu_, u_, params)):
+        raise ValueError("inplace=True overwrites the input and records no graph; use it under torch.no_grad()")
+    idx = transformed_channels(x.shape[1], mu_.shape[1], split, order)
+    if resolve_backend(backend, x, mu_, u_) == "triton":
+        form = scale.kernel_form(shift_first)
+        start, stride = idx.start, idx.step or 1
+        if inplace:
+            from fastflow.kernels.affine_coupling import coupling_apply
+
+            flat = x.view(x.shape[0], x.shape[1], -1) if _viewable(x) else None
+            if flat is not None:
+                _, logdet = coupling_apply(flat, _as_bcp(mu_), _as_bcp(u_), start, stride, form, inverse, out=flat)
+                return x, logdet
+        if params is not None:
+            out, logdet = AffineCouplingFunction.apply(
+                _as_bcp(x),
+                None,
+                None,
+                _as_bcp(params),
+                None if scale.additive else layout,
+                start,
+                stride,
+                form,
+                inverse,
+            )
+        else:
+            out, logdet = AffineCouplingFunction.apply(
+                _as_bcp(x), _as_bcp(mu_), _as_bcp(u_), None, None, start, stride, form, inverse
+            )
+        out = out.view(x.shape)
+    else:
+        ref = affine_coupling_inverse_reference if inverse else affine_coupling_reference
+        out, logdet = ref(x, mu_, u_, split, order, scale=scale, shift_first=shift_first)
+    if inplace:
+        x[:, idx] = out[:, idx]
+        return x, logdet
+    return out, logdet
+
+
+def _viewable(x: torch.Tensor) -> bool:
+    """Whether ``x`` ``[B, C, *S]`` can be viewed as ``[B, C, P]`` (so a kernel can write into it)."""
+    try:
+        x.view(x.shape[0], x.shape[1], -1)
+    except RuntimeError:
+        return False
+    return True
 
 
 def affine_coupling(
     x: torch.Tensor,
-    mu: torch.Tensor,
+    mu: torch.Tensor | None = None,
     u: torch.Tensor | None = None,
     split: str = "continuous",
     order: str = "up",
     alpha: float = 1.0,
     backend: str = "auto",
+    *,
+    scale: str | CouplingScale = "tanh",
+    shift_first: bool = False,
+    params: torch.Tensor | None = None,
+    layout: str = "shift_scale",
+    inplace: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Density direction x -> y of the coupling; returns ``(y [B, C, *S], logdet [B])``."""
-    _check(x, mu, u, alpha)
-    if resolve_backend(backend, x, mu, u) == "triton":
-        return affine_coupling_triton(x, mu, u, split, order, alpha)
-    return affine_coupling_reference(x, mu, u, split, order, alpha)
+    """Density direction x -> y of the coupling; returns ``(y [B, C, *S], logdet [B])``.
+
+    ``scale`` is a kind name (``alpha`` applies to "tanh") or a :class:`CouplingScale`; ``params``
+    and ``layout`` replace mu and u; ``inplace`` (no grad only) writes y into x. See the module
+    docstring.
+    """
+    scale = as_scale(scale, alpha)
+    return _run(x, mu, u, split, order, scale, backend, shift_first, params, layout, inplace, inverse=False)
 
 
 def affine_coupling_inverse(
     y: torch.Tensor,
-    mu: torch.Tensor,
+    mu: torch.Tensor | None = None,
     u: torch.Tensor | None = None,
     split: str = "continuous",
     order: str = "up",
     alpha: float = 1.0,
     backend: str = "auto",
+    *,
+    scale: str | CouplingScale = "tanh",
+    shift_first: bool = False,
+    params: torch.Tensor | None = None,
+    layout: str = "shift_scale",
+    inplace: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generation direction y -> x of the coupling; returns ``(x [B, C, *S], logdet [B])``."""
-    _check(y, mu, u, alpha)
-    if resolve_backend(backend, y, mu, u) == "triton":
-        return affine_coupling_triton(y, mu, u, split, order, alpha, inverse=True)
-    return affine_coupling_inverse_reference(y, mu, u, split, order, alpha)
+    """Generation direction y -> x of the coupling; returns ``(x [B, C, *S], logdet [B])``.
+
+    Arguments as for :func:`affine_coupling`; with ``inplace`` x overwrites y.
+    """
+    scale = as_scale(scale, alpha)
+    return _run(y, mu, u, split, order, scale, backend, shift_first, params, layout, inplace, inverse=True)

@@ -6,10 +6,11 @@ from fastflow.flows.conv1x1 import (
     ActNormConv1x1,
     InvertibleConv1x1,
     InvertibleLinear,
+    LUConv1x1,
     weight_statistics,
 )
 from fastflow.flows.coupling import AffineCoupling, CouplingNet1d, CouplingNet2d, image_coupling, vector_coupling
-from fastflow.flows.glow import GlowCoupling, GlowLevel, LUConv1x1, build_glow
+from fastflow.flows.glow import GlowCoupling, GlowLevel, build_glow
 from fastflow.flows.prior import build_prior_flow
 from fastflow.flows.refined import MultiScaleLevel, SplitPrior, build_refined_glow, refined_step
 from fastflow.flows.squeeze import squeeze, unsqueeze

@@ -1,7 +1,10 @@
 """Invertible 1x1 convolution (images), invertible linear map (vectors), and ActNorm + 1x1 fused.
 
 Density direction: y = W x per pixel, logdet = (pixels) * log|det W|.  Inverse: x = W^-1 y.
-W is a dense ``[C, C]`` parameter with an orthogonal init. There is no cached inverse: W^-1 and
+W is a dense ``[C, C]`` parameter with an orthogonal init (:class:`InvertibleMatrix`), or Glow's LU
+parameterisation ``W = P L (U + diag(sign * exp(log_s)))`` whose log|det W| = sum(log_s) is analytic
+(:class:`LUConv1x1`). Both offer ``matrix()`` and ``statistics()``, which :class:`ActNormConv1x1`
+feeds to the fused op. There is no cached inverse: W^-1 and
 log|det W| are computed from the current weight each call, or taken from a :func:`weight_statistics`
 block that computes those of every layer of a model in one batched call per weight size and checks
 each weight's version counter before use, so an optimiser step can never leave them stale.
@@ -22,6 +25,7 @@ from fastflow.flows.base import Flow, logdet_dtype
 from fastflow.functional import (
     actnorm_conv1x1,
     actnorm_conv1x1_inverse,
+    batched_inverse,
     batched_slogdet,
     batched_slogdet_inverse,
 )
@@ -60,6 +64,10 @@ class InvertibleMatrix(Flow):
         if not rank_ok or x.shape[1] != self.num_channels:
             shape = {None: ", ...", 2: "", 4: ", H, W"}[self.ndim]
             raise ValueError(f"{type(self).__name__} expects [B, {self.num_channels}{shape}], got {tuple(x.shape)}")
+
+    def matrix(self) -> torch.Tensor:
+        """W ``[C, C]``."""
+        return self.weight
 
     def statistics(self, need_inverse: bool) -> WeightStatistics:
         """log|det W| and maybe W^-1 of the current weight (from the batched block if it is fresh)."""
@@ -111,41 +119,94 @@ class InvertibleLinear(InvertibleMatrix):
     ndim = 2
 
 
-class ActNormConv1x1(Flow):
-    """ActNorm followed by an invertible 1x1 convolution, run as one fused op.
+class LUConv1x1(Flow):
+    """Invertible 1x1 conv with W = P L (U + diag(sign * exp(log_s))): log|det W| = sum(log_s).
 
-    Density direction: y = W (exp(log_scale) * x + bias); parameters live in ``actnorm`` and
-    ``conv`` so that the state dict reads like the unfused pair.
+    Glow's LU parameterisation (as rosinality/glow-pytorch writes it): P fixed, L unit lower
+    triangular, U strictly upper triangular, the diagonal's log-magnitude ``log_s`` learned.
     """
 
-    def __init__(self, num_channels: int) -> None:
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        q = torch.linalg.qr(torch.randn(channels, channels))[0]
+        p, lower, upper = torch.linalg.lu(q)
+        s = torch.diagonal(upper)
+        self.num_channels = channels
+        self.register_buffer("perm", p)
+        self.register_buffer("sign_s", torch.sign(s))
+        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1))
+        self.register_buffer("eye", torch.eye(channels))
+        self.lower = nn.Parameter(lower)
+        self.log_s = nn.Parameter(torch.log(torch.abs(s)))
+        self.upper = nn.Parameter(torch.triu(upper, 1))
+
+    def matrix(self) -> torch.Tensor:
+        """W = P L U ``[C, C]`` from the current parameters."""
+        lower = self.lower * self.lower_mask + self.eye
+        upper = self.upper * self.lower_mask.t() + torch.diag(self.sign_s * torch.exp(self.log_s))
+        return self.perm @ lower @ upper
+
+    def statistics(self, need_inverse: bool) -> WeightStatistics:
+        """log|det W| = sum(log_s) (no factorisation) and, if asked for, W^-1."""
+        inverse = batched_inverse(self.matrix().unsqueeze(0))[0] if need_inverse else None
+        return WeightStatistics(self.log_s._version, self.log_s.sum(), inverse)
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.num_channels:
+            raise ValueError(f"LUConv1x1 expects [B, {self.num_channels}, H, W], got {tuple(x.shape)}")
+
+    def _logdet(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.shape[2] * x.shape[3] * self.log_s.to(logdet_dtype(x)).sum()).expand(x.shape[0])
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(x)
+        with full_precision(x):
+            w = self.matrix().to(x.dtype)
+            return torch.matmul(w, x.flatten(2)).view_as(x), self._logdet(x)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(y)
+        with full_precision(y):
+            w_inv = torch.linalg.inv(self.matrix().double()).to(y.dtype)
+            return torch.matmul(w_inv, y.flatten(2)).view_as(y), -self._logdet(y)
+
+
+class ActNormConv1x1(Flow):
+    """ActNorm followed by an invertible 1x1 convolution, run as one fused op; ``[B, C, H, W]``.
+
+    Density direction: y = W (exp(log_scale) * x + bias), logdet = H W (sum(log_scale) + log|det W|);
+    ``inverse`` is the generation direction. W is dense (:class:`InvertibleConv1x1`) or, with
+    ``lu=True``, LU-parameterised (:class:`LUConv1x1`, analytic log|det W|). Parameters live in
+    ``actnorm`` and ``conv`` so that the state dict reads like the unfused pair; ``initialize`` is
+    the actnorm's data-dependent init (zero mean, unit std per channel on the init batch).
+    """
+
+    def __init__(self, num_channels: int, lu: bool = False) -> None:
         super().__init__()
         self.actnorm = ActNorm(num_channels)
-        self.conv = InvertibleConv1x1(num_channels)
+        self.conv = LUConv1x1(num_channels) if lu else InvertibleConv1x1(num_channels)
         self.backend = "auto"
+
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log_scale [C], bias [C])`` of the actnorm part, as the fused op takes them."""
+        return self.actnorm.log_scale, self.actnorm.bias
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         self.conv._check(x)
-        stats = self.conv.statistics(need_inverse=False)
-        with full_precision(x):
+        with full_precision(x):  # an LU weight is assembled with matmuls: never in low precision
+            stats = self.conv.statistics(need_inverse=False)
             return actnorm_conv1x1(
-                x,
-                self.actnorm.log_scale,
-                self.actnorm.bias,
-                self.conv.weight,
-                log_abs_det=stats.log_abs_det,
-                backend=self.backend,
+                x, *self.affine(), self.conv.matrix(), log_abs_det=stats.log_abs_det, backend=self.backend
             )
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         self.conv._check(y)
-        stats = self.conv.statistics(need_inverse=True)
         with full_precision(y):
+            stats = self.conv.statistics(need_inverse=True)
             return actnorm_conv1x1_inverse(
                 y,
-                self.actnorm.log_scale,
-                self.actnorm.bias,
-                self.conv.weight,
+                *self.affine(),
+                self.conv.matrix(),
                 weight_inverse=stats.inverse,
                 log_abs_det=stats.log_abs_det,
                 backend=self.backend,

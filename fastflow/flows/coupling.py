@@ -1,12 +1,15 @@
-"""Conditional affine couplings (Wolf's NICE-style blocks) for images and vectors.
+"""Conditional affine couplings for images and vectors: Wolf's, Glow's, RealNVP's, NICE's.
 
-Density direction: the coupling reads the conditioning channels x_a (and z), computes
-``mu, u = net(x_a, z)`` and maps the transformed channels x_b to ``s * x_b + mu`` with
-``s = 1 + alpha * tanh(u / 2)`` (or ``x_b + mu`` for the additive variant). Which channels are x_a
-and x_b is set by ``split`` ("continuous" or "skip") and ``order`` ("up" or "down"); see
-:mod:`fastflow.ops.affine_coupling`. A skip split over an odd channel count becomes continuous,
-as in the paper's code. The last layer of every net starts at zero, so every coupling starts as
-the identity.
+Density direction: the coupling reads the conditioning channels x_a (and the conditioning input,
+Wolf's z), computes ``params = net(x_a, cond)`` (``net(x_a)`` when cond is None, so any
+``nn.Module`` works as conditioner), reads mu and u out of params without copies (``layout``) and
+maps the transformed channels x_b to ``s * x_b + mu`` (``shift_first``: ``s * (x_b + mu)``) with
+``s`` from the scale function (Wolf's ``1 + alpha * tanh(u / 2)`` by default, Glow's sigmoid,
+RealNVP's exp, or ``x_b + mu`` for the additive variant), all in one fused op
+(:mod:`fastflow.ops.affine_coupling`). Which channels are x_a and x_b is set by ``split``
+("continuous" or "skip") and ``order`` ("up" or "down"). A skip split over an odd channel count
+becomes continuous, as in the paper's code. The last layer of every stock net starts at zero, so
+every coupling starts as the identity.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from fastflow.functional import (
     transformed_channels,
 )
 from fastflow.nn import WeightNormConv2d, WeightNormLinear
+from fastflow.ops.affine_coupling import CouplingScale, as_scale
 
 TRANSFORMS = ("affine", "additive")
 
@@ -46,7 +50,7 @@ class CouplingNet2d(nn.Module):
         self.conv_out = WeightNormConv2d(hidden, c_out, 3, padding=1, zero_init=True)
         self.backend = "auto"
 
-    def forward(self, x_a: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x_a: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         h = cond_bias_elu(self.conv_in(x_a), None, backend=self.backend)
         bias = self.z_proj(z) if self.z_proj is not None else None
         h = conv1x1_bias_elu(h, self.conv_mid.weight.flatten(1), bias, backend=self.backend)
@@ -74,8 +78,13 @@ class CouplingNet1d(nn.Module):
 class AffineCoupling(Flow):
     """A coupling over ``[B, C, *S]`` that transforms ``num_transformed`` channels (default C // 2).
 
-    ``net`` maps the conditioning channels ``[B, C - Cb, *S]`` and z to ``[B, Cb or 2 Cb, *S]``:
-    the first Cb outputs are the shift mu, the last Cb the raw scale u (affine only).
+    ``net`` maps the conditioning channels ``[B, C - Cb, *S]`` (and ``cond``, when given) to
+    ``params [B, 2 Cb, *S]`` (``[B, Cb, *S]`` additive) holding mu and u as ``layout`` says:
+    "shift_scale" (mu first, Wolf), "scale_shift" (u first, Glow) or "interleaved" (normflows).
+    ``scale`` is a :class:`~fastflow.ops.affine_coupling.CouplingScale` or a kind name ("tanh"
+    takes ``alpha``); ``transform="additive"`` is the scale "additive". ``reverse=True`` makes
+    ``forward`` apply the op's generation formula (``x_b = (y_b - mu) / s``) and ``inverse`` its
+    density formula, as libraries whose couplings are written in the generation direction need.
     """
 
     def __init__(
@@ -87,6 +96,11 @@ class AffineCoupling(Flow):
         num_transformed: int | None = None,
         transform: str = "affine",
         alpha: float = 1.0,
+        *,
+        scale: str | CouplingScale = "tanh",
+        shift_first: bool = False,
+        layout: str = "shift_scale",
+        reverse: bool = False,
     ) -> None:
         super().__init__()
         if transform not in TRANSFORMS:
@@ -96,38 +110,50 @@ class AffineCoupling(Flow):
         self.num_channels = num_channels
         self.num_transformed = num_transformed or num_channels // 2
         self.split, self.order = split, order
-        self.transform, self.alpha = transform, alpha
+        self.scale = CouplingScale("additive") if transform == "additive" else as_scale(scale, alpha)
+        self.transform = "additive" if self.scale.additive else "affine"
+        self.shift_first, self.layout, self.reverse = shift_first, layout, reverse
         self.net = net
         self.backend = "auto"
         self._cond_idx = conditioning_channels(num_channels, self.num_transformed, split, order)
         self._trans_idx = transformed_channels(num_channels, self.num_transformed, split, order)
 
-    def _params(self, x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _params(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"coupling expects [B, {self.num_channels}, ...], got shape {tuple(x.shape)}")
         return self._params_from(x[:, self._cond_idx], cond)
 
-    def _params_from(self, x_a: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out = self.net(x_a, cond)
-        if self.transform == "additive":
-            return out, None
-        cb = self.num_transformed
-        return out[:, :cb], out[:, cb:]
+    def _params_from(self, x_a: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return self.net(x_a) if cond is None else self.net(x_a, cond)
+
+    def _transform(self, x: torch.Tensor, params: torch.Tensor, generation: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The density formula (``generation=False``) or the generation formula, honouring ``reverse``."""
+        op = affine_coupling_inverse if generation != self.reverse else affine_coupling
+        return op(
+            x,
+            split=self.split,
+            order=self.order,
+            backend=self.backend,
+            scale=self.scale,
+            shift_first=self.shift_first,
+            params=params,
+            layout=self.layout,
+        )
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, u = self._params(x, cond)
-        return affine_coupling(x, mu, u, self.split, self.order, self.alpha, backend=self.backend)
+        """Density direction x -> y: ``(y [B, C, *S], logdet [B])``."""
+        return self._transform(x, self._params(x, cond), generation=False)
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, u = self._params(y, cond)
-        return affine_coupling_inverse(y, mu, u, self.split, self.order, self.alpha, backend=self.backend)
+        """Generation direction y -> x: ``(x [B, C, *S], logdet [B])``."""
+        return self._transform(y, self._params(y, cond), generation=True)
 
     def recompute(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> Recomputed:
         """x = inverse(y) and the graph of forward(x) from one evaluation of the net (x_a = y_a)."""
         x_a = y[:, self._cond_idx].detach().requires_grad_()
-        mu, u = self._params_from(x_a, cond)
+        params = self._params_from(x_a, cond)
         with torch.no_grad():
-            x, _ = affine_coupling_inverse(y, mu, u, self.split, self.order, self.alpha, backend=self.backend)
+            x, _ = self._transform(y, params, generation=True)
         x_b = x[:, self._trans_idx].detach().requires_grad_()
 
         def join(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -136,7 +162,7 @@ class AffineCoupling(Flow):
             full[:, self._trans_idx] = parts[1]
             return full
 
-        out, logdet = affine_coupling(join([x_a, x_b]), mu, u, self.split, self.order, self.alpha, backend=self.backend)
+        out, logdet = self._transform(join([x_a, x_b]), params, generation=False)
         return Recomputed([x_a, x_b], join, out, logdet)
 
 

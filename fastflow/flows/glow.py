@@ -1,16 +1,20 @@
-"""Stock Glow (Kingma & Dhariwal 2018), the baseline, in plain PyTorch ops.
+"""Stock Glow (Kingma & Dhariwal 2018), the baseline, on fastflow's fused ops.
 
-Written the way the widely used PyTorch port (rosinality/glow-pytorch) does it: ActNorm, an
-LU-parameterised (or dense) 1x1 conv, and an affine coupling with scale sigmoid(h + 2) applied as
-``y_b = (x_b + t) * s``, a zero-initialised last conv; each level squeezes first, and all levels
+The model of the widely used PyTorch port (rosinality/glow-pytorch): ActNorm, an LU-parameterised
+(or dense) 1x1 conv, and an affine coupling with scale sigmoid(h + 2) applied as
+``y_b = (x_b + t) * s``, a zero-initialised last conv. ActNorm + 1x1 conv run as the fused
+:class:`ActNormConv1x1` (analytic LU log-determinant), the coupling as the fused coupling with the
+sigmoid scale; ``set_backend("torch")`` gives the plain-PyTorch computation of the same model (the
+ops' references), as for Wolf's flows. Each level squeezes first, and all levels
 but the last split half the channels off under a learned Gaussian conditioned on the other half
 (the last level uses a learned top prior). To share the model code with Wolf, each split-off half
 is standardised, ``v = (h - mean) * exp(-log_sd)`` (logdet ``-sum log_sd``), so the whole flow maps
 x to a v of x's shape scored under N(0, I); this is the same density as Glow's.
 
 Under autocast (mixed precision) the main path stays in the input's precision, as in Wolf: the 1x1
-convs run with autocast off, and the coupling and prior networks' outputs are cast back before they
-touch it, so that only the convolutional networks run in bfloat16/float16.
+convs run with autocast off, the couplings compute in float32 from the networks' outputs, and the
+prior networks' outputs are cast back before they touch it, so that only the convolutional
+networks run in bfloat16/float16.
 """
 
 from __future__ import annotations
@@ -20,46 +24,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from fastflow.errors import UsageError
-from fastflow.flows.actnorm import ActNorm
 from fastflow.flows.base import Flow, FlowSequence, logdet_dtype
-from fastflow.flows.conv1x1 import InvertibleConv1x1, full_precision
+from fastflow.flows.conv1x1 import ActNormConv1x1
+from fastflow.flows.coupling import AffineCoupling
 from fastflow.flows.squeeze import squeeze, unsqueeze
 from fastflow.nn import INIT_STD
-
-
-class LUConv1x1(Flow):
-    """Invertible 1x1 conv with W = P L (U + diag(sign * exp(log_s))): log|det W| = sum(log_s)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        q = torch.linalg.qr(torch.randn(channels, channels))[0]
-        p, lower, upper = torch.linalg.lu(q)
-        s = torch.diagonal(upper)
-        self.register_buffer("perm", p)
-        self.register_buffer("sign_s", torch.sign(s))
-        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1))
-        self.register_buffer("eye", torch.eye(channels))
-        self.lower = nn.Parameter(lower)
-        self.log_s = nn.Parameter(torch.log(torch.abs(s)))
-        self.upper = nn.Parameter(torch.triu(upper, 1))
-
-    def weight(self) -> torch.Tensor:
-        lower = self.lower * self.lower_mask + self.eye
-        upper = self.upper * self.lower_mask.t() + torch.diag(self.sign_s * torch.exp(self.log_s))
-        return self.perm @ lower @ upper
-
-    def _logdet(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.shape[2] * x.shape[3] * self.log_s.to(logdet_dtype(x)).sum()).expand(x.shape[0])
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        with full_precision(x):
-            w = self.weight().to(x.dtype)
-            return torch.matmul(w, x.flatten(2)).view_as(x), self._logdet(x)
-
-    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        with full_precision(y):
-            w_inv = torch.linalg.inv(self.weight().double()).to(y.dtype)
-            return torch.matmul(w_inv, y.flatten(2)).view_as(y), -self._logdet(y)
+from fastflow.ops.affine_coupling import CouplingScale
 
 
 class ZeroConv2d(nn.Module):
@@ -76,43 +46,39 @@ class ZeroConv2d(nn.Module):
         return self.conv(F.pad(x, [1, 1, 1, 1], value=1.0)) * torch.exp(self.scale * 3)
 
 
-class GlowCoupling(Flow):
-    """Affine coupling: x_a conditions, ``y_b = (x_b + t) * sigmoid(h + 2)``; ``[B, C, H, W]``."""
+class GlowCoupling(AffineCoupling):
+    """Glow's affine coupling on ``[B, C, H, W]``: the first C - C//2 channels condition,
+    ``y_b = (x_b + t) * sigmoid(h + 2)`` (shift first, as openai/glow and rosinality write it), with
+    ``h, t = net(x_a).chunk(2)``: conv3x3 -> ReLU -> conv1x1 -> ReLU -> :class:`ZeroConv2d`.
+    Runs as the fused coupling (scale "sigmoid", layout "scale_shift"); backend "torch" is the
+    plain-PyTorch formula."""
 
     def __init__(self, channels: int, hidden: int) -> None:
-        super().__init__()
-        self.half = channels // 2
-        conv_in = nn.Conv2d(channels - self.half, hidden, 3, padding=1)
+        half = channels // 2
+        conv_in = nn.Conv2d(channels - half, hidden, 3, padding=1)
         conv_in.weight.data.normal_(0, INIT_STD)
         conv_in.bias.data.zero_()
         conv_mid = nn.Conv2d(hidden, hidden, 1)
         conv_mid.weight.data.normal_(0, INIT_STD)
         conv_mid.bias.data.zero_()
-        self.net = nn.Sequential(
-            conv_in, nn.ReLU(inplace=True), conv_mid, nn.ReLU(inplace=True), ZeroConv2d(hidden, 2 * self.half)
+        net = nn.Sequential(
+            conv_in, nn.ReLU(inplace=True), conv_mid, nn.ReLU(inplace=True), ZeroConv2d(hidden, 2 * half)
         )
-
-    def _scale_shift(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """s, t in x_a's precision: under autocast only the network runs in low precision."""
-        h, t = self.net(x_a).to(x_a.dtype).chunk(2, dim=1)
-        return torch.sigmoid(h + 2), t
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        x_a, x_b = x[:, : -self.half], x[:, -self.half :]
-        s, t = self._scale_shift(x_a)
-        y_b = (x_b + t) * s
-        return torch.cat([x_a, y_b], dim=1), torch.log(s).flatten(1).sum(1)
-
-    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        y_a, y_b = y[:, : -self.half], y[:, -self.half :]
-        s, t = self._scale_shift(y_a)
-        x_b = y_b / s - t
-        return torch.cat([y_a, x_b], dim=1), -torch.log(s).flatten(1).sum(1)
+        super().__init__(
+            channels,
+            net,
+            "continuous",
+            "up",
+            half,
+            scale=CouplingScale("sigmoid", offset=2.0),
+            shift_first=True,
+            layout="scale_shift",
+        )
 
 
 def glow_step(channels: int, hidden: int, lu: bool) -> FlowSequence:
-    conv = LUConv1x1(channels) if lu else InvertibleConv1x1(channels)
-    return FlowSequence([ActNorm(channels), conv, GlowCoupling(channels, hidden)])
+    """ActNorm + 1x1 conv (one fused op, LU or dense) and Glow's coupling over ``[B, channels, H, W]``."""
+    return FlowSequence([ActNormConv1x1(channels, lu=lu), GlowCoupling(channels, hidden)])
 
 
 class GlowLevel(Flow):

@@ -191,22 +191,33 @@ class ActNormConv1x1(Flow):
         """``(log_scale [C], bias [C])`` of the actnorm part, as the fused op takes them."""
         return self.actnorm.log_scale, self.actnorm.bias
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def matrix(self) -> torch.Tensor:
+        """W ``[C, C]``."""
+        return self.conv.matrix()
+
+    def statistics(self, need_inverse: bool) -> WeightStatistics:
+        """log|det W| and, if asked for, W^-1."""
+        return self.conv.statistics(need_inverse)
+
+    def _check(self, x: torch.Tensor) -> None:
         self.conv._check(x)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(x)
         with full_precision(x):  # an LU weight is assembled with matmuls: never in low precision
-            stats = self.conv.statistics(need_inverse=False)
+            stats = self.statistics(need_inverse=False)
             return actnorm_conv1x1(
-                x, *self.affine(), self.conv.matrix(), log_abs_det=stats.log_abs_det, backend=self.backend
+                x, *self.affine(), self.matrix(), log_abs_det=stats.log_abs_det, backend=self.backend
             )
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        self.conv._check(y)
+        self._check(y)
         with full_precision(y):
-            stats = self.conv.statistics(need_inverse=True)
+            stats = self.statistics(need_inverse=True)
             return actnorm_conv1x1_inverse(
                 y,
                 *self.affine(),
-                self.conv.matrix(),
+                self.matrix(),
                 weight_inverse=stats.inverse,
                 log_abs_det=stats.log_abs_det,
                 backend=self.backend,

@@ -13,6 +13,7 @@ import torch
 from fastflow.flows import (
     ActNorm,
     ActNormConv1x1,
+    AffineCoupling,
     GlowCoupling,
     InvertibleConv1x1,
     InvertibleLinear,
@@ -27,6 +28,7 @@ from fastflow.flows import (
     unsqueeze,
     vector_coupling,
 )
+from fastflow.ops.affine_coupling import CouplingScale
 
 SPLITS = [("continuous", "up"), ("continuous", "down"), ("skip", "up"), ("skip", "down")]
 
@@ -48,6 +50,30 @@ def make_cases() -> list[tuple[str, callable, tuple, int]]:
         ("conv1x1", lambda: InvertibleConv1x1(4), (2, 4, 3, 3), 0),
         ("linear", lambda: InvertibleLinear(6), (3, 6), 0),
         ("actnorm_conv1x1", lambda: ActNormConv1x1(5), (2, 5, 2, 3), 0),
+        ("actnorm_conv1x1_lu", lambda: ActNormConv1x1(5, lu=True), (2, 5, 2, 3), 0),
+        (
+            "coupling_any_net_exp_clamp_interleaved_reverse",
+            lambda: AffineCoupling(
+                5,
+                torch.nn.Conv2d(2, 6, 3, padding=1),
+                "continuous",
+                "down",
+                3,
+                scale=CouplingScale("exp", clamp=2.0),
+                layout="interleaved",
+                reverse=True,
+            ),
+            (2, 5, 3, 2),
+            0,
+        ),
+        (
+            "coupling_any_net_sigmoid_shift_first",
+            lambda: AffineCoupling(
+                4, torch.nn.Conv2d(2, 4, 1), "skip", "up", scale="sigmoid", shift_first=True, layout="scale_shift"
+            ),
+            (2, 4, 3, 2),
+            0,
+        ),
         ("vector_coupling", lambda: vector_coupling(6, 8, "skip", "up"), (3, 6), 0),
         ("prior_flow", lambda: build_prior_flow(6, 1, 8), (3, 6), 0),
         ("glow_lu_conv", lambda: LUConv1x1(4), (2, 4, 3, 3), 0),

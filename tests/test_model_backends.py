@@ -22,7 +22,7 @@ def images(n: int, seed: int) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, 16, 16), generator=gen, dtype=torch.uint8).to(DEVICE)
 
 
-@pytest.mark.parametrize("name", [pytest.param("tiny_refined_glow", marks=pytest.mark.slow), "tiny_wolf"])
+@pytest.mark.parametrize("name", [pytest.param("tiny_refined_glow", marks=pytest.mark.slow), "tiny_wolf", "tiny_glow"])
 def test_triton_backend_matches_torch(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name).to(DEVICE)

@@ -12,6 +12,7 @@ gathers the public entry points in one place.
 
 from fastflow.ops.actnorm_conv1x1 import actnorm_conv1x1, actnorm_conv1x1_inverse
 from fastflow.ops.affine_coupling import (
+    CouplingScale,
     affine_coupling,
     affine_coupling_inverse,
     conditioning_channels,
@@ -22,6 +23,7 @@ from fastflow.ops.conv1x1_bias_elu import conv1x1_bias_elu
 from fastflow.ops.slogdet import batched_inverse, batched_slogdet, batched_slogdet_inverse
 
 __all__ = [
+    "CouplingScale",
     "actnorm_conv1x1",
     "actnorm_conv1x1_inverse",
     "affine_coupling",

@@ -35,7 +35,7 @@ from torch import nn
 from fastflow.flows.base import Flow
 from fastflow.flows.conv1x1 import ActNormConv1x1, WeightStatistics
 from fastflow.flows.coupling import AffineCoupling
-from fastflow.ops import batched_slogdet
+from fastflow.functional import batched_slogdet
 from fastflow.ops.affine_coupling import CouplingScale
 
 try:

@@ -266,8 +266,9 @@ class AffineCouplingFunction(torch.autograd.Function):
     """Fused coupling in either direction, with its backward; inputs are ``[B, C, P]`` views.
 
     ``forward(x, mu, u, params, layout, start, stride, form, inverse) -> (out [B, C, P], logdet [B])``:
-    either mu and u (u None: additive) or ``params`` with its ``layout`` (mu and u are views of it,
-    and the backward returns one gradient of params' shape); the transformed channels are
+    either mu and u (u None: additive) or ``params`` with its ``layout`` (None: params is the additive
+    coupling's mu); mu and u are then views of params, and the backward returns one gradient of
+    params' shape. The transformed channels are
     ``start + j * stride``; ``form`` is :meth:`CouplingScale.kernel_form`; ``inverse=False`` is the
     density direction x -> y, ``inverse=True`` the generation direction y -> x (then ``x`` holds y).
     """
@@ -276,26 +277,26 @@ class AffineCouplingFunction(torch.autograd.Function):
     def forward(ctx, x, mu, u, params, layout: str, start: int, stride: int, form: tuple, inverse: bool):
         from fastflow.kernels.affine_coupling import coupling_apply
 
-        additive = u is None and params is None or (params is not None and layout is None)
         if params is not None:
-            mu, u = split_params(params, layout or "shift_scale", additive)
+            mu, u = split_params(params, layout or "shift_scale", additive=layout is None)
         out, logdet = coupling_apply(x, mu, u, start, stride, form, inverse)
         ctx.save_for_backward(x, mu, u, params)
-        ctx.layout = (start, stride, form, inverse, layout, additive)
+        ctx.layout = (start, stride, form, inverse, layout)
         return out, logdet
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_logdet):
+        from fastflow.kernels import _common
         from fastflow.kernels.affine_coupling import coupling_backward
 
         x, mu, u, params = ctx.saved_tensors
-        start, stride, form, inverse, layout, additive = ctx.layout
+        start, stride, form, inverse, layout = ctx.layout
         if params is None:
             d_in, d_mu, d_u = coupling_backward(x, mu, u, grad_out, grad_logdet, start, stride, form, inverse)
             return d_in, d_mu, d_u, None, None, None, None, None, None
-        d_params = torch.empty(params.shape, dtype=params.dtype, device=params.device)
-        d_mu, d_u = split_params(d_params, layout or "shift_scale", additive)
+        d_params = _common.new_output(params.shape, params.dtype, params.device)  # dmu and du are its halves
+        d_mu, d_u = split_params(d_params, layout or "shift_scale", additive=layout is None)
         d_in, _, _ = coupling_backward(
             x, mu, u, grad_out, grad_logdet, start, stride, form, inverse, d_mu=d_mu, d_u=d_u
         )

@@ -139,6 +139,7 @@ class LUConv1x1(Flow):
         self.lower = nn.Parameter(lower)
         self.log_s = nn.Parameter(torch.log(torch.abs(s)))
         self.upper = nn.Parameter(torch.triu(upper, 1))
+        self.backend = "auto"
 
     def matrix(self) -> torch.Tensor:
         """W = P L U ``[C, C]`` from the current parameters."""
@@ -147,8 +148,12 @@ class LUConv1x1(Flow):
         return self.perm @ lower @ upper
 
     def statistics(self, need_inverse: bool) -> WeightStatistics:
-        """log|det W| = sum(log_s) (no factorisation) and, if asked for, W^-1."""
-        inverse = batched_inverse(self.matrix().unsqueeze(0))[0] if need_inverse else None
+        """log|det W| = sum(log_s) (no factorisation) and, if asked for, W^-1 (``torch.linalg.inv``
+        with the reference backend, as the paper's code computes it)."""
+        inverse = None
+        if need_inverse:
+            w = self.matrix()
+            inverse = torch.linalg.inv(w) if self.backend == "reference" else batched_inverse(w.unsqueeze(0))[0]
         return WeightStatistics(self.log_s._version, self.log_s.sum(), inverse)
 
     def _check(self, x: torch.Tensor) -> None:

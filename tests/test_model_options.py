@@ -9,12 +9,14 @@ import json
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from fastflow import cli
 from fastflow.config import bundled_config_path, load_model_config
-from fastflow.flows import InvertibleConv1x1, LUConv1x1, weight_statistics
+from fastflow.flows import Flow, InvertibleConv1x1, LUConv1x1, weight_statistics
 from fastflow.models import build_model
+from fastflow.models import preprocess as pp
 from fastflow.train import commands
 from fastflow.train.rundir import load_run
 
@@ -76,6 +78,34 @@ def test_float16_autocast_gradients_through_a_grad_scaler_match_float32() -> Non
     scaler.step(optimizer)
     scaler.update()
     assert scaler.get_scale() == 2.0**10  # the step was taken, not skipped as non-finite
+
+
+@pytest.mark.parametrize("name", ["tiny_wolf", "tiny_glow"])
+def test_float16_autocast_keeps_every_flow_layer_in_float32(name: str) -> None:
+    """Only the conditioning networks may run in float16: every invertible layer (decoder flow and z
+    prior, their 1x1 convs and couplings) returns float32 outputs and logdets in the loss and in
+    decode, and the posterior's mu and log-variance are float32."""
+    x = real_patches(8)
+    model = initialised(load_model_config(name), x, perturb=0.02)
+    seen = []
+
+    def record(module, inputs, outputs) -> None:
+        seen.append((type(module).__name__, outputs[0].dtype, outputs[1].dtype))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, Flow)]
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = model.loss(x, generator=torch.Generator().manual_seed(0))
+        z, v = model.encode(x)
+        decoded = model.decode(z, v)
+    for hook in hooks:
+        hook.remove()
+    assert len(seen) > 10
+    assert all(y == logdet == torch.float32 for _, y, logdet in seen), sorted(set(seen))
+    assert out["loss"].dtype == out["kl"].dtype == v.dtype == torch.float32
+    if z is not None:
+        mu, log_var = model._posterior(pp.bins_to_unit(pp.to_bins(x, 8), 8))
+        assert z.dtype == mu.dtype == log_var.dtype == torch.float32
+    assert torch.equal(decoded, x)
 
 
 def test_float16_autocast_training_with_a_grad_scaler_lowers_bits_per_dim() -> None:

@@ -93,20 +93,6 @@ def test_probe_json_holds_three_accuracies(wolf_run):
     assert result["dims"] == {"z": 8, "v": 768, "pixels": 768} and result["train_images"] == 200
 
 
-def test_demo_runs_every_step_and_writes_a_summary(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--config", "tiny_wolf", "--steps", "2", "--no-progress"]) == 0
-    printed = capsys.readouterr().out
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 2 and summary["reconstruction_max_pixel_error"] == 0
-    assert 0 < summary["png_bpd"] < 8 and 0 < summary["valid_bpd"] < 9
-    assert set(summary["probe_accuracy"]) == {"z", "v", "pixels"}
-    for value in summary["files"].values():
-        for path in value if isinstance(value, list) else [value]:
-            assert Path(path).exists(), path
-    assert "PNG, max compression" in printed and str(out / "summary.json") in printed
-
-
 # -- bad input ---------------------------------------------------------------------------------
 def test_negative_temperature_is_a_clear_error(wolf_run, capsys):
     assert main(["sample", str(wolf_run), "--temperature", "-0.5"]) == 2

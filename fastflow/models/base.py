@@ -6,6 +6,7 @@ optionally conditioned on a global code z; subclasses say where z comes from (:m
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -133,7 +134,7 @@ class ImageFlowModel(nn.Module):
         nll = nll.view(num_samples, b).mean(0)
         kl = kl.view(num_samples, b).mean(0)
         bpd = pp.bits_per_dim(nll + kl, self.num_dims, self.config.n_bits)
-        bin_nll = nll + self.num_dims * torch.log(torch.tensor(2.0**self.config.n_bits / 2))
+        bin_nll = nll + self.num_dims * math.log(2.0**self.config.n_bits / 2)
         return {"loss": bpd.mean(), "bpd": bpd.detach(), "nll": bin_nll.detach(), "kl": kl.detach()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

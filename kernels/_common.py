@@ -6,6 +6,9 @@ import torch
 import triton
 import triton.language as tl
 
+MIN_DOT = 16  # tl.dot needs every tile dimension >= 16
+TARGET_PROGRAMS = 512  # enough reduction programs to fill a large GPU
+
 
 def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Every buffer a launcher hands to a kernel comes from here (tests poison it with NaN, so call
@@ -28,3 +31,24 @@ def tl_dtype(dtype: torch.dtype) -> tl.dtype:
 def pow2_tile(n: int, low: int, cap: int) -> int:
     """The power of two covering ``n``, clamped to ``[low, cap]``."""
     return max(low, min(cap, triton.next_power_of_2(n)))
+
+
+def dot_tiles(dims: tuple[int, ...], caps: tuple[int, ...]) -> tuple[int, ...]:
+    """Power-of-two ``tl.dot`` tiles covering ``dims``, each at least MIN_DOT and at most its cap."""
+    return tuple(pow2_tile(n, MIN_DOT, cap) for n, cap in zip(dims, caps))
+
+
+def dot_precision(acc: torch.dtype) -> str:
+    """``tl.dot`` input precision: IEEE unless float32 matmuls may use TF32 (PyTorch's setting)."""
+    if acc == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "ieee"
+
+
+def reduction_chunks(items: int, programs_per_chunk: int, splits: int | None = None) -> tuple[int, int]:
+    """``(chunks, items per chunk)`` for a reduction over ``items`` (sample, pixel block) items, each
+    chunk run by ``programs_per_chunk`` programs: ``splits`` chunks when given (at most ``items``),
+    else enough to fill a GPU; never an empty chunk."""
+    splits = min(items, splits) if splits else max(1, min(items, TARGET_PROGRAMS // programs_per_chunk))
+    per_chunk = triton.cdiv(items, splits)
+    return triton.cdiv(items, per_chunk), per_chunk

@@ -30,23 +30,9 @@ import triton.language as tl
 
 from fastflow.kernels import _common
 
-MIN_DOT = 16  # tl.dot needs every tile dimension >= 16
 # Largest tiles (BLOCK_O, BLOCK_K, BLOCK_P) over output channels, input channels and pixels.
 PIXEL_AFFINE_TILES = (64, 32, 128)
 OUTER_SUM_TILES = (64, 64, 128)
-TARGET_PROGRAMS = 512  # enough reduction programs to fill a large GPU
-
-
-def _tiles(caps: tuple[int, int, int], c_out: int, c_in: int, pixels: int) -> tuple[int, int, int]:
-    """``(BLOCK_O, BLOCK_K, BLOCK_P)``: powers of two covering each size, at least 16, at most ``caps``."""
-    return tuple(_common.pow2_tile(n, MIN_DOT, cap) for n, cap in zip((c_out, c_in, pixels), caps))
-
-
-def _dot_precision(acc: torch.dtype) -> str:
-    """``tl.dot`` input precision: IEEE unless float32 matmuls may use TF32 (PyTorch's setting)."""
-    if acc == torch.float32 and torch.get_float32_matmul_precision() != "highest":
-        return "tf32"
-    return "ieee"
 
 
 @triton.jit
@@ -173,7 +159,7 @@ def pixel_affine(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | Non
     if y.numel() == 0:
         return y
     acc = _common.acc_dtype(x, matrix)
-    block_o, block_k, block_p = _tiles(PIXEL_AFFINE_TILES, c_out, c_in, pixels)
+    block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), PIXEL_AFFINE_TILES)
     n_pblocks = triton.cdiv(pixels, block_p)
     grid = (batch * n_pblocks, triton.cdiv(c_out, block_o))
     _pixel_affine_kernel[grid](
@@ -190,17 +176,12 @@ def pixel_affine(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | Non
         *y.stride(),
         HAS_BIAS=bias is not None,
         ACC=_common.tl_dtype(acc),
-        PRECISION=_dot_precision(acc),
+        PRECISION=_common.dot_precision(acc),
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,
     )
     return y
-
-
-def _num_splits(items: int, tiles: int) -> int:
-    """Chunks of the reduction: enough programs to fill a GPU, never more than the items."""
-    return max(1, min(items, TARGET_PROGRAMS // tiles))
 
 
 def outer_sum(dy: torch.Tensor, x: torch.Tensor, splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,13 +195,11 @@ def outer_sum(dy: torch.Tensor, x: torch.Tensor, splits: int | None = None) -> t
     acc = _common.acc_dtype(dy, x)
     if batch * pixels == 0:
         return (torch.zeros(c_out, c_in, dtype=acc, device=x.device), torch.zeros(c_out, dtype=acc, device=x.device))
-    block_o, block_k, block_p = _tiles(OUTER_SUM_TILES, c_out, c_in, pixels)
+    block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), OUTER_SUM_TILES)
     n_pblocks = triton.cdiv(pixels, block_p)
     items = batch * n_pblocks
     tiles = (triton.cdiv(c_out, block_o), triton.cdiv(c_in, block_k))
-    splits = min(items, splits) if splits else _num_splits(items, tiles[0] * tiles[1])
-    per_split = triton.cdiv(items, splits)
-    splits = triton.cdiv(items, per_split)
+    splits, per_split = _common.reduction_chunks(items, tiles[0] * tiles[1], splits)
     g_part = _common.new_output((splits, c_out, c_in), acc, x.device)
     r_part = _common.new_output((splits, c_out), acc, x.device)
     _outer_sum_kernel[(splits, *tiles)](
@@ -237,7 +216,7 @@ def outer_sum(dy: torch.Tensor, x: torch.Tensor, splits: int | None = None) -> t
         *dy.stride(),
         *x.stride(),
         ACC=_common.tl_dtype(acc),
-        PRECISION=_dot_precision(acc),
+        PRECISION=_common.dot_precision(acc),
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,

@@ -29,17 +29,11 @@ import triton.language as tl
 
 from fastflow.kernels import _common
 
-MIN_DOT = 16  # tl.dot needs every tile dimension >= 16
-TARGET_PROGRAMS = 512  # enough reduction programs to fill a large GPU
-# tile caps (power-of-two tiles, at least MIN_DOT): forward (O, K, P), input gradient (K, O, P),
+# tile caps (power-of-two tiles, at least _common.MIN_DOT): forward (O, K, P), input gradient (K, O, P),
 # weight gradient (O, K, P)
 FORWARD_TILES = (64, 32, 64)
 GRAD_INPUT_TILES = (64, 32, 64)
 GRAD_WEIGHT_TILES = (64, 64, 64)
-
-
-def _tiles(dims: tuple[int, int, int], caps: tuple[int, int, int]) -> tuple[int, int, int]:
-    return tuple(_common.pow2_tile(n, MIN_DOT, cap) for n, cap in zip(dims, caps))
 
 
 def _dot_dtype(h: torch.Tensor, acc: torch.dtype) -> tl.dtype:
@@ -47,12 +41,6 @@ def _dot_dtype(h: torch.Tensor, acc: torch.dtype) -> tl.dtype:
     if h.dtype in (torch.float16, torch.bfloat16):
         return tl.bfloat16 if h.dtype == torch.bfloat16 else tl.float16
     return _common.tl_dtype(acc)
-
-
-def _dot_precision(acc: torch.dtype) -> str:
-    if acc == torch.float32 and torch.get_float32_matmul_precision() != "highest":
-        return "tf32"
-    return "ieee"
 
 
 @triton.jit
@@ -243,7 +231,7 @@ def conv1x1_bias_elu_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.
     if out.numel() == 0:
         return out
     acc = _common.acc_dtype(h, weight)
-    block_o, block_k, block_p = _tiles((c_out, c_in, pixels), FORWARD_TILES)
+    block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), FORWARD_TILES)
     n_pblocks = triton.cdiv(pixels, block_p)
     _forward_kernel[(batch * n_pblocks, triton.cdiv(c_out, block_o))](
         h,
@@ -260,7 +248,7 @@ def conv1x1_bias_elu_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.
         HAS_BIAS=bias is not None,
         ACC=_common.tl_dtype(acc),
         DOT=_dot_dtype(h, acc),
-        PRECISION=_dot_precision(acc),
+        PRECISION=_common.dot_precision(acc),
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,
@@ -279,7 +267,7 @@ def grad_input(
     grad_h = _common.new_output((batch, c_in, pixels), out.dtype, out.device)
     if batch * pixels == 0 or c_in == 0:
         return grad_h.zero_(), torch.zeros(batch, c_out, dtype=acc, device=out.device) if bias_grad else None
-    block_k, block_o, block_p = _tiles((c_in, c_out, pixels), GRAD_INPUT_TILES)
+    block_k, block_o, block_p = _common.dot_tiles((c_in, c_out, pixels), GRAD_INPUT_TILES)
     n_pblocks = triton.cdiv(pixels, block_p)
     partial = _common.new_output((batch, c_out, n_pblocks), acc, out.device) if bias_grad else grad_h
     _grad_input_kernel[(batch * n_pblocks, triton.cdiv(c_in, block_k))](
@@ -298,7 +286,7 @@ def grad_input(
         BIAS_GRAD=bias_grad,
         ACC=_common.tl_dtype(acc),
         DOT=_dot_dtype(out, acc),
-        PRECISION=_dot_precision(acc),
+        PRECISION=_common.dot_precision(acc),
         BLOCK_K=block_k,
         BLOCK_O=block_o,
         BLOCK_P=block_p,
@@ -315,13 +303,11 @@ def grad_weight(out: torch.Tensor, grad_out: torch.Tensor, h: torch.Tensor, spli
     acc = _common.acc_dtype(out, h)
     if batch * pixels == 0:
         return torch.zeros(c_out, c_in, dtype=acc, device=h.device)
-    block_o, block_k, block_p = _tiles((c_out, c_in, pixels), GRAD_WEIGHT_TILES)
+    block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), GRAD_WEIGHT_TILES)
     n_pblocks = triton.cdiv(pixels, block_p)
     items = batch * n_pblocks
     tiles = (triton.cdiv(c_out, block_o), triton.cdiv(c_in, block_k))
-    splits = min(items, splits) if splits else max(1, min(items, TARGET_PROGRAMS // (tiles[0] * tiles[1])))
-    per_split = triton.cdiv(items, splits)
-    splits = triton.cdiv(items, per_split)
+    splits, per_split = _common.reduction_chunks(items, tiles[0] * tiles[1], splits)
     dw_part = _common.new_output((splits, c_out, c_in), acc, h.device)
     _grad_weight_kernel[(splits, *tiles)](
         out,
@@ -339,7 +325,7 @@ def grad_weight(out: torch.Tensor, grad_out: torch.Tensor, h: torch.Tensor, spli
         *h.stride(),
         ACC=_common.tl_dtype(acc),
         DOT=_dot_dtype(h, acc),
-        PRECISION=_dot_precision(acc),
+        PRECISION=_common.dot_precision(acc),
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,

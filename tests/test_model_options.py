@@ -15,10 +15,10 @@ import torch
 from fastflow import cli
 from fastflow.config import bundled_config_path, load_model_config
 from fastflow.flows import Flow, InvertibleConv1x1, LUConv1x1, weight_statistics
+from fastflow.inference import commands
+from fastflow.inference.rundir import load_run
 from fastflow.models import build_model
 from fastflow.models import preprocess as pp
-from fastflow.train import commands
-from fastflow.train.rundir import load_run
 
 
 def images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:

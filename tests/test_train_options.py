@@ -12,13 +12,13 @@ import torch
 
 from fastflow import cli
 from fastflow.data import TensorImageDataset, build_datasets
-from fastflow.data.datasets import mix_seed
 from fastflow.models import build_model
+from fastflow.seeding import TRAIN_STREAM, mix_seed
 from fastflow.train import distributed as D
 from fastflow.train import loop
 from fastflow.train.checkpoint import load_checkpoint
 from fastflow.train.config import load_run_config
-from fastflow.train.loop import TRAIN_STREAM, Trainer, train
+from fastflow.train.loop import Trainer, train
 
 FAST = {
     "valid_limit": 32,
@@ -84,13 +84,13 @@ def test_best_checkpoint_survives_a_kill_and_a_resume(tmp_path, monkeypatch):
 
 # -- the time limit ----------------------------------------------------------------------------------
 def test_time_limit_stops_validates_and_checkpoints_then_resume_continues(tmp_path, capsys):
-    """``--time-limit 0``: the deadline has passed after the first update, so the run ends at step 1 of
-    50 with a validation and a checkpoint; ``--resume`` without a limit then continues to the end."""
+    """``--time-limit 0.001``: the deadline has passed after the first update, so the run ends at step 1
+    of 50 with a validation and a checkpoint; ``--resume`` without a limit then continues to the end."""
     run = tmp_path / "run"
     flags = ["--no-progress", "--set", "valid_interval=0", "--set", "valid_limit=16", "--set", "eval_k=1"]
     flags += ["--set", "num_samples=4", "--set", "sample_temperatures=[1.0]", "--batch-size", "8"]
     argv = ["train", "--config", "tiny_refined_glow", "--out", str(run), "--steps", "50", *flags]
-    assert cli.main([*argv, "--time-limit", "0"]) == 0
+    assert cli.main([*argv, "--time-limit", "0.001"]) == 0
     assert "to step 1 of 50" in capsys.readouterr().out
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 1
     assert [r["step"] for r in records(run, "valid")] == [1]

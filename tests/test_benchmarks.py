@@ -81,8 +81,8 @@ def test_step_targets_benchmark_runs() -> None:
     proc = run_python(
         "-m", "benchmarks.bench_step", "--config", "tiny_wolf", "--batch", "2", "--rounds", "1", "--threads", "1"
     )
-    assert proc.stdout.count("x reference speed") == 3
-    assert proc.stdout.count("-> MET") + proc.stdout.count("-> NOT MET") == 3
+    verdicts = proc.stdout.count("-> MET") + proc.stdout.count("-> NOT MET") + proc.stdout.count("NOT MEASURED")
+    assert proc.stdout.count("x reference speed") >= 2 and verdicts == 3
 
 
 @pytest.mark.slow

@@ -79,7 +79,7 @@ def _pixel_affine_kernel(
             mask=mask_k[:, None] & mask_p[None, :],
             other=0.0,
         ).to(ACC)
-        acc = tl.dot(m, x, acc, input_precision=PRECISION)
+        acc = tl.dot(m, x, acc, input_precision=PRECISION, out_dtype=ACC)
     if HAS_BIAS:
         acc += tl.load(BIAS + offs_o, mask=mask_o, other=0.0).to(ACC)[:, None]
     tl.store(
@@ -140,7 +140,7 @@ def _outer_sum_kernel(
             mask=mask_p[:, None] & mask_k[None, :],
             other=0.0,
         ).to(ACC)
-        acc = tl.dot(dy, x, acc, input_precision=PRECISION)
+        acc = tl.dot(dy, x, acc, input_precision=PRECISION, out_dtype=ACC)
         r += tl.sum(dy, axis=1)
     g_ptrs = G_PART + split.to(tl.int64) * C_OUT * C_IN + offs_o[:, None] * C_IN + offs_k[None, :]
     tl.store(g_ptrs, acc, mask=mask_o[:, None] & mask_k[None, :])

@@ -1,7 +1,9 @@
 """Checks shared by the fused-op tests (test_actnorm_conv1x1, test_affine_coupling, test_cond_bias_elu).
 
-- :func:`compile_for_sm90`: compile Triton kernels to an sm_90 cubin without a GPU (in a subprocess
-  without ``TRITON_INTERPRET``), which catches what the interpreter lets pass;
+- :func:`compile_for_gpus`: compile Triton kernels to sm_80 (A100) and sm_90 (H100/H200) cubins
+  without a GPU (in a subprocess without ``TRITON_INTERPRET``), which catches what the interpreter
+  lets pass; ``FASTFLOW_TRITON_PATH`` (a folder holding another ``triton`` package, put first on the
+  subprocess's ``PYTHONPATH``) compiles them with that Triton instead (tests/test_triton_versions.py);
 - :func:`poison_outputs`: make every buffer a kernel module's launchers allocate start as NaN, so an
   element a kernel forgets to write cannot pass as a correct zero;
 - :func:`random_layout`: a float64 normal tensor in one of the memory layouts the ops must accept.
@@ -17,6 +19,7 @@ from types import ModuleType
 import pytest
 import torch
 
+GPU_ARCHS = (80, 90)  # compute capabilities the kernels must compile for
 COMPILE_SCRIPT = """
 import sys
 import triton
@@ -24,20 +27,25 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import {module} as kernels
+print("triton", triton.__version__, triton.__file__)
 for name, types, constexprs in eval(sys.argv[1]):
     fn = getattr(kernels, name)
     constexprs = {{k: getattr(tl, v[3:]) if str(v).startswith("tl.") else v for k, v in constexprs.items()}}
     signature = {{a: "constexpr" if a in constexprs else types.get(a, "i32") for a in fn.arg_names}}
-    triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32))
+    for arch in {archs}:
+        triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch, 32))
 """
 
 
-def compile_for_sm90(module: str, variants: list) -> None:
-    """Compile ``(kernel name, argument types, constexprs)`` variants of ``module`` for sm_90."""
+def compile_for_gpus(module: str, variants: list, archs: tuple[int, ...] = GPU_ARCHS) -> None:
+    """Compile ``(kernel name, argument types, constexprs)`` variants of ``module`` for each of ``archs``."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = COMPILE_SCRIPT.format(module=module)
+    if env.get("FASTFLOW_TRITON_PATH"):
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [env["FASTFLOW_TRITON_PATH"], env.get("PYTHONPATH")]))
+    script = COMPILE_SCRIPT.format(module=module, archs=tuple(archs))
     done = subprocess.run([sys.executable, "-c", script, repr(variants)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+    print(done.stdout.splitlines()[0])  # which Triton compiled them (read by test_triton_versions.py)
 
 
 def poison_outputs(monkeypatch: pytest.MonkeyPatch, kernels: ModuleType) -> None:

@@ -12,8 +12,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 
-# torch must be in the venv before the extension builds (no build isolation).
-$(STAMP): $(PY) setup.py fastflow_build.py $(wildcard csrc/*)
+# The dev venv pins exact versions (setup.py asks only for ranges, so that fastflow installs beside a
+# user's own torch). torch must be in the venv before the extension builds (no build isolation).
+$(STAMP): $(PY) setup.py fastflow/_build.py $(wildcard csrc/* csrc/cuda/*)
 	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1 ninja numpy
 	$(PIP) install --quiet --no-build-isolation -e ".[dev]"
 	touch $(STAMP)

@@ -1,40 +1,52 @@
 """Install fastflow: the Python package, its Triton kernels and its C++/CUDA extension.
 
-The repository keeps the Triton kernels in the top-level folder ``kernels/``; they are installed as
-``fastflow.kernels`` (PyPI has an unrelated package called ``kernels``, so nothing is ever installed
-under that top-level name).
+The repository keeps the Triton kernels in the top-level folder ``kernels/``, the model configs in
+``configs/`` and the extension's sources in ``csrc/``; they are installed as ``fastflow.kernels``,
+``fastflow.configs`` and ``fastflow/csrc`` (package data, so that an installed fastflow can build its
+extension just in time without the checkout). PyPI has an unrelated package called ``kernels``, so
+nothing is ever installed under that top-level name.
 
-The extension ``fastflow._C`` (batched log-determinants, ``csrc/``) is built here when torch and a C++
+fastflow installs beside the torch the user already has: ``install_requires`` takes a range (the oldest
+versions it supports, README "Install"); the Makefile pins exact versions for the reproducible dev
+venv. ``pip install --no-build-isolation --no-deps -e .`` installs it offline into any environment
+with torch. The extension ``fastflow._C`` (batched log-determinants) is built here when torch and a C++
 compiler are present; its CUDA sources join the build when nvcc and a CUDA build of torch are found
-(set ``FASTFLOW_BUILD_CUDA=0`` to skip them, ``=1`` to insist). Without a built extension the op is
-compiled on first use by ``torch.utils.cpp_extension.load`` (see ``fastflow/ops/_extension.py``).
-Install with ``pip install --no-build-isolation -e ".[dev]"`` after torch is installed.
+(set ``FASTFLOW_BUILD_CUDA=0`` to skip them, ``=1`` to insist; the settings are ``fastflow/_build.py``).
+Without a built extension the op is compiled on first use (``fastflow/ops/_extension.py``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import sys
 
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def _build_settings():
+    """``fastflow/_build.py``, loaded by path: fastflow itself is not importable before it is installed."""
+    spec = importlib.util.spec_from_file_location("fastflow_build_settings", os.path.join(ROOT, "fastflow", "_build.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BUILD = _build_settings()
+
+
 def extension_modules() -> tuple[list, dict]:
     """The ``fastflow._C`` extension and its build command; nothing without torch or a C++ compiler.
 
-    The settings come from ``fastflow_build.py`` (shared with the JIT loader) before
-    ``torch.utils.cpp_extension`` is imported, so that it sees the CUDA toolkit they located.
+    The settings are read before ``torch.utils.cpp_extension`` is imported, so that it sees the CUDA
+    toolkit they located.
     """
     try:
-        import torch  # noqa: F401  (installed first by the Makefile; a bare sdist build skips the op)
+        import torch  # noqa: F401  (installed first; a bare sdist build without torch skips the op)
     except ImportError:
         return [], {}
-    sys.path.insert(0, ROOT)
-    from fastflow_build import extension_kwargs
-
-    kwargs = extension_kwargs(ROOT)
+    kwargs = BUILD.extension_kwargs(ROOT)
     if not kwargs["ext"]["sources"]:
         return [], {}
     from torch.utils import cpp_extension
@@ -54,14 +66,17 @@ setup(
     long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["fastflow", "fastflow.*"]) + ["fastflow.kernels", "fastflow.configs"],
-    package_dir={"fastflow.kernels": "kernels", "fastflow.configs": "configs"},
-    package_data={"fastflow.configs": ["*.json"]},
+    packages=find_packages(include=["fastflow", "fastflow.*"]) + ["fastflow.kernels", "fastflow.configs", "fastflow.csrc"],
+    package_dir={"fastflow.kernels": "kernels", "fastflow.configs": "configs", "fastflow.csrc": "csrc"},
+    package_data={"fastflow.configs": ["*.json"], "fastflow.csrc": BUILD.SOURCE_FILES},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
+    # Ranges, not pins: fastflow goes into the user's environment beside their torch. The floor is
+    # the oldest release checked (torch 2.11 with Triton 3.6 on the GPU machine; the kernels compile
+    # under Triton 3.6, tests/test_triton_versions.py); the dev venv pins torch 2.14.1 (Makefile).
     install_requires=[
-        "torch==2.14.1",
-        "torchvision==0.29.1",
+        "torch>=2.10",
+        "torchvision>=0.25",
         "numpy",
         "ninja",
         "tqdm",

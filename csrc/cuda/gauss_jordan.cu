@@ -1,10 +1,17 @@
 // One thread block per matrix: the matrix is loaded into shared memory as float64 and inverted in
 // place by Gauss-Jordan elimination with partial pivoting (warp-reduced pivot search); the pivots
 // give the determinant. See gauss_jordan.h.
+//
+// Each elimination step has three phases separated by barriers: (1) warp 0 finds the pivot row and
+// thread 0 publishes its index and value in shared memory; (2) rows k and p are swapped, every thread
+// having read the pivot from shared memory (not from m, which the swap overwrites); (3) column k is
+// saved and row k scaled, then the other rows eliminated. Every thread reads the same published
+// pivot, so a zero pivot sends the whole block out of the loop together (no thread is left waiting
+// at a barrier). compute-sanitizer --tool racecheck checks this on the GPU (benchmarks/racecheck_gj.py).
 #include "gauss_jordan.h"
 
 #include <algorithm>
-#include <limits>
+#include <math_constants.h>
 
 namespace fastflow {
 namespace {
@@ -46,6 +53,7 @@ __global__ void gauss_jordan_kernel(const scalar_t* __restrict__ a, int64_t s0, 
   __shared__ int pivots[kMaxBlockN];
   __shared__ int source_column[kMaxBlockN];
   __shared__ int chosen_row;
+  __shared__ double chosen_pivot;
 
   const int tid = threadIdx.x;
   const int threads = blockDim.x;
@@ -61,11 +69,14 @@ __global__ void gauss_jordan_kernel(const scalar_t* __restrict__ a, int64_t s0, 
   for (int k = 0; k < n; ++k) {
     if (tid < 32) {
       const int row = pivot_row(m, n, k);
-      if (tid == 0) chosen_row = row;
+      if (tid == 0) {
+        chosen_row = row;
+        chosen_pivot = m[row * n + k];
+      }
     }
     __syncthreads();
     const int p = chosen_row;
-    const double pivot = m[p * n + k];
+    const double pivot = chosen_pivot;  // not m[p * n + k]: the swap below may already have moved it
     if (pivot == 0.0) {  // the same value in every thread, so the whole block leaves together
       singular = true;
       break;
@@ -83,7 +94,9 @@ __global__ void gauss_jordan_kernel(const scalar_t* __restrict__ a, int64_t s0, 
       }
     }
     __syncthreads();
-    for (int i = tid; i < n; i += threads) column[i] = m[i * n + k];
+    for (int i = tid; i < n; i += threads) {
+      if (i != k) column[i] = m[i * n + k];  // m[k, k] is being scaled in this phase; column[k] is unused
+    }
     for (int j = tid; j < n; j += threads) m[k * n + j] = (j == k ? 1.0 : m[k * n + j]) / pivot;
     __syncthreads();
     for (int idx = tid; idx < n * n; idx += threads) {
@@ -97,7 +110,7 @@ __global__ void gauss_jordan_kernel(const scalar_t* __restrict__ a, int64_t s0, 
   if (tid == 0) {
     sign_out[blockIdx.x] = static_cast<scalar_t>(singular ? 0.0 : sign);
     logabsdet_out[blockIdx.x] =
-        static_cast<scalar_t>(singular ? -std::numeric_limits<double>::infinity() : logabsdet);
+        static_cast<scalar_t>(singular ? -CUDART_INF : logabsdet);
     if (!singular) {  // A^-1 = (P A)^-1 P: the row swaps undone as column swaps, last first
       for (int j = 0; j < n; ++j) source_column[j] = j;
       for (int k = n - 1; k >= 0; --k) {
@@ -111,7 +124,7 @@ __global__ void gauss_jordan_kernel(const scalar_t* __restrict__ a, int64_t s0, 
   __syncthreads();
   scalar_t* out = inverse + blockIdx.x * static_cast<int64_t>(n) * n;
   for (int idx = tid; idx < n * n; idx += threads) {
-    const double v = singular ? std::numeric_limits<double>::quiet_NaN() : m[(idx / n) * n + source_column[idx % n]];
+    const double v = singular ? CUDART_NAN : m[(idx / n) * n + source_column[idx % n]];
     out[idx] = static_cast<scalar_t>(v);
   }
 }

@@ -3,10 +3,11 @@
 :func:`load_library` tries, once per process:
 
 1. the module that ``setup.py`` built (``import fastflow._C``);
-2. a just-in-time build of the checkout's ``csrc/`` by ``torch.utils.cpp_extension.load`` with ninja,
-   cached under torch's extension folder (``TORCH_EXTENSIONS_DIR``, by default
-   ``~/.cache/torch_extensions``), with a message on stderr while it builds; the settings (CUDA or
-   not, flags) are those of ``setup.py``, from ``fastflow_build.py``;
+2. a just-in-time build of the sources installed with the package (``fastflow.csrc``: ``csrc/`` of the
+   checkout in an editable install, ``fastflow/csrc`` in a regular one) by
+   ``torch.utils.cpp_extension.load`` with ninja, cached under torch's extension folder
+   (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), with a message on stderr while
+   it builds; the settings (CUDA or not, flags) are those of ``setup.py``, from ``fastflow._build``;
 3. nothing: one ``RuntimeWarning`` saying why, and the ops use their torch.linalg fallbacks.
 """
 
@@ -23,8 +24,24 @@ from types import ModuleType
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds csrc/
+from fastflow import _build
+
 JIT_NAME = "fastflow_C"
+
+
+def sources_root() -> str | None:
+    """The folder holding ``csrc/`` (the extension's sources as installed), or None without them."""
+    spec = importlib.util.find_spec("fastflow.csrc")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        if os.path.basename(os.path.normpath(folder)) == "csrc" and _has_sources(folder):
+            return os.path.dirname(os.path.normpath(folder))
+    return None
+
+
+def _has_sources(csrc: str) -> bool:
+    """Whether ``csrc`` holds C++ sources."""
+    return any(name.endswith(".cpp") for name in os.listdir(csrc))
 
 
 def _import_built() -> str | None:
@@ -36,25 +53,18 @@ def _import_built() -> str | None:
     return None
 
 
-@functools.cache
 def build_module() -> ModuleType | None:
-    """The checkout's ``fastflow_build.py`` (the build settings), or None outside a source checkout."""
-    path = os.path.join(ROOT, "fastflow_build.py")
-    if not os.path.isfile(path) or not os.path.isdir(os.path.join(ROOT, "csrc")):
-        return None
-    spec = importlib.util.spec_from_file_location("fastflow_build", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The build settings (``fastflow._build``), or None when the package has no sources to build."""
+    return _build if sources_root() is not None else None
 
 
 def _build_just_in_time() -> str | None:
     """Compile and load ``csrc/`` with ninja; None on success, else why it failed."""
-    build = build_module()
-    if build is None:
-        return "no csrc/ sources to build from next to the package"
-    settings = build.extension_kwargs(ROOT)
-    sources = [os.path.join(ROOT, s) for s in settings["ext"]["sources"]]
+    root = sources_root()
+    if root is None:
+        return "no csrc/ sources installed with the package"
+    settings = _build.extension_kwargs(root)
+    sources = [os.path.join(root, s) for s in settings["ext"]["sources"]]
     if not sources:
         return "no C++ compiler found"
     flags = settings["ext"]["extra_compile_args"]

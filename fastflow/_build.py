@@ -1,5 +1,9 @@
 """Build settings of the ``fastflow._C`` extension, shared by setup.py and the JIT loader.
 
+This module lives inside the package (and imports nothing from it), so an installed fastflow can
+build its extension just in time from the sources installed beside it (``fastflow/csrc``, package
+data; ``csrc/`` at the top of the checkout); setup.py loads it by path before fastflow is installed.
+
 The C++ sources ``csrc/*.cpp`` (CPU op, operator schema, Python module stub) are always built when a
 C++ compiler is found. The CUDA sources ``csrc/cuda/*`` (a torch-free kernel file for nvcc and its
 ATen glue for the C++ compiler, which keeps the nvcc step to seconds) join them according to
@@ -10,7 +14,8 @@ ATen glue for the C++ compiler, which keeps the nvcc step to seconds) join them 
 - unset or ``"auto"``: when torch is a CUDA build and the CUDA toolkit (nvcc) is found.
 
 The toolkit is ``CUDA_HOME`` (or ``CUDA_PATH``) when set, otherwise the folder that the ``nvcc`` on
-PATH reports as its own (a dry run of ``nvcc`` prints ``TOP=<toolkit>/bin/..``), which stays right when
+PATH reports as its own, otherwise ``/usr/local/cuda`` when it holds ``bin/nvcc`` (``DEFAULT_CUDA_HOME``:
+where the toolkit lives on most CUDA machines, often without nvcc on PATH) (a dry run of ``nvcc`` prints ``TOP=<toolkit>/bin/..``), which stays right when
 that ``nvcc`` is a wrapper script in another folder, where torch's guess (the wrapper's grandparent
 folder) is wrong. The CUDA code needs only the toolkit's own headers, so torch's CUDA headers that
 include cuBLAS/cuSOLVER (and the pip ``nvidia/cu13/include`` folder they would need) stay out.
@@ -26,6 +31,9 @@ import shutil
 import subprocess
 
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
+DEFAULT_CUDA_HOME = "/usr/local/cuda"
+# The files of csrc/ that the build reads, relative to it (installed with the package as data).
+SOURCE_FILES = ["*.cpp", "*.h", "cuda/*.cpp", "cuda/*.cu", "cuda/*.h"]
 # -g0: no debug info, a faster build. -fopenmp: at::parallel_for is an OpenMP pragma in a header
 # (ATen's CPU parallel backend), so without the flag the batch runs on one thread; the module then
 # needs libgomp.so.1, which resolves to the copy torch has already loaded (one OpenMP runtime).
@@ -56,6 +64,8 @@ def cuda_toolkit() -> str | None:
     if not home:
         nvcc = shutil.which("nvcc")
         home = _nvcc_toolkit(nvcc) if nvcc else None
+    if not home and os.path.isfile(os.path.join(DEFAULT_CUDA_HOME, "bin", "nvcc")):
+        home = DEFAULT_CUDA_HOME
     if not home:
         return None
     has_nvcc = os.path.isfile(os.path.join(home, "bin", "nvcc"))

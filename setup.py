@@ -27,7 +27,9 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 def _build_settings():
     """``fastflow/_build.py``, loaded by path: fastflow itself is not importable before it is installed."""
-    spec = importlib.util.spec_from_file_location("fastflow_build_settings", os.path.join(ROOT, "fastflow", "_build.py"))
+    spec = importlib.util.spec_from_file_location(
+        "fastflow_build_settings", os.path.join(ROOT, "fastflow", "_build.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -66,7 +68,8 @@ setup(
     long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["fastflow", "fastflow.*"]) + ["fastflow.kernels", "fastflow.configs", "fastflow.csrc"],
+    packages=find_packages(include=["fastflow", "fastflow.*"])
+    + ["fastflow.kernels", "fastflow.configs", "fastflow.csrc"],
     package_dir={"fastflow.kernels": "kernels", "fastflow.configs": "configs", "fastflow.csrc": "csrc"},
     package_data={"fastflow.configs": ["*.json"], "fastflow.csrc": BUILD.SOURCE_FILES},
     ext_modules=ext_modules,

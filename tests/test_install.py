@@ -22,7 +22,9 @@ def test_wheel_builds_offline_and_carries_what_the_package_needs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in ("fastflow/_build.py", "fastflow/kernels/actnorm_conv1x1.py", "fastflow/configs/cifar10_wolf.json"):
         assert path in names
-    sources = {p.relative_to(ROOT / "csrc").as_posix() for p in (ROOT / "csrc").rglob("*") if p.suffix in (".cpp", ".h", ".cu")}
+    sources = {
+        p.relative_to(ROOT / "csrc").as_posix() for p in (ROOT / "csrc").rglob("*") if p.suffix in (".cpp", ".h", ".cu")
+    }
     assert sources and {f"fastflow/csrc/{s}" for s in sources} <= names
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]

@@ -16,8 +16,9 @@ ATen glue for the C++ compiler, which keeps the nvcc step to seconds) join them 
 The toolkit is ``CUDA_HOME`` (or ``CUDA_PATH``) when set, otherwise the folder that the ``nvcc`` on
 PATH reports as its own (a dry run of ``nvcc`` prints ``TOP=<toolkit>/bin/..``), which stays right
 when that ``nvcc`` is a wrapper script in another folder, where torch's guess (the wrapper's grandparent
-folder) is wrong, otherwise ``DEFAULT_CUDA_HOME`` (``/usr/local/cuda``, where most CUDA machines keep the
-toolkit, often without nvcc on PATH) when it holds ``bin/nvcc``. The CUDA code needs only the toolkit's own headers, so torch's CUDA headers that
+folder) is wrong, otherwise ``DEFAULT_CUDA_HOME`` (``/usr/local/cuda``, where most CUDA machines keep
+the toolkit, often without nvcc on PATH) when it holds ``bin/nvcc``. The CUDA code needs only the
+toolkit's own headers, so torch's CUDA headers that
 include cuBLAS/cuSOLVER (and the pip ``nvidia/cu13/include`` folder they would need) stay out.
 Without a visible GPU, ``TORCH_CUDA_ARCH_LIST`` defaults to ``DEFAULT_CUDA_ARCHS``.
 """

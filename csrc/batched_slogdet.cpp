@@ -4,7 +4,8 @@
 //
 // A [B, n, n] float32/float64 (any strides) -> sign [B], log|det A| [B] and, with `with_inverse`,
 // A^-1 [B, n, n] (contiguous), else an empty [0] tensor; all in A's dtype. Singular matrices give
-// sign 0, logabsdet -inf and an all-NaN inverse; NaN or infinite entries raise ValueError.
+// sign 0, logabsdet -inf and an all-NaN inverse; NaN or infinite entries raise ValueError on the CPU
+// (the CUDA kernel does not check: its Python wrapper keeps the check on the device, read later).
 //
 // CPU algorithm, per matrix, in float64 whatever the input dtype: Gauss-Jordan elimination with
 // partial (row) pivoting, which computes (P A)^-1 in place in 2 n^3 flops (as LU followed by an

@@ -10,6 +10,7 @@ ops themselves (reference, autograd Function, backend dispatch) live in the modu
 gathers the public entry points in one place.
 """
 
+from fastflow.ops._deferred import raise_deferred_errors
 from fastflow.ops.actnorm_conv1x1 import actnorm_conv1x1, actnorm_conv1x1_inverse
 from fastflow.ops.affine_coupling import (
     CouplingScale,
@@ -34,5 +35,6 @@ __all__ = [
     "cond_bias_elu",
     "conditioning_channels",
     "conv1x1_bias_elu",
+    "raise_deferred_errors",
     "transformed_channels",
 ]

@@ -18,6 +18,7 @@ from fastflow.flows import Flow, MultiScaleLevel, weight_statistics
 from fastflow.flows.debug import NonFiniteError
 from fastflow.flows.memory import ChainMonitor
 from fastflow.models import preprocess as pp
+from fastflow.ops._deferred import raise_deferred_errors
 from fastflow.schema import AT_LEAST_ONE, NON_NEGATIVE, check
 
 NONFINITE_POLICIES = ("raise", "warn")
@@ -75,6 +76,13 @@ class ImageFlowModel(nn.Module):
         self.flow.set_memory_efficient(enabled, self.recompute_monitor)
         self.config.memory_efficient = enabled
         return self.recompute_monitor
+
+    def read_device_checks(self) -> None:
+        """Read the checks that a training step keeps on the device (one host sync): warn for any
+        recomputed input over the tolerance, and raise ``ValueError`` for any deferred op check
+        (``fastflow.functional.raise_deferred_errors``). The trainer calls it at every log interval."""
+        self.recompute_monitor.flush()
+        raise_deferred_errors()
 
     # -- the global code (none here) ----------------------------------------------------------------
     def _z_terms(

@@ -7,7 +7,9 @@
 W is float32 or float64 with any strides; the results have W's dtype but are computed in float64,
 so float32 input loses nothing but the final rounding. An exactly singular matrix gives sign 0,
 log|det| = -inf and an all-NaN inverse (no error, as torch.linalg.slogdet); NaN or infinite
-entries raise ``ValueError``. Gradients: d log|det W| / dW = W^-T and d(W^-1) = -W^-1 dW W^-1
+entries raise ``ValueError``: at once for CPU tensors, and for GPU tensors at the next
+``fastflow.functional.raise_deferred_errors()`` (the trainer calls it at every log interval), since reading the
+check at once would stall the GPU on every call (``fastflow/ops/_deferred.py``). Gradients: d log|det W| / dW = W^-T and d(W^-1) = -W^-1 dW W^-1
 (sign has none); at a singular matrix they are NaN.
 
 Each call is one call of the operator ``fastflow::slogdet_inverse`` of the C++/CUDA extension
@@ -27,6 +29,7 @@ import warnings
 import torch
 
 from fastflow.ops import _extension
+from fastflow.ops._deferred import DeferredCheck
 
 OP = "slogdet_inverse"
 QUALNAME = f"fastflow::{OP}"
@@ -45,9 +48,18 @@ def _check(weight: torch.Tensor) -> None:
         raise TypeError(f"expected float32 or float64 matrices, got {weight.dtype}")
 
 
+NONFINITE_MESSAGE = "the batch has NaN or infinite entries; expected finite values"
+NONFINITE = DeferredCheck(f"batched_slogdet/batched_inverse: {NONFINITE_MESSAGE}")
+
+
 def _check_finite(weight: torch.Tensor) -> None:
-    if not bool(torch.isfinite(weight).all()):
-        raise ValueError("the batch has NaN or infinite entries; expected finite values")
+    """NaN or infinite entries raise ``ValueError``: at once on the CPU, later on other devices."""
+    finite = torch.isfinite(weight).all()
+    if weight.device.type == "cpu":
+        if not bool(finite):
+            raise ValueError(NONFINITE_MESSAGE)
+    else:
+        NONFINITE.note(finite.logical_not())
 
 
 # ---- torch.linalg references (the fallback) ----
@@ -115,6 +127,8 @@ def _use_extension(weight: torch.Tensor) -> bool:
 
 
 def _slogdet_inverse(weight: torch.Tensor, with_inverse: bool) -> tuple[torch.Tensor, ...]:
+    if weight.device.type != "cpu":  # the CPU kernel checks by itself (no sync there); see _check_finite
+        _check_finite(weight)
     return torch.ops.fastflow.slogdet_inverse.default(weight, with_inverse)
 
 

@@ -319,6 +319,7 @@ class Trainer:
                 self.step += 1
                 stop = self.step >= self.total or self._out_of_time(deadline)
                 if stop or self.step % c.log_interval == 0:
+                    self.model.read_device_checks()
                     record = {
                         "split": "train",
                         "step": self.step,

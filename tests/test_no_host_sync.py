@@ -1,0 +1,101 @@
+"""A training step (loss, backward) has no host sync, so the GPU never waits for Python and the step can
+be captured in a CUDA graph: every Python-level sync made from fastflow's code (``Tensor.item``,
+``tolist``, ``__bool__``, ``__float__``, ``__int__``, ``.cpu()``, ``.numpy()``) raises here, for standard
+and memory-efficient backprop and both backends (Triton in the interpreter on a CPU-only machine).
+The checks the step used to read at once (non-finite matrices in the batched slogdet, the recompute
+error of memory-efficient backprop) stay on the device until ``model.read_device_checks()``.
+
+``torch.compile(model.loss, fullgraph=True)`` must trace the loss without a graph break (on the CPU with
+the ``aot_eager`` backend, which traces forward and backward through AOTAutograd without compiling
+kernels): the Triton kernels are registered as custom ops (``fastflow/ops/_library.py``) so the tracer
+sees through them. On a GPU the device command (benchmarks/gpu_check.sh) runs the step under
+``torch.cuda.set_sync_debug_mode("error")``, which also catches syncs inside C++.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from fastflow.models import build_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OWN_CODE = tuple(str(ROOT / folder) for folder in ("fastflow", "kernels"))
+SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
+
+
+@pytest.fixture
+def forbid_syncs(monkeypatch):
+    """Make every sync listed in SYNCS raise when fastflow's own code calls it."""
+
+    def guard(name):
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(OWN_CODE):
+                raise AssertionError(f"host sync: Tensor.{name} called from {caller}:{sys._getframe(1).f_lineno}")
+            return original(self, *args, **kwargs)
+
+        return guarded
+
+    def install():
+        for name in SYNCS:
+            monkeypatch.setattr(torch.Tensor, name, guard(name))
+
+    return install
+
+
+def tiny_wolf(backend: str, memory_efficient: bool) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = build_model("tiny_wolf")
+    gen = torch.Generator().manual_seed(0)
+    model.initialize(torch.randint(0, 256, (8, 3, 16, 16), generator=gen, dtype=torch.uint8), generator=gen)
+    if memory_efficient:
+        model.set_memory_efficient(True)
+    model.set_backend(backend)
+    return model, torch.randint(0, 256, (2, 3, 16, 16), generator=gen, dtype=torch.uint8)
+
+
+def step(model, x) -> torch.Tensor:
+    model.zero_grad(set_to_none=True)
+    loss = model.loss(x, generator=torch.Generator().manual_seed(1))["loss"]
+    loss.backward()
+    return loss.detach()
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["standard", "memory_efficient"])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_training_step_has_no_host_sync(forbid_syncs, backend, memory_efficient):
+    model, x = tiny_wolf(backend, memory_efficient)
+    expected = step(model, x)  # first call: loads the extension, warms caches (may sync)
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    forbid_syncs()
+    loss = step(model, x)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
+    assert all(torch.equal(p.grad, g) for p, g in zip((p for p in model.parameters() if p.grad is not None), grads))
+    assert len(grads) > 10
+
+
+def test_deferred_checks_are_read_by_the_model():
+    model, x = tiny_wolf("torch", True)
+    step(model, x)
+    assert not model.recompute_monitor._max_error  # still on the device
+    model.read_device_checks()
+    assert 0 < model.recompute_monitor.max_error < 1e-3 and model.recompute_monitor.errors
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_compiled_loss_has_no_graph_break(backend):
+    model, x = tiny_wolf(backend, False)
+    expected = step(model, x)
+    compiled = torch.compile(model.loss, fullgraph=True, backend="aot_eager")
+    model.zero_grad(set_to_none=True)
+    loss = compiled(x, generator=torch.Generator().manual_seed(1))["loss"]
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-6, atol=1e-6)

@@ -428,17 +428,12 @@ def test_fallback_warns_once(monkeypatch):
     """Without the extension (no module, no build) the ops fall back with one RuntimeWarning."""
     monkeypatch.setattr(_extension, "_import_built", lambda: "not built")
     monkeypatch.setattr(_extension, "_build_just_in_time", lambda: "no compiler")
-    _extension.load_library.cache_clear()
-    try:
-        with pytest.warns(RuntimeWarning, match="fall back to torch.linalg"):
-            assert not _extension.load_library()
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert not _extension.load_library()
-    finally:
-        _extension.load_library.cache_clear()
-        monkeypatch.undo()
-        _extension.load_library()
+    monkeypatch.setattr(_extension, "_loaded", None)  # restored (loaded) by monkeypatch afterwards
+    with pytest.warns(RuntimeWarning, match="fall back to torch.linalg"):
+        assert not _extension.load_library()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not _extension.load_library()
 
 
 # ---- the CUDA kernels (run by benchmarks/gpu_check.sh on a lent GPU; skipped elsewhere) ----

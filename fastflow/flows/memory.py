@@ -24,6 +24,7 @@ without anything being wrong.
 from __future__ import annotations
 
 import warnings
+
 import torch
 from torch import nn
 

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
 import os
@@ -94,9 +93,18 @@ def _build_just_in_time() -> str | None:
     return None
 
 
-@functools.cache
+_loaded: bool | None = None  # the answer of load_library, once known (a plain global: torch.compile reads it)
+
+
 def load_library() -> bool:
     """Make ``torch.ops.fastflow`` available; False (after one warning) when it cannot be."""
+    global _loaded
+    if _loaded is None:
+        _loaded = _load()
+    return _loaded
+
+
+def _load() -> bool:
     import_error = _import_built()
     if import_error is None:
         return True

@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from fastflow.ops import _library
 from fastflow.ops._backend import resolve_backend
 from fastflow.ops.slogdet import batched_inverse, batched_slogdet
 
@@ -84,22 +85,18 @@ class PixelAffineFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        from fastflow.kernels.actnorm_conv1x1 import pixel_affine
-
         ctx.save_for_backward(x, matrix)
         ctx.bias_dtype = bias.dtype
-        return pixel_affine(x, matrix, bias)
+        return _library.pixel_affine(x, matrix, bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
-        from fastflow.kernels.actnorm_conv1x1 import outer_sum, pixel_affine
-
         x, matrix = ctx.saved_tensors
-        grad_x = pixel_affine(grad_y, matrix.t()) if ctx.needs_input_grad[0] else None
+        grad_x = _library.pixel_affine(grad_y, matrix.t()) if ctx.needs_input_grad[0] else None
         grad_matrix = grad_bias = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            g, r = outer_sum(grad_y, x)
+            g, r = _library.outer_sum(grad_y, x)
             grad_matrix, grad_bias = g.to(matrix.dtype), r.to(ctx.bias_dtype)
         return grad_x, grad_matrix, grad_bias
 

@@ -15,14 +15,13 @@ for other dtypes, the torch backend is :func:`cond_bias_elu_reference`.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from fastflow.ops import _extension
+from fastflow.ops import _extension, _library
 from fastflow.ops._backend import resolve_backend
 
 
@@ -35,9 +34,7 @@ def cond_bias_elu_reference(h: torch.Tensor, bias: torch.Tensor | None) -> torch
 
 
 def _triton_kernels() -> tuple[Callable, Callable]:
-    from fastflow.kernels.cond_bias_elu import cond_bias_elu_backward, cond_bias_elu_forward
-
-    return cond_bias_elu_forward, cond_bias_elu_backward
+    return _library.cond_bias_elu_forward, _library.cond_bias_elu_backward
 
 
 def _cpu_forward(h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -87,14 +84,18 @@ def _fake_backward(out: torch.Tensor, grad_out: torch.Tensor, bias_grad: bool) -
     return torch.empty_like(out), out.new_empty(out.shape[:2] if bias_grad else (0,))
 
 
-@functools.cache
+_cpu_kernels: bool | None = None  # known after the first call (a plain global: torch.compile reads it)
+
+
 def _cpu_kernels_loaded() -> bool:
     """Whether the extension with the CPU kernels is loaded (their fake implementations then registered)."""
-    if not (_extension.load_library() and _extension.has_kernel("cond_bias_elu", "cpu")):
-        return False
-    torch.library.register_fake("fastflow::cond_bias_elu")(_fake_forward)
-    torch.library.register_fake("fastflow::cond_bias_elu_backward")(_fake_backward)
-    return True
+    global _cpu_kernels
+    if _cpu_kernels is None:
+        _cpu_kernels = _extension.load_library() and _extension.has_kernel("cond_bias_elu", "cpu")
+        if _cpu_kernels:
+            torch.library.register_fake("fastflow::cond_bias_elu")(_fake_forward)
+            torch.library.register_fake("fastflow::cond_bias_elu_backward")(_fake_backward)
+    return _cpu_kernels
 
 
 def _use_cpu_kernels(h: torch.Tensor, bias: torch.Tensor | None) -> bool:

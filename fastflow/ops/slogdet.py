@@ -8,9 +8,10 @@ W is float32 or float64 with any strides; the results have W's dtype but are com
 so float32 input loses nothing but the final rounding. An exactly singular matrix gives sign 0,
 log|det| = -inf and an all-NaN inverse (no error, as torch.linalg.slogdet); NaN or infinite
 entries raise ``ValueError``: at once for CPU tensors, and for GPU tensors at the next
-``fastflow.functional.raise_deferred_errors()`` (the trainer calls it at every log interval), since reading the
-check at once would stall the GPU on every call (``fastflow/ops/_deferred.py``). Gradients: d log|det W| / dW = W^-T and d(W^-1) = -W^-1 dW W^-1
-(sign has none); at a singular matrix they are NaN.
+``fastflow.functional.raise_deferred_errors()`` (the trainer calls it at every log interval), since
+reading the check at once would stall the GPU on every call (``fastflow/ops/_deferred.py``).
+Gradients: d log|det W| / dW = W^-T and d(W^-1) = -W^-1 dW W^-1 (sign has none); at a singular matrix
+they are NaN.
 
 Each call is one call of the operator ``fastflow::slogdet_inverse`` of the C++/CUDA extension
 (``csrc/``; LU with partial pivoting per matrix, parallel over the batch). Its forward returns the

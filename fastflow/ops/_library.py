@@ -1,0 +1,108 @@
+"""The Triton kernel launchers as PyTorch custom operators, so that ``torch.compile`` sees through them.
+
+Each launcher of ``fastflow.kernels`` that the autograd Functions of ``fastflow.ops`` call is registered
+as an operator ``fastflow_triton::<name>`` with a fake (meta) implementation that gives the output
+shapes and dtypes. While ``torch.compile`` traces, the functions here call those operators: the tracer
+records them as opaque nodes with known outputs (no graph break, and CUDA graphs replay their kernels);
+in eager mode they call the launchers directly, so eager steps pay no dispatcher overhead. The
+operators take and return tensors only (an absent ``u`` or gradient is an empty tensor inside them).
+Not registered yet: the affine coupling's launchers (their ``form`` tuple and the gradient buffers they
+write into need a schema with mutated arguments), so the Triton backend still breaks the graph there.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+
+LIBRARY = "fastflow_triton"
+
+
+def _kernels(name: str) -> ModuleType:
+    return importlib.import_module(f"fastflow.kernels.{name}")
+
+
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty(0)
+
+
+# ---- actnorm + 1x1 convolution ----
+
+
+@torch.library.custom_op(f"{LIBRARY}::pixel_affine", mutates_args=())
+def _pixel_affine_op(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return _kernels("actnorm_conv1x1").pixel_affine(x, matrix, bias)
+
+
+@_pixel_affine_op.register_fake
+def _(x, matrix, bias):
+    return x.new_empty((x.shape[0], matrix.shape[0], x.shape[2]))
+
+
+@torch.library.custom_op(f"{LIBRARY}::outer_sum", mutates_args=())
+def _outer_sum_op(dy: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _kernels("actnorm_conv1x1").outer_sum(dy, x)
+
+
+@_outer_sum_op.register_fake
+def _(dy, x):
+    acc = torch.float64 if torch.float64 in (dy.dtype, x.dtype) else torch.float32
+    return dy.new_empty((dy.shape[1], x.shape[1]), dtype=acc), dy.new_empty(dy.shape[1], dtype=acc)
+
+
+def pixel_affine(x, matrix, bias=None):
+    """``fastflow.kernels.actnorm_conv1x1.pixel_affine``, traceable by torch.compile."""
+    if torch.compiler.is_compiling():
+        return _pixel_affine_op(x, matrix, bias)
+    return _kernels("actnorm_conv1x1").pixel_affine(x, matrix, bias)
+
+
+def outer_sum(dy, x):
+    """``fastflow.kernels.actnorm_conv1x1.outer_sum``, traceable by torch.compile."""
+    if torch.compiler.is_compiling():
+        return _outer_sum_op(dy, x)
+    return _kernels("actnorm_conv1x1").outer_sum(dy, x)
+
+
+# ---- bias + ELU ----
+
+
+@torch.library.custom_op(f"{LIBRARY}::cond_bias_elu", mutates_args=())
+def _cond_bias_elu_op(h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return _kernels("cond_bias_elu").cond_bias_elu_forward(h, bias)
+
+
+@_cond_bias_elu_op.register_fake
+def _(h, bias):
+    return torch.empty(h.shape, dtype=h.dtype, device=h.device)
+
+
+@torch.library.custom_op(f"{LIBRARY}::cond_bias_elu_backward", mutates_args=())
+def _cond_bias_elu_backward_op(
+    out: torch.Tensor, grad_out: torch.Tensor, bias_dtype: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_h, grad_bias = _kernels("cond_bias_elu").cond_bias_elu_backward(out, grad_out, bias_dtype)
+    return grad_h, grad_bias if grad_bias is not None else _empty(out)
+
+
+@_cond_bias_elu_backward_op.register_fake
+def _(out, grad_out, bias_dtype):
+    grad_bias = out.new_empty(out.shape[:2], dtype=bias_dtype) if bias_dtype is not None else _empty(out)
+    return torch.empty(out.shape, dtype=out.dtype, device=out.device), grad_bias
+
+
+def cond_bias_elu_forward(h, bias):
+    """``fastflow.kernels.cond_bias_elu.cond_bias_elu_forward``, traceable by torch.compile."""
+    if torch.compiler.is_compiling():
+        return _cond_bias_elu_op(h, bias)
+    return _kernels("cond_bias_elu").cond_bias_elu_forward(h, bias)
+
+
+def cond_bias_elu_backward(out, grad_out, bias_dtype):
+    """``fastflow.kernels.cond_bias_elu.cond_bias_elu_backward``, traceable by torch.compile."""
+    if torch.compiler.is_compiling():
+        grad_h, grad_bias = _cond_bias_elu_backward_op(out, grad_out, bias_dtype)
+        return grad_h, grad_bias if bias_dtype is not None else None
+    return _kernels("cond_bias_elu").cond_bias_elu_backward(out, grad_out, bias_dtype)

@@ -110,7 +110,7 @@ def run_ops(dry_run: bool) -> list[dict]:
             num_bytes = traffic * numel * size
             source = torch.randn(max(1, num_bytes // 8), device=device)  # copy: num_bytes read + written
             target = torch.empty_like(source)
-            copy_ms = time_ms(lambda: target.copy_(source), False)
+            copy_ms = time_ms(lambda target=target, source=source: target.copy_(source), False)
             for variant, forward in variants.items():
                 row = {"op": case.op, "case": case.label, "shape": "x".join(map(str, case.shape)), "mode": mode}
                 row["variant"] = variant

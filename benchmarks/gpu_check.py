@@ -176,7 +176,8 @@ def card_arch() -> str | None:
 
     if not torch.cuda.is_available():
         return None
-    return "%d.%d" % torch.cuda.get_device_capability()
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}.{minor}"
 
 
 def _read_csv(path: Path) -> list[dict]:

@@ -24,6 +24,7 @@ pytest.importorskip("triton")
 
 from fastflow.models import build_model  # noqa: E402
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROOT = Path(__file__).resolve().parents[1]
 OWN_CODE = tuple(str(ROOT / folder) for folder in ("fastflow", "kernels"))
 SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
@@ -53,13 +54,13 @@ def forbid_syncs(monkeypatch):
 
 def tiny_wolf(backend: str, memory_efficient: bool) -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)
-    model = build_model("tiny_wolf")
+    model = build_model("tiny_wolf").to(DEVICE)
     gen = torch.Generator().manual_seed(0)
-    model.initialize(torch.randint(0, 256, (8, 3, 16, 16), generator=gen, dtype=torch.uint8), generator=gen)
+    model.initialize(torch.randint(0, 256, (8, 3, 16, 16), generator=gen, dtype=torch.uint8).to(DEVICE), generator=gen)
     if memory_efficient:
         model.set_memory_efficient(True)
     model.set_backend(backend)
-    return model, torch.randint(0, 256, (2, 3, 16, 16), generator=gen, dtype=torch.uint8)
+    return model, torch.randint(0, 256, (2, 3, 16, 16), generator=gen, dtype=torch.uint8).to(DEVICE)
 
 
 def step(model, x) -> torch.Tensor:
@@ -117,3 +118,20 @@ def test_compiled_loss_has_no_graph_break(backend):
     assert grads.keys() == expected_grads.keys()
     for name, g in expected_grads.items():
         torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_deferred_check_raises_once_when_read():
+    from fastflow.ops import _deferred, raise_deferred_errors
+
+    check = _deferred.DeferredCheck("the test's check failed")
+    try:
+        raise_deferred_errors()  # nothing pending from other tests
+        check.note(torch.tensor(False))
+        raise_deferred_errors()
+        check.note(torch.tensor(True))
+        check.note(torch.tensor(False))  # OR-ed: stays set
+        with pytest.raises(ValueError, match="the test's check failed"):
+            raise_deferred_errors()
+        raise_deferred_errors()  # read and cleared
+    finally:
+        _deferred._CHECKS.remove(check)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastflow.functional import actnorm_conv1x1, affine_coupling, cond_bias_elu
+from fastflow.functional import actnorm_conv1x1, affine_coupling, cond_bias_elu, conv1x1_bias_elu
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class Case:
 # actnorm_conv1x1: fwd x, y (2N); bwd dy, dx for dx = M^T dy and dy, x for G (4N).
 # affine_coupling: fwd x, mu, u, y (3N); bwd dy, x_b, u, dx, dmu, du (4N).
 # cond_bias_elu:   fwd h, out (2N); bwd out, dout, dh (3N).
-TRAFFIC = {"actnorm_conv1x1": 6, "affine_coupling": 7, "cond_bias_elu": 5}
+# conv1x1_bias_elu (C_out = C_in): fwd h, out (2N); bwd out, dout, h, dh (4N).
+TRAFFIC = {"actnorm_conv1x1": 6, "affine_coupling": 7, "cond_bias_elu": 5, "conv1x1_bias_elu": 6}
 
 FULL_CASES = [
     Case("actnorm_conv1x1", "cifar10 L0", (64, 3, 32, 32)),
@@ -60,9 +61,12 @@ FULL_CASES = [
     Case("cond_bias_elu", "cifar10 L1 hidden", (64, 512, 16, 16)),
     Case("cond_bias_elu", "celeba256 L1 hidden", (8, 256, 128, 128)),
     Case("cond_bias_elu", "celeba256 top hidden", (8, 512, 4, 4)),
+    Case("conv1x1_bias_elu", "cifar10 L1 hidden", (64, 512, 16, 16)),
+    Case("conv1x1_bias_elu", "celeba256 L1 hidden", (8, 256, 128, 128)),
 ]
 
 QUICK_CASES = [
+    Case("conv1x1_bias_elu", "small hidden", (4, 64, 16, 16)),
     Case("actnorm_conv1x1", "small", (4, 12, 16, 16)),
     Case("affine_coupling", "small skip", (4, 12, 16, 16), "skip"),
     Case("cond_bias_elu", "small hidden", (4, 64, 16, 16)),
@@ -89,6 +93,9 @@ def make_inputs(case: Case, device: str, dtype: torch.dtype) -> list[torch.Tenso
     if case.op == "affine_coupling":
         half = (batch, channels // 2, height, width)
         return [rand(*case.shape), rand(*half), rand(*half)]
+    if case.op == "conv1x1_bias_elu":
+        weight = torch.randn(channels, channels, generator=gen) / channels**0.5
+        return [rand(*case.shape), weight.to(device, dtype).requires_grad_(), rand(batch, channels)]
     return [rand(*case.shape), rand(batch, channels)]
 
 
@@ -100,6 +107,8 @@ def make_forward(case: Case, inputs: list[torch.Tensor], backend: str) -> Callab
         return lambda: actnorm_conv1x1(x, log_scale, bias, weight, log_abs_det=log_abs_det, backend=backend)
     if case.op == "affine_coupling":
         return lambda: affine_coupling(*inputs, split=case.split, order="up", backend=backend)
+    if case.op == "conv1x1_bias_elu":
+        return lambda: (conv1x1_bias_elu(*inputs, backend=backend),)
     return lambda: (cond_bias_elu(*inputs, backend=backend),)
 
 

@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from kernel_checks import compile_for_sm90, poison_outputs, random_layout  # noqa: E402
+from kernel_checks import compile_for_gpus, poison_outputs, random_layout  # noqa: E402
 
 import fastflow.kernels.conv1x1_bias_elu as kernels  # noqa: E402
 from fastflow.ops.conv1x1_bias_elu import conv1x1_bias_elu, conv1x1_bias_elu_reference  # noqa: E402
@@ -168,4 +168,4 @@ def test_kernels_compile_for_a_gpu():
             ("_grad_input_kernel", types, common | dict(BIAS_GRAD=True, BLOCK_K=64, BLOCK_O=32, BLOCK_P=64)),
             ("_grad_weight_kernel", types, common | dict(BLOCK_O=64, BLOCK_K=64, BLOCK_P=64)),
         ]
-    compile_for_sm90("fastflow.kernels.conv1x1_bias_elu", variants)
+    compile_for_gpus("fastflow.kernels.conv1x1_bias_elu", variants)

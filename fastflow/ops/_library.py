@@ -106,3 +106,67 @@ def cond_bias_elu_backward(out, grad_out, bias_dtype):
         grad_h, grad_bias = _cond_bias_elu_backward_op(out, grad_out, bias_dtype)
         return grad_h, grad_bias if bias_dtype is not None else None
     return _kernels("cond_bias_elu").cond_bias_elu_backward(out, grad_out, bias_dtype)
+
+
+# ---- 1x1 convolution + bias + ELU ----
+
+
+def _acc(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+@torch.library.custom_op(f"{LIBRARY}::conv1x1_bias_elu", mutates_args=())
+def _conv1x1_bias_elu_op(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return _kernels("conv1x1_bias_elu").conv1x1_bias_elu_forward(h, weight, bias)
+
+
+@_conv1x1_bias_elu_op.register_fake
+def _(h, weight, bias):
+    return h.new_empty((h.shape[0], weight.shape[0], h.shape[2]))
+
+
+@torch.library.custom_op(f"{LIBRARY}::conv1x1_bias_elu_grad_input", mutates_args=())
+def _conv1x1_grad_input_op(
+    out: torch.Tensor, grad_out: torch.Tensor, weight: torch.Tensor, bias_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_h, grad_bias = _kernels("conv1x1_bias_elu").grad_input(out, grad_out, weight, bias_grad)
+    return grad_h, grad_bias if grad_bias is not None else _empty(out)
+
+
+@_conv1x1_grad_input_op.register_fake
+def _(out, grad_out, weight, bias_grad):
+    grad_h = out.new_empty((out.shape[0], weight.shape[1], out.shape[2]))
+    grad_bias = out.new_empty(out.shape[:2], dtype=_acc(out, weight)) if bias_grad else _empty(out)
+    return grad_h, grad_bias
+
+
+@torch.library.custom_op(f"{LIBRARY}::conv1x1_bias_elu_grad_weight", mutates_args=())
+def _conv1x1_grad_weight_op(out: torch.Tensor, grad_out: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    return _kernels("conv1x1_bias_elu").grad_weight(out, grad_out, h)
+
+
+@_conv1x1_grad_weight_op.register_fake
+def _(out, grad_out, h):
+    return out.new_empty((out.shape[1], h.shape[1]), dtype=_acc(out, h))
+
+
+def conv1x1_bias_elu_forward(h, weight, bias):
+    """``fastflow.kernels.conv1x1_bias_elu.conv1x1_bias_elu_forward``, traceable by torch.compile."""
+    if torch.compiler.is_compiling():
+        return _conv1x1_bias_elu_op(h, weight, bias)
+    return _kernels("conv1x1_bias_elu").conv1x1_bias_elu_forward(h, weight, bias)
+
+
+def conv1x1_bias_elu_grad_input(out, grad_out, weight, bias_grad: bool):
+    """``fastflow.kernels.conv1x1_bias_elu.grad_input``, traceable by torch.compile."""
+    if torch.compiler.is_compiling():
+        grad_h, grad_bias = _conv1x1_grad_input_op(out, grad_out, weight, bias_grad)
+        return grad_h, grad_bias if bias_grad else None
+    return _kernels("conv1x1_bias_elu").grad_input(out, grad_out, weight, bias_grad)
+
+
+def conv1x1_bias_elu_grad_weight(out, grad_out, h):
+    """``fastflow.kernels.conv1x1_bias_elu.grad_weight``, traceable by torch.compile."""
+    if torch.compiler.is_compiling():
+        return _conv1x1_grad_weight_op(out, grad_out, h)
+    return _kernels("conv1x1_bias_elu").grad_weight(out, grad_out, h)

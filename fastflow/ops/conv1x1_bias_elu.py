@@ -23,6 +23,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from fastflow.ops import _library
 from fastflow.ops._backend import resolve_backend
 from fastflow.ops.cond_bias_elu import cond_bias_elu, cond_bias_elu_reference
 
@@ -54,10 +55,8 @@ class Conv1x1BiasEluFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        from fastflow.kernels.conv1x1_bias_elu import conv1x1_bias_elu_forward
-
         matrix = weight.to(h.dtype) if h.dtype in (torch.float16, torch.bfloat16) else weight
-        out = conv1x1_bias_elu_forward(h, matrix, bias)
+        out = _library.conv1x1_bias_elu_forward(h, matrix, bias)
         ctx.save_for_backward(h, matrix, out)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return out
@@ -65,16 +64,14 @@ class Conv1x1BiasEluFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
-        from fastflow.kernels.conv1x1_bias_elu import grad_input, grad_weight
-
         h, matrix, out = ctx.saved_tensors
         weight_dtype, bias_dtype = ctx.dtypes
         grad_h = grad_bias = grad_w = None
         bias_grad = bias_dtype is not None and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[0] or bias_grad:
-            grad_h, grad_bias = grad_input(out, grad_out, matrix, bias_grad)
+            grad_h, grad_bias = _library.conv1x1_bias_elu_grad_input(out, grad_out, matrix, bias_grad)
         if ctx.needs_input_grad[1]:
-            grad_w = grad_weight(out, grad_out, h).to(weight_dtype)
+            grad_w = _library.conv1x1_bias_elu_grad_weight(out, grad_out, h).to(weight_dtype)
         return (
             grad_h if ctx.needs_input_grad[0] else None,
             grad_w,

@@ -5,8 +5,8 @@
 
 ``ops``: every case of ``benchmarks.bench_kernels`` (one list of ops and shapes: a new fused op joins
 by adding its case there), forward and forward + backward, for every backend of
-``fastflow.ops._backend.BACKENDS`` except "auto" (so a new backend joins by being listed there) and for
-``torch.compile`` of the torch backend. Each is timed eagerly (``triton.testing.do_bench``, median) and
+``fastflow.ops._backend.BACKENDS`` except "auto" (so a new backend joins by being listed there) and, at
+the first shape of each op, for ``torch.compile`` of the torch backend. Each is timed eagerly (``triton.testing.do_bench``, median) and
 replayed from a CUDA graph (``do_bench_cudagraph``, median: device time without launch gaps); ``bytes``
 is the least traffic of the fused op (``bench_kernels.TRAFFIC``), ``gbps`` = bytes / the better of the
 two times, ``pct_copy`` = that over a device-to-device copy of the same bytes timed beside it.
@@ -93,17 +93,20 @@ def _error(forward: Callable, reference: Callable) -> float:
     return err
 
 
-def run_ops(dry_run: bool) -> list[dict]:
+def run_ops(dry_run: bool, out: str) -> list[dict]:
     device = "cpu" if dry_run else "cuda"
     time_ms = timer(device)
     compile_backend = "aot_eager" if dry_run else "inductor"
-    rows = []
+    rows, compiled_ops = [], set()
     for case in DRY_CASES if dry_run else bench_kernels.FULL_CASES:
         inputs = bench_kernels.make_inputs(case, device, torch.float32)
         live = [t for t in inputs if t is not None]
         reference64 = bench_kernels.make_forward(case, [t.detach().double() for t in inputs], "torch")
         variants = {b: bench_kernels.make_forward(case, inputs, b) for b in op_backends()}
-        variants["compiled"] = torch.compile(bench_kernels.make_forward(case, inputs, "torch"), backend=compile_backend)
+        if case.op not in compiled_ops:  # compiling takes seconds: the first shape of each op only
+            compiled_ops.add(case.op)
+            torch_forward = bench_kernels.make_forward(case, inputs, "torch")
+            variants["compiled"] = torch.compile(torch_forward, backend=compile_backend)
         numel, size = inputs[0].numel(), inputs[0].element_size()
         for mode in ("fwd", "fwd+bwd"):
             traffic = FORWARD_TRAFFIC[case.op] if mode == "fwd" else bench_kernels.TRAFFIC[case.op]
@@ -142,6 +145,7 @@ def run_ops(dry_run: bool) -> list[dict]:
                     "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                     flush=True,
                 )
+        write_csv(out, rows)  # after every case: a stage stopped at its time cap keeps what it measured
     return rows
 
 
@@ -156,7 +160,7 @@ def config_sizes(name: str, device: str) -> list[tuple[int, int]]:
     return sorted(counts.items())
 
 
-def run_slogdet(dry_run: bool) -> list[dict]:
+def run_slogdet(dry_run: bool, out: str) -> list[dict]:
     from fastflow.ops import batched_slogdet
 
     device = "cpu" if dry_run else "cuda"
@@ -180,6 +184,7 @@ def run_slogdet(dry_run: bool) -> list[dict]:
                     row[f"{name}_err"] = float((fn(w.detach()).double().cpu() - truth).abs().max())
             rows.append(row)
             print("  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+            write_csv(out, rows)
     return rows
 
 
@@ -189,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
-    rows = run_ops(args.dry_run) if args.what == "ops" else run_slogdet(args.dry_run)
-    write_csv(args.out, rows)
+    rows = run_ops(args.dry_run, args.out) if args.what == "ops" else run_slogdet(args.dry_run, args.out)
     print(f"wrote {args.out} ({len(rows)} rows)")
     return 0 if rows and not any("error" in r for r in rows) else 1
 

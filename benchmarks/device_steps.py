@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                         torch.cuda.empty_cache()
             rows.append(row)
             print(_line(row), flush=True)
+            write_csv(args.out, rows)  # after every row: a stage stopped at its cap keeps what it measured
         runner = None
     rows += largest_batch(search_config, batches, device, end)
     write_csv(args.out, rows)

@@ -7,9 +7,10 @@
 by adding its case there), forward and forward + backward, for every backend of
 ``fastflow.ops._backend.BACKENDS`` except "auto" (so a new backend joins by being listed there) and, at
 the first shape of each op, for ``torch.compile`` of the torch backend. Each is timed eagerly
-(``triton.testing.do_bench``, median) and replayed from a CUDA graph (``do_bench_cudagraph``, median: device time without launch gaps); ``bytes``
-is the least traffic of the fused op (``bench_kernels.TRAFFIC``), ``gbps`` = bytes / the better of the
-two times, ``pct_copy`` = that over a device-to-device copy of the same bytes timed beside it.
+(``triton.testing.do_bench``, median) and replayed from a CUDA graph (``do_bench_cudagraph``, median:
+device time without launch gaps); ``bytes`` is the least traffic of the fused op
+(``bench_kernels.TRAFFIC``), ``gbps`` = bytes / the better of the two times, ``pct_copy`` = that over
+a device-to-device copy of the same bytes timed beside it.
 ``err`` = max |out - float64 torch-backend out| / max |ref| of the forward outputs.
 
 ``slogdet``: ``fastflow.ops.batched_slogdet`` (forward + backward) against ``torch.linalg.slogdet`` in

@@ -162,7 +162,7 @@ def config_sizes(name: str, device: str) -> list[tuple[int, int]]:
 
 
 def run_slogdet(dry_run: bool, out: str) -> list[dict]:
-    from fastflow.ops import batched_slogdet
+    from fastflow.functional import batched_slogdet
 
     device = "cpu" if dry_run else "cuda"
     time_ms = timer(device)

@@ -42,7 +42,7 @@ def _backends() -> list[str]:
 
 def cases(dry_run: bool) -> tuple[list[StepCase], str, tuple[int, ...]]:
     """(cases, the config of the largest-batch search, the batches it tries)."""
-    fused = [b for b in _backends() if b != "torch"]
+    fused = [b for b in _backends() if b not in ("torch", "reference")]  # the backends with fused kernels
     wolf = tuple(_backends()) + tuple(f"{b}+bf16" for b in fused) + tuple(f"{b}+graph" for b in fused)
     if dry_run:  # one interpreted (slow) step with a fused backend, the rest on the torch backend
         dry_wolf = ("torch",) + tuple(f"{b}+graph" for b in fused)
@@ -177,7 +177,7 @@ def time_variant(runner: Runner, variant: str, repeats: int, warmups: int = 2) -
 def largest_batch(config: str, batches: tuple[int, ...], device: str, budget_end: float) -> list[dict]:
     """Memory-efficient Wolf at growing batches with the first fused backend until one does not fit."""
     rows = []
-    fused = next((b for b in _backends() if b != "torch"), "torch")
+    fused = next((b for b in _backends() if b not in ("torch", "reference")), "torch")
     variant = "torch" if device == "cpu" else fused  # the interpreter is too slow for a dry run
     for batch in batches:
         if time.perf_counter() > budget_end:

@@ -26,6 +26,7 @@ from benchmarks import bench_kernels, bench_slogdet
 from fastflow.ops.actnorm_conv1x1 import actnorm_conv1x1_reference
 from fastflow.ops.affine_coupling import affine_coupling_reference
 from fastflow.ops.cond_bias_elu import cond_bias_elu_reference
+from fastflow.ops.conv1x1_bias_elu import conv1x1_bias_elu_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = [c for c in bench_kernels.FULL_CASES if DEVICE == "cuda" or c.label.startswith("cifar10")]
@@ -40,6 +41,8 @@ def unfused_step(case: bench_kernels.Case, inputs: list[torch.Tensor]) -> Callab
             return [actnorm_conv1x1_reference(*inputs)]
         if case.op == "affine_coupling":
             return list(affine_coupling_reference(*inputs, case.split, "up", 1.0))
+        if case.op == "conv1x1_bias_elu":
+            return [conv1x1_bias_elu_reference(*inputs)]
         return [cond_bias_elu_reference(*inputs)]
 
     grads = [torch.randn_like(t) for t in forward()]

@@ -121,7 +121,8 @@ def test_compiled_loss_has_no_graph_break(backend):
 
 
 def test_deferred_check_raises_once_when_read():
-    from fastflow.ops import _deferred, raise_deferred_errors
+    from fastflow.ops import _deferred
+    from fastflow.ops._deferred import raise_deferred_errors
 
     check = _deferred.DeferredCheck("the test's check failed")
     try:

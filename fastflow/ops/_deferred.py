@@ -23,7 +23,10 @@ class DeferredCheck:
         _CHECKS.append(self)
 
     def note(self, bad: torch.Tensor) -> None:
-        """OR the 0-d bool tensor ``bad`` into this device's flag (no host sync)."""
+        """OR the 0-d bool tensor ``bad`` into this device's flag (no host sync); meta tensors (tracing,
+        shape checks) hold no value and are ignored."""
+        if bad.device.type == "meta":
+            return
         previous = self._flags.get(bad.device)
         self._flags[bad.device] = bad if previous is None else previous | bad
 

@@ -97,7 +97,9 @@ def test_deferred_checks_are_read_by_the_model():
         "torch",
         pytest.param(
             "triton",
-            marks=pytest.mark.xfail(reason="the affine coupling's Triton launchers are not registered as custom ops yet"),
+            marks=pytest.mark.xfail(
+                reason="the affine coupling's Triton launchers are not registered as custom ops yet"
+            ),
         ),
     ],
 )

@@ -66,7 +66,8 @@ inline float expm1_nonpositive(float x) {
   return x > -0.35f ? near_zero : far;
 }
 
-inline float elu(float v) { return v > 0.0f ? v : expm1_nonpositive(std::min(v, 0.0f)); }
+// Branch-free so that the loop vectorises: for v > 0 the expm1 term is expm1(0) = 0 exactly.
+inline float elu(float v) { return std::max(v, 0.0f) + expm1_nonpositive(std::min(v, 0.0f)); }
 inline double elu(double v) { return v > 0.0 ? v : std::expm1(v); }
 
 // acc_t: float for float32 and bfloat16 (computed in float32, rounded once), double for float64.

@@ -38,7 +38,7 @@ SOURCE_FILES = ["*.cpp", "*.h", "cuda/*.cpp", "cuda/*.cu", "cuda/*.h"]
 # -g0: no debug info, a faster build. -fopenmp: at::parallel_for is an OpenMP pragma in a header
 # (ATen's CPU parallel backend), so without the flag the batch runs on one thread; the module then
 # needs libgomp.so.1, which resolves to the copy torch has already loaded (one OpenMP runtime).
-CXX_FLAGS = ["-O3", "-g0", "-ffp-contract=fast", "-Wno-psabi", "-fopenmp"]
+CXX_FLAGS = ["-O3", "-g0", "-ffp-contract=fast", "-fno-trapping-math", "-Wno-psabi", "-fopenmp"]
 LINK_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "--threads=0"]  # --threads=0: nvcc compiles the target architectures in parallel
 

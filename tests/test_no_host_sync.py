@@ -91,18 +91,7 @@ def test_deferred_checks_are_read_by_the_model():
     assert 0 < model.recompute_monitor.max_error < 1e-3 and model.recompute_monitor.errors
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        "torch",
-        pytest.param(
-            "triton",
-            marks=pytest.mark.xfail(
-                reason="the affine coupling's Triton launchers are not registered as custom ops yet"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_compiled_loss_has_no_graph_break(backend):
     """The loss draws its noise from the global generator here (dynamo does not take Generator objects)."""
     model, x = tiny_wolf(backend, False)

@@ -5,9 +5,10 @@ as an operator ``fastflow_triton::<name>`` with a fake (meta) implementation tha
 shapes and dtypes. While ``torch.compile`` traces, the functions here call those operators: the tracer
 records them as opaque nodes with known outputs (no graph break, and CUDA graphs replay their kernels);
 in eager mode they call the launchers directly, so eager steps pay no dispatcher overhead. The
-operators take and return tensors only (an absent ``u`` or gradient is an empty tensor inside them).
-Not registered yet: the affine coupling's launchers (their ``form`` tuple and the gradient buffers they
-write into need a schema with mutated arguments), so the Triton backend still breaks the graph there.
+operators return new tensors only (an absent gradient is an empty tensor inside them). The affine
+coupling's ``form`` tuple is passed as its five scalars, and its packed-params backward allocates the
+one gradient buffer inside the operator (the eager launcher writes dmu and du into views of it), so no
+operator mutates its arguments.
 """
 
 from __future__ import annotations
@@ -170,3 +171,155 @@ def conv1x1_bias_elu_grad_weight(out, grad_out, h):
     if torch.compiler.is_compiling():
         return _conv1x1_grad_weight_op(out, grad_out, h)
     return _kernels("conv1x1_bias_elu").grad_weight(out, grad_out, h)
+
+
+# ---- affine coupling ----
+
+CouplingForm = tuple[int, float, bool, bool, bool]  # (scale code, param, special, reciprocal, shift_first)
+
+
+def _coupling_acc(*tensors: torch.Tensor | None) -> torch.dtype:
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+@torch.library.custom_op(f"{LIBRARY}::coupling_apply", mutates_args=())
+def _coupling_apply_op(
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    u: torch.Tensor | None,
+    start: int,
+    stride: int,
+    code: int,
+    param: float,
+    special: bool,
+    reciprocal: bool,
+    shift_first: bool,
+    inverse: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    form = (code, param, special, reciprocal, shift_first)
+    return _kernels("affine_coupling").coupling_apply(x, mu, u, start, stride, form, inverse)
+
+
+@_coupling_apply_op.register_fake
+def _(x, mu, u, start, stride, code, param, special, reciprocal, shift_first, inverse):
+    return x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=_coupling_acc(x, mu, u))
+
+
+@torch.library.custom_op(f"{LIBRARY}::coupling_backward", mutates_args=())
+def _coupling_backward_op(
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    u: torch.Tensor | None,
+    grad_out: torch.Tensor,
+    grad_logdet: torch.Tensor,
+    start: int,
+    stride: int,
+    code: int,
+    param: float,
+    special: bool,
+    reciprocal: bool,
+    shift_first: bool,
+    inverse: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    form = (code, param, special, reciprocal, shift_first)
+    d_in, d_mu, d_u = _kernels("affine_coupling").coupling_backward(
+        x, mu, u, grad_out, grad_logdet, start, stride, form, inverse
+    )
+    return d_in, d_mu, d_u if d_u is not None else _empty(x)
+
+
+@_coupling_backward_op.register_fake
+def _(x, mu, u, grad_out, grad_logdet, start, stride, code, param, special, reciprocal, shift_first, inverse):
+    d_u = u.new_empty(u.shape) if u is not None else _empty(x)
+    return x.new_empty(x.shape), mu.new_empty(mu.shape), d_u
+
+
+@torch.library.custom_op(f"{LIBRARY}::coupling_backward_packed", mutates_args=())
+def _coupling_backward_packed_op(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    grad_out: torch.Tensor,
+    grad_logdet: torch.Tensor,
+    layout: str,
+    additive: bool,
+    start: int,
+    stride: int,
+    code: int,
+    param: float,
+    special: bool,
+    reciprocal: bool,
+    shift_first: bool,
+    inverse: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    form = (code, param, special, reciprocal, shift_first)
+    return _coupling_backward_packed(x, params, grad_out, grad_logdet, layout, additive, start, stride, form, inverse)
+
+
+@_coupling_backward_packed_op.register_fake
+def _(
+    x,
+    params,
+    grad_out,
+    grad_logdet,
+    layout,
+    additive,
+    start,
+    stride,
+    code,
+    param,
+    special,
+    reciprocal,
+    shift_first,
+    inverse,
+):
+    return x.new_empty(x.shape), params.new_empty(params.shape)
+
+
+def _coupling_backward_packed(x, params, grad_out, grad_logdet, layout, additive, start, stride, form, inverse):
+    """Gradients with respect to x and to the packed ``params``: dmu and du are written into views of
+    one new buffer of params' shape (no zeros + slice-copy assembly)."""
+    from fastflow.kernels import _common
+    from fastflow.ops.affine_coupling import split_params
+
+    mu, u = split_params(params, layout, additive)
+    d_params = _common.new_output(params.shape, params.dtype, params.device)
+    d_mu, d_u = split_params(d_params, layout, additive)
+    d_in, _, _ = _kernels("affine_coupling").coupling_backward(
+        x, mu, u, grad_out, grad_logdet, start, stride, form, inverse, d_mu=d_mu, d_u=d_u
+    )
+    return d_in, d_params
+
+
+def coupling_apply(x, mu, u, start: int, stride: int, form: CouplingForm, inverse: bool):
+    """``fastflow.kernels.affine_coupling.coupling_apply`` (new output), traceable by torch.compile."""
+    if torch.compiler.is_compiling():
+        return _coupling_apply_op(x, mu, u, start, stride, *form, inverse)
+    return _kernels("affine_coupling").coupling_apply(x, mu, u, start, stride, form, inverse)
+
+
+def coupling_backward(x, mu, u, grad_out, grad_logdet, start: int, stride: int, form: CouplingForm, inverse: bool):
+    """``fastflow.kernels.affine_coupling.coupling_backward`` (new buffers), traceable by torch.compile."""
+    if torch.compiler.is_compiling():
+        d_in, d_mu, d_u = _coupling_backward_op(x, mu, u, grad_out, grad_logdet, start, stride, *form, inverse)
+        return d_in, d_mu, d_u if u is not None else None
+    return _kernels("affine_coupling").coupling_backward(x, mu, u, grad_out, grad_logdet, start, stride, form, inverse)
+
+
+def coupling_backward_packed(
+    x,
+    params,
+    grad_out,
+    grad_logdet,
+    layout: str,
+    additive: bool,
+    start: int,
+    stride: int,
+    form: CouplingForm,
+    inverse: bool,
+):
+    """Gradients of the packed-params coupling, ``(d x, d params)``, traceable by torch.compile."""
+    if torch.compiler.is_compiling():
+        return _coupling_backward_packed_op(
+            x, params, grad_out, grad_logdet, layout, additive, start, stride, *form, inverse
+        )
+    return _coupling_backward_packed(x, params, grad_out, grad_logdet, layout, additive, start, stride, form, inverse)

@@ -54,6 +54,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from fastflow.ops import _library
 from fastflow.ops._backend import resolve_backend
 
 SPLITS = ("continuous", "skip")
@@ -275,11 +276,9 @@ class AffineCouplingFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, mu, u, params, layout: str, start: int, stride: int, form: tuple, inverse: bool):
-        from fastflow.kernels.affine_coupling import coupling_apply
-
         if params is not None:
             mu, u = split_params(params, layout or "shift_scale", additive=layout is None)
-        out, logdet = coupling_apply(x, mu, u, start, stride, form, inverse)
+        out, logdet = _library.coupling_apply(x, mu, u, start, stride, form, inverse)
         ctx.save_for_backward(x, mu, u, params)
         ctx.layout = (start, stride, form, inverse, layout)
         return out, logdet
@@ -287,18 +286,13 @@ class AffineCouplingFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_logdet):
-        from fastflow.kernels import _common
-        from fastflow.kernels.affine_coupling import coupling_backward
-
         x, mu, u, params = ctx.saved_tensors
         start, stride, form, inverse, layout = ctx.layout
         if params is None:
-            d_in, d_mu, d_u = coupling_backward(x, mu, u, grad_out, grad_logdet, start, stride, form, inverse)
+            d_in, d_mu, d_u = _library.coupling_backward(x, mu, u, grad_out, grad_logdet, start, stride, form, inverse)
             return d_in, d_mu, d_u, None, None, None, None, None, None
-        d_params = _common.new_output(params.shape, params.dtype, params.device)  # dmu and du are its halves
-        d_mu, d_u = split_params(d_params, layout or "shift_scale", additive=layout is None)
-        d_in, _, _ = coupling_backward(
-            x, mu, u, grad_out, grad_logdet, start, stride, form, inverse, d_mu=d_mu, d_u=d_u
+        d_in, d_params = _library.coupling_backward_packed(  # dmu and du are halves of one buffer
+            x, params, grad_out, grad_logdet, layout or "shift_scale", layout is None, start, stride, form, inverse
         )
         return d_in, None, None, d_params, None, None, None, None, None
 

@@ -21,6 +21,9 @@ from fastflow.train.metrics import MetricsLog
 
 PROBE_TRAIN_IMAGES = 1000
 TRAIN_SECONDS = 150.0
+# A model trained for minutes can overflow its inverse on a few samples or switched codes: the demo
+# warns, counts them and shows them as black or white pixels (as the trainer's grids do) instead of failing.
+DEMO_NONFINITE = "warn"
 # On top of the embedded data set's defaults (batch 16, warmup 20; fastflow.data.registry).
 DEMO_TRAIN = {
     "dataset": "embedded",
@@ -75,12 +78,14 @@ def run_demo(
         "train_seconds": train_s,
     }
     outputs = {
-        "samples": commands.sample(run, train_config.sample_temperatures, n=36, out_dir=out / "samples")["paths"],
+        "samples": commands.sample(
+            run, train_config.sample_temperatures, n=36, out_dir=out / "samples", nonfinite=DEMO_NONFINITE
+        )["paths"],
         "reconstruct": commands.reconstruct(run, n=16, out=out / "reconstruct.png"),
     }
     if run.model.has_z:
-        outputs["switch"] = commands.switch(run, pairs=8, out=out / "switch.png")["path"]
-        outputs["interpolate"] = commands.interpolate(run, pairs=2, out_dir=out)["paths"]
+        outputs["switch"] = commands.switch(run, pairs=8, out=out / "switch.png", nonfinite=DEMO_NONFINITE)["path"]
+        outputs["interpolate"] = commands.interpolate(run, pairs=2, out_dir=out, nonfinite=DEMO_NONFINITE)["paths"]
     probe = commands.probe(run, max_train=PROBE_TRAIN_IMAGES, out=out / "probe.json")
     summary.update(
         reconstruction_max_pixel_error=outputs["reconstruct"]["max_pixel_error"],

@@ -254,6 +254,27 @@ def test_decode_refuses_non_finite_output_of_the_flow(model, monkeypatch):
         model.decode(z, v)
 
 
+def test_switch_and_interpolate_follow_the_nonfinite_policy(model, monkeypatch):
+    """The demo asks for "warn": a short run's overflowing inverse must not stop it (the CLI raises)."""
+    x0, x1 = torch.randint(0, 256, (2, 1, 3, 16, 16), dtype=torch.uint8)
+    real_inverse = model.flow.inverse
+
+    def overflowing(v, cond):
+        x, logdet = real_inverse(v, cond)
+        return x.index_fill(0, torch.tensor([0]), float("inf")), logdet
+
+    monkeypatch.setattr(model.flow, "inverse", overflowing)
+    with pytest.raises(NonFiniteError):
+        model.switch(x0, x1)
+    with pytest.raises(NonFiniteError):
+        model.interpolate(x0, x1, alphas=[0.0, 1.0], betas=[0.0, 1.0])
+    with pytest.warns(UserWarning, match="decoded images hold NaN or infinite values"):
+        assert model.switch(x0, x1, nonfinite="warn").shape == (1, 2, 3, 16, 16)
+    with pytest.warns(UserWarning, match="decoded images hold NaN or infinite values"):
+        grid = model.interpolate(x0, x1, alphas=[0.0, 1.0], betas=[0.0, 1.0], nonfinite="warn")
+    assert grid.shape == (2, 2, 3, 16, 16) and grid.dtype == torch.uint8
+
+
 def test_empty_batch_is_a_clear_error(model):
     x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     with pytest.raises(UsageError, match=r"non-empty batch .* got \(0, 3, 16, 16\)"):

@@ -40,9 +40,11 @@ def sample_grid(
 
 
 @torch.no_grad()
-def switch_grid(model: torch.nn.Module, x0: torch.Tensor, x1: torch.Tensor, path: Path) -> Path:
+def switch_grid(
+    model: torch.nn.Module, x0: torch.Tensor, x1: torch.Tensor, path: Path, nonfinite: str = "raise"
+) -> Path:
     """One row per pair: x0, x1, decode(z1, v0), decode(z0, v1) (the paper's switch figure)."""
-    switched = model.switch(x0, x1)
+    switched = model.switch(x0, x1, nonfinite=nonfinite)
     rows = torch.stack([x0, x1, switched[:, 0], switched[:, 1]], dim=1)
     return save_grid(rows.flatten(0, 1), path, nrow=4)
 
@@ -55,9 +57,10 @@ def interpolation_grid(
     path: Path,
     alphas: list[float] = PAPER_STEPS,
     betas: list[float] = PAPER_STEPS,
+    nonfinite: str = "raise",
 ) -> Path:
     """For one pair ``[1, 3, H, W]``: row i = z at alphas[i], column j = v at betas[j]."""
-    grid = model.interpolate(x0, x1, alphas=list(alphas), betas=list(betas))
+    grid = model.interpolate(x0, x1, alphas=list(alphas), betas=list(betas), nonfinite=nonfinite)
     return save_grid(grid.flatten(0, 1), path, nrow=len(betas))
 
 

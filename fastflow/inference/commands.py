@@ -98,15 +98,21 @@ def evaluate(
 
 
 def sample(
-    run: LoadedRun, temperatures: list[float], n: int = 64, seed: int = 0, out_dir: Path | None = None
+    run: LoadedRun,
+    temperatures: list[float],
+    n: int = 64,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    nonfinite: str = "raise",
 ) -> dict[str, Any]:
-    """One grid of ``n`` samples per temperature: ``samples/sample_t<T>.png``."""
+    """One grid of ``n`` samples per temperature: ``samples/sample_t<T>.png``. ``nonfinite`` as in
+    ``ImageFlowModel.decode``: "raise" (the CLI) or "warn" (the demo shows what a short run gives)."""
     for t in temperatures:  # every one before any grid is written
         check("temperature", t, float, NON_NEGATIVE)
     check("n", n, int, AT_LEAST_ONE)
     check("seed", seed, int, NON_NEGATIVE)
     folder = out_dir or run.files.samples
-    paths = [str(sample_grid(run.model, n, t, folder / f"sample_t{t:g}.png", seed)) for t in temperatures]
+    paths = [str(sample_grid(run.model, n, t, folder / f"sample_t{t:g}.png", seed, nonfinite)) for t in temperatures]
     return {"temperatures": temperatures, "n": n, "paths": paths}
 
 
@@ -117,13 +123,14 @@ def switch(
     seed: int = 0,
     data_path: str | None = None,
     out: Path | None = None,
+    nonfinite: str = "raise",
 ) -> dict[str, Any]:
     """``switch.png``: one row per pair, x0 | x1 | decode(z1, v0) | decode(z0, v1)."""
     _check_common(split, seed)
     check("pairs", pairs, int, AT_LEAST_ONE)
     _require_z(run, "switch")
     images = _run_images(run, split, data_path, 2 * pairs, mix_seed(seed, SWITCH_IMAGES))
-    path = switch_grid(run.model, images[:pairs], images[pairs:], out or run.files.root / "switch.png")
+    path = switch_grid(run.model, images[:pairs], images[pairs:], out or run.files.root / "switch.png", nonfinite)
     return {"pairs": pairs, "path": str(path)}
 
 
@@ -136,6 +143,7 @@ def interpolate(
     seed: int = 0,
     data_path: str | None = None,
     out_dir: Path | None = None,
+    nonfinite: str = "raise",
 ) -> dict[str, Any]:
     """``interpolate_pair<i>.png`` per pair: rows z((1-a) z0 + a z1), columns v((1-b) v0 + b v1)."""
     _check_common(split, seed)
@@ -155,6 +163,7 @@ def interpolate(
                 folder / f"interpolate_pair{i}.png",
                 alphas,
                 betas,
+                nonfinite,
             )
         )
         for i in range(pairs)

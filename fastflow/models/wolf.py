@@ -100,17 +100,21 @@ class WolfModel(ImageFlowModel):
         return z
 
     @torch.no_grad()
-    def switch(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
-        """For pairs (x0, x1) ``[B, C, H, W]``: decode(z1, v0) and decode(z0, v1), ``[B, 2, C, H, W]``."""
+    def switch(self, x0: torch.Tensor, x1: torch.Tensor, nonfinite: str = "raise") -> torch.Tensor:
+        """For pairs (x0, x1) ``[B, C, H, W]``: decode(z1, v0) and decode(z0, v1), ``[B, 2, C, H, W]``;
+        ``nonfinite`` as in :meth:`decode`."""
         if x0.shape != x1.shape:
             raise UsageError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
         z0, v0 = self.encode(x0)
         z1, v1 = self.encode(x1)
-        return torch.stack([self.decode(z1, v0), self.decode(z0, v1)], dim=1)
+        return torch.stack([self.decode(z1, v0, nonfinite), self.decode(z0, v1, nonfinite)], dim=1)
 
     @torch.no_grad()
-    def interpolate(self, x0: torch.Tensor, x1: torch.Tensor, alphas: list[float], betas: list[float]) -> torch.Tensor:
-        """2-D interpolation of one pair ``[1, C, H, W]``: z((1-a) z0 + a z1), v((1-b) v0 + b v1).
+    def interpolate(
+        self, x0: torch.Tensor, x1: torch.Tensor, alphas: list[float], betas: list[float], nonfinite: str = "raise"
+    ) -> torch.Tensor:
+        """2-D interpolation of one pair ``[1, C, H, W]``: z((1-a) z0 + a z1), v((1-b) v0 + b v1);
+        ``nonfinite`` as in :meth:`decode`.
 
         Returns uint8 ``[len(alphas), len(betas), C, H, W]``; (a, b) = (1, 0) is the switch image.
         """
@@ -124,4 +128,4 @@ class WolfModel(ImageFlowModel):
         b = torch.tensor(betas, dtype=v0.dtype, device=v0.device).view(1, -1, 1, 1, 1, 1)
         z = ((1 - a) * z0 + a * z1).expand(len(alphas), len(betas), -1).reshape(-1, self.z_dim)
         v = ((1 - b) * v0 + b * v1).expand(len(alphas), len(betas), *v0.shape).reshape(-1, *v0.shape[1:])
-        return self.decode(z, v).view(len(alphas), len(betas), *v0.shape[1:])
+        return self.decode(z, v, nonfinite).view(len(alphas), len(betas), *v0.shape[1:])

@@ -2,12 +2,15 @@
 // Triton, kernels/cond_bias_elu.py):
 //
 //   cond_bias_elu(Tensor h, Tensor? bias) -> Tensor out
-//       out[b, c, p] = elu(h[b, c, p] + bias[b, c]) for contiguous h [B, C, P], bias [B, C] or None
+//       out[b, c, p] = elu(h[b, c, p] + bias[b, c]) for h [B, C, P], bias [B, C] or None
 //   cond_bias_elu_backward(Tensor out, Tensor grad_out, bool bias_grad) -> (Tensor grad_h, Tensor grad_bias)
 //       grad_h = grad_out * elu'(.), with elu' = 1 where out > 0 and out + 1 (= e^v) elsewhere;
 //       grad_bias[b, c] = sum_p grad_h[b, c, p] (an empty [0] tensor without bias_grad)
 //
-// One pass each way over (b, c) planes spread over threads. The reason to exist: torch's CPU ELU
+// h [B, C, P] is stored either as planes (contiguous: p fastest) or as rows (channels last: the
+// memory of a contiguous [B, P, C], which is what a channels_last [B, C, H, W] viewed as [B, C, H*W]
+// is); outputs keep the input's layout, and grad_out must have out's. One pass each way: over (b, c)
+// planes spread over threads, or over rows with the channel loop innermost. The reason to exist: torch's CPU ELU
 // evaluates expm1 one element at a time (about 10 ns a float here, four times exp). float32 and
 // bfloat16 (computed in float32, rounded once) use the vectorisable expm1 below (within two float32
 // ulps of the float64 result); float64 calls std::expm1.
@@ -17,12 +20,14 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define FASTFLOW_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -101,14 +106,47 @@ FASTFLOW_VECTOR_CLONES double elu_backward_plane(const scalar_t* __restrict out,
   return sum;
 }
 
+// out[c] = elu(h[c] + bias[c]) over one row of n channels (bias: n values, zeros without a bias).
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+FASTFLOW_VECTOR_CLONES void elu_row(const scalar_t* __restrict h, const acc_t* __restrict bias, int64_t n,
+                                    scalar_t* __restrict out) {
+  for (int64_t c = 0; c < n; ++c) out[c] = static_cast<scalar_t>(elu(static_cast<acc_t>(h[c]) + bias[c]));
+}
+
+// grad_h of one row of n channels; adds it into sums[0:n] (in double, as the planes' sums) when sums is not null.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+FASTFLOW_VECTOR_CLONES void elu_backward_row(const scalar_t* __restrict out, const scalar_t* __restrict grad, int64_t n,
+                                             scalar_t* __restrict grad_h, double* __restrict sums) {
+  const auto grad_of = [&](int64_t c) {
+    const acc_t o = static_cast<acc_t>(out[c]);
+    return static_cast<acc_t>(grad[c]) * (o > acc_t(0) ? acc_t(1) : o + acc_t(1));
+  };
+  if (sums == nullptr) {
+    for (int64_t c = 0; c < n; ++c) grad_h[c] = static_cast<scalar_t>(grad_of(c));
+    return;
+  }
+  for (int64_t c = 0; c < n; ++c) {
+    const acc_t g = grad_of(c);
+    grad_h[c] = static_cast<scalar_t>(g);
+    sums[c] += g;
+  }
+}
+
+// Whether t [B, C, P] is stored as rows (the memory of a contiguous [B, P, C]) rather than planes.
+bool stored_as_rows(const at::Tensor& t) { return !t.is_contiguous() && t.transpose(1, 2).is_contiguous(); }
+
 void check_planes(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == 3 && t.is_contiguous(), "fastflow::cond_bias_elu expects a contiguous ", name,
-                    " of shape [B, C, P], got shape ", t.sizes(), t.is_contiguous() ? "" : " (not contiguous)");
+  const bool dense = t.dim() == 3 && (t.is_contiguous() || t.transpose(1, 2).is_contiguous());
+  TORCH_CHECK_VALUE(dense, "fastflow::cond_bias_elu expects ", name,
+                    " of shape [B, C, P] stored as planes (contiguous) or rows (channels last), got shape ", t.sizes(),
+                    " and strides ", t.strides());
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble || t.scalar_type() == at::kBFloat16,
                    "fastflow::cond_bias_elu expects float32, float64 or bfloat16, got ", t.scalar_type());
 }
 
 int64_t planes_per_chunk(int64_t pixels) { return std::max<int64_t>(1, kPlaneGrain / std::max<int64_t>(pixels, 1)); }
+
+constexpr int64_t kRowBlock = 64;  // channels per bias-gradient task of the rows layout when samples are few
 
 at::Tensor cond_bias_elu_cpu(const at::Tensor& h, const std::optional<at::Tensor>& bias) {
   check_planes(h, "h");
@@ -119,11 +157,24 @@ at::Tensor cond_bias_elu_cpu(const at::Tensor& h, const std::optional<at::Tensor
                       "fastflow::cond_bias_elu expects a contiguous bias [B, C] = [", batch, ", ", channels,
                       "] of h's dtype, got shape ", bias->sizes(), " and ", bias->scalar_type());
   }
-  at::Tensor out = at::empty_like(h);
+  at::Tensor out = at::empty_like(h);  // keeps h's layout
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, h.scalar_type(), "fastflow_cond_bias_elu_cpu", [&] {
     const scalar_t* src = h.const_data_ptr<scalar_t>();
     const scalar_t* b = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    if (stored_as_rows(h)) {
+      // The bias in acc_t, one row per sample (zeros without a bias), so the channel loop is one stream.
+      using acc_t = at::opmath_type<scalar_t>;
+      const at::Tensor bias_acc = b != nullptr ? bias->to(c10::CppTypeToScalarType<acc_t>::value)
+                                               : at::zeros({batch, channels}, h.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      const acc_t* beta = bias_acc.const_data_ptr<acc_t>();
+      at::parallel_for(0, batch * pixels, planes_per_chunk(channels), [&](int64_t begin, int64_t end) {
+        for (int64_t row = begin; row < end; ++row) {
+          elu_row<scalar_t>(src + row * channels, beta + (row / pixels) * channels, channels, dst + row * channels);
+        }
+      });
+      return;
+    }
     at::parallel_for(0, batch * channels, planes_per_chunk(pixels), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         using acc_t = at::opmath_type<scalar_t>;
@@ -143,13 +194,43 @@ std::tuple<at::Tensor, at::Tensor> cond_bias_elu_backward_cpu(const at::Tensor& 
                     "fastflow::cond_bias_elu_backward expects out and grad_out of one shape and dtype, got ",
                     out.sizes(), " ", out.scalar_type(), " and ", grad_out.sizes(), " ", grad_out.scalar_type());
   const int64_t batch = out.size(0), channels = out.size(1), pixels = out.size(2);
-  at::Tensor grad_h = at::empty_like(out);
+  TORCH_CHECK_VALUE(stored_as_rows(out) == stored_as_rows(grad_out),
+                    "fastflow::cond_bias_elu_backward expects grad_out stored like out (both planes or both rows)");
+  at::Tensor grad_h = at::empty_like(out);  // keeps out's layout
   at::Tensor grad_bias = at::empty(bias_grad ? at::IntArrayRef({batch, channels}) : at::IntArrayRef({0}), out.options());
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, out.scalar_type(), "fastflow_cond_bias_elu_backward_cpu", [&] {
     const scalar_t* o = out.const_data_ptr<scalar_t>();
     const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
     scalar_t* dh = grad_h.mutable_data_ptr<scalar_t>();
     scalar_t* db = bias_grad ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr;
+    if (stored_as_rows(out)) {
+      if (db == nullptr) {  // no sums: rows in contiguous chunks, as forward
+        at::parallel_for(0, batch * pixels, planes_per_chunk(channels), [&](int64_t begin, int64_t end) {
+          const int64_t offset = begin * channels;
+          elu_backward_row<scalar_t>(o + offset, g + offset, (end - begin) * channels, dh + offset, nullptr);
+        });
+        return;
+      }
+      // One task per (sample, block of channels) walks the sample's P rows and sums its channels'
+      // gradients, so no two tasks write one grad_bias entry. Whole rows per task when there are at
+      // least as many samples as threads (contiguous reads), blocks of kRowBlock channels otherwise.
+      const int64_t width = batch >= at::get_num_threads() ? channels : std::min(kRowBlock, channels);
+      const int64_t blocks = (channels + width - 1) / width;
+      at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+        std::vector<double> sums(width);
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t sample = task / blocks, c0 = (task % blocks) * width;
+          const int64_t n = std::min(width, channels - c0);
+          std::fill(sums.begin(), sums.end(), 0.0);
+          for (int64_t p = 0; p < pixels; ++p) {
+            const int64_t offset = (sample * pixels + p) * channels + c0;
+            elu_backward_row<scalar_t>(o + offset, g + offset, n, dh + offset, sums.data());
+          }
+          for (int64_t c = 0; c < n; ++c) db[sample * channels + c0 + c] = static_cast<scalar_t>(sums[c]);
+        }
+      });
+      return;
+    }
     at::parallel_for(0, batch * channels, planes_per_chunk(pixels), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t offset = plane * pixels;

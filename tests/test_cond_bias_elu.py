@@ -216,9 +216,58 @@ def test_cpu_kernels_empty_inputs(shape):
 
 @needs_cpu_kernels
 def test_cpu_raw_op_bad_input():
-    with pytest.raises(ValueError, match=r"contiguous h of shape \[B, C, P\]"):
+    with pytest.raises(ValueError, match=r"h of shape \[B, C, P\] stored as planes .* or rows"):
         torch.ops.fastflow.cond_bias_elu(torch.zeros(2, 3), None)
+    with pytest.raises(ValueError, match=r"stored as planes"):
+        torch.ops.fastflow.cond_bias_elu(torch.zeros(2, 3, 8)[..., ::2], None)
+    rows = torch.zeros(2, 4, 3).transpose(1, 2)
+    with pytest.raises(ValueError, match="grad_out stored like out"):
+        torch.ops.fastflow.cond_bias_elu_backward(rows, rows.contiguous(), True)
     with pytest.raises(ValueError, match=r"bias \[B, C\] = \[2, 3\]"):
         torch.ops.fastflow.cond_bias_elu(torch.zeros(2, 3, 4), torch.zeros(3))
     with pytest.raises(TypeError, match="float32, float64 or bfloat16"):
         torch.ops.fastflow.cond_bias_elu(torch.zeros(2, 3, 4, dtype=torch.int32), None)
+
+
+@pytest.fixture
+def poisoned_empty():
+    """torch fills every new uninitialised tensor (the C++ kernels' outputs too) with NaN."""
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.utils.deterministic.fill_uninitialized_memory = fill
+    torch.use_deterministic_algorithms(False)
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("batch", [1, 3])  # fewer samples than threads (channel blocks), more (whole rows)
+def test_cpu_kernels_rows_layout(batch, with_bias, dtype, atol, rtol, poisoned_empty):
+    """A channels-last h (the coupling network's rows) stays channels-last through forward and
+    backward, with the reference's values: 70 channels are two blocks of the rows bias gradient."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        h, bias = make_inputs((batch, 70, 5, 6), dtype, with_bias, device="cpu")
+        h = h.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        out = cond_bias_elu(h, bias, backend="torch")
+        grad_out = torch.randn(out.shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        grads = torch.autograd.grad(out, [t for t in (h, bias) if t is not None], grad_out)
+    finally:
+        torch.set_num_threads(threads)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+    out_ref = cond_bias_elu_reference(h, bias)
+    grads_ref = torch.autograd.grad(out_ref, [t for t in (h, bias) if t is not None], grad_out)
+    torch.testing.assert_close(out, out_ref, atol=atol, rtol=rtol)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
+
+
+@needs_cpu_kernels
+def test_cpu_kernels_rows_layout_gradcheck():
+    h, bias = make_inputs((2, 3, 2, 3), torch.float64, device="cpu")
+    h = h.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *t: cond_bias_elu(*t, backend="torch"), (h, bias), eps=1e-6, atol=1e-7)

@@ -1,0 +1,95 @@
+"""The coupling network's convolutions as GEMMs over channels-last rows: the CPU formulation of the
+torch backend.
+
+A channels-last ``[B, C, H, W]`` tensor is, in memory, the rows ``[B*H*W, C]``, so a convolution
+with stride 1 is one matrix product over those rows plus a cheap rearrangement on its thin side:
+
+- :func:`conv_im2col` (few input channels, e.g. the coupling net's first 3x3 conv, 6 -> 512): the
+  input's patches ``[B*H*W, C_in*k*k]`` (``F.unfold``, small) times the kernel; the result is
+  channels-last, so the next op reads rows without a copy.
+- :func:`conv1x1_rows` (the 512 -> 512 ``conv_mid``): one ``mm`` on the rows, channels-last in
+  and out.
+- :func:`conv_col2im` (few output channels, e.g. the last 3x3 conv, 512 -> 12): the rows times the
+  flipped kernel arranged as ``[C_out*k*k, C_in]`` give every output channel's contribution at every
+  kernel offset; ``F.fold`` (col2im) adds them up at their shifted positions, giving a contiguous
+  NCHW result. This is the transposed-convolution identity ``conv(h, W) = fold(rows(h) @
+  flip(W)^T)`` for "same" padding.
+
+Why: on the 2-core AMD EPYC (AVX2) these shapes run ``conv2d`` (oneDNN, NCHW) at 30-90 GFLOP/s
+(forward + backward), against 80-140 GFLOP/s for the same products as ``mm`` (benchmarks/RESULTS.md,
+"The coupling network as row GEMMs"). Autograd differentiates through ``unfold``, ``mm`` and ``fold``
+(their backwards are the same GEMMs and the adjoint rearrangement), so nothing here has a custom
+backward. The GPU keeps ``conv2d`` (cuDNN), and ``backend="reference"`` keeps the paper's ``conv2d``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from fastflow.ops._backend import resolve_backend
+
+
+def use_rows(backend: str, x: torch.Tensor) -> bool:
+    """Whether the coupling network runs as row GEMMs: the torch backend on a CPU tensor."""
+    return x.device.type == "cpu" and resolve_backend(backend, x) == "torch"
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x [B, C, H, W]`` is stored channels-last (rows ``[B*H*W, C]``) and not also NCHW."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """``x [B, C, H, W]`` as rows ``[B*H*W, C]`` (a view when x is channels-last, else a copy)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def _from_rows(rows: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
+    """Rows ``[B*H*W, C]`` as the channels-last ``[B, C, H, W]`` they are (a view)."""
+    return rows.view(batch, height, width, rows.shape[1]).permute(0, 3, 1, 2)
+
+
+def _check_same(weight: torch.Tensor, padding: int) -> int:
+    if weight.dim() != 4 or weight.shape[2] != weight.shape[3] or weight.shape[2] != 2 * padding + 1:
+        raise ValueError(
+            f"expects a square odd kernel [C_out, C_in, k, k] with 'same' padding (k - 1) / 2, got weight "
+            f"{tuple(weight.shape)} and padding {padding}"
+        )
+    return weight.shape[2]
+
+
+def conv_im2col(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int = 0
+) -> torch.Tensor:
+    """``conv2d(x, weight, bias, padding)`` (stride 1) for x ``[B, C_in, H, W]`` in any layout and
+    weight ``[C_out, C_in, k, k]``, as patches times kernel; returns ``[B, C_out, H', W']`` channels-last."""
+    batch, c_in, height, width = x.shape
+    c_out, _, kh, kw = weight.shape
+    out_h, out_w = height + 2 * padding - kh + 1, width + 2 * padding - kw + 1
+    patches = F.unfold(x, (kh, kw), padding=padding).transpose(1, 2).reshape(-1, c_in * kh * kw)
+    matrix = weight.reshape(c_out, -1).t()
+    rows = patches @ matrix if bias is None else torch.addmm(bias, patches, matrix)
+    return _from_rows(rows, batch, out_h, out_w)
+
+
+def conv1x1_rows(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``conv2d(h, weight[:, :, None, None])`` for h ``[B, C_in, H, W]`` (channels-last, else copied to
+    rows) and weight ``[C_out, C_in]`` as one ``mm``; returns ``[B, C_out, H, W]`` channels-last."""
+    batch, _, height, width = h.shape
+    return _from_rows(_rows(h) @ weight.t(), batch, height, width)
+
+
+def conv_col2im(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int = 0
+) -> torch.Tensor:
+    """``conv2d(h, weight, bias, padding)`` with 'same' padding (``k = 2 * padding + 1``, stride 1) for
+    h ``[B, C_in, H, W]`` (channels-last, else copied to rows) and weight ``[C_out, C_in, k, k]``, as
+    rows times the flipped kernel then col2im; returns a contiguous ``[B, C_out, H, W]``."""
+    k = _check_same(weight, padding)
+    batch, c_in, height, width = h.shape
+    c_out = weight.shape[0]
+    flipped = weight.flip(2, 3).permute(0, 2, 3, 1).reshape(c_out * k * k, c_in)  # rows (c, i, j)
+    shifted = (_rows(h) @ flipped.t()).view(batch, height * width, c_out * k * k).transpose(1, 2)
+    out = F.fold(shifted, (height, width), k, padding=padding)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)

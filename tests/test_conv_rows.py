@@ -1,0 +1,116 @@
+"""The convolutions as row GEMMs (fastflow/ops/conv_rows.py) against ``F.conv2d``: values and every
+gradient in float64 (1e-12) and float32 (1e-5 relative to the output scale), gradcheck, the layouts
+they promise, the coupling network built on them, and their bad input."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from fastflow.flows.coupling import CouplingNet2d
+from fastflow.ops.conv_rows import conv1x1_rows, conv_col2im, conv_im2col, is_channels_last, use_rows
+
+TOLERANCES = {torch.float64: 1e-12, torch.float32: 1e-5}
+
+
+def inputs(batch, c_in, c_out, size, k, dtype, channels_last=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 2 * c_in, size, size + 1, generator=gen, dtype=torch.float64)[:, ::2]  # a strided view
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c_out, c_in, k, k, generator=gen, dtype=torch.float64) / (c_in * k * k) ** 0.5
+    bias = torch.randn(c_out, generator=gen, dtype=torch.float64)
+    return [t.to(dtype).requires_grad_() for t in (x, weight, bias)]
+
+
+def value_and_grads(fn, tensors, seed=1):
+    out = fn(*tensors)
+    gen = torch.Generator().manual_seed(seed)
+    probe = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
+    return out, torch.autograd.grad((out * probe).sum(), tensors)
+
+
+def assert_matches(fn, reference, tensors, dtype):
+    out, grads = value_and_grads(fn, tensors)
+    out_ref, grads_ref = value_and_grads(reference, tensors)
+    for got, want in zip((out, *grads), (out_ref, *grads_ref)):
+        scale = want.abs().max().item()
+        torch.testing.assert_close(got, want, atol=TOLERANCES[dtype] * scale, rtol=TOLERANCES[dtype])
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("k, padding", [(3, 1), (3, 0), (1, 0), (5, 2)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_im2col_matches_conv2d(k, padding, with_bias, dtype):
+    x, weight, bias = inputs(2, 3, 7, 6, k, dtype)
+    tensors = [x, weight, bias] if with_bias else [x, weight]
+    out = assert_matches(
+        lambda *t: conv_im2col(*t, padding=padding), lambda *t: F.conv2d(*t, padding=padding), tensors, dtype
+    )
+    assert is_channels_last(out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("k, padding", [(3, 1), (1, 0), (5, 2)])
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_col2im_matches_conv2d(k, padding, channels_last, with_bias, dtype):
+    """Every kernel offset lands on its own shifted position (an unflipped or transposed kernel, or a
+    wrong padding, fails on the non-square 6x7 image)."""
+    h, weight, bias = inputs(2, 9, 4, 6, k, dtype, channels_last)
+    tensors = [h, weight, bias] if with_bias else [h, weight]
+    out = assert_matches(
+        lambda *t: conv_col2im(*t, padding=padding), lambda *t: F.conv2d(*t, padding=padding), tensors, dtype
+    )
+    assert out.is_contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_conv1x1_rows_matches_conv2d(channels_last, dtype):
+    h, weight, _ = inputs(3, 8, 5, 4, 1, dtype, channels_last)
+    out = assert_matches(lambda h, w: conv1x1_rows(h, w.flatten(1)), lambda h, w: F.conv2d(h, w), [h, weight], dtype)
+    assert is_channels_last(out)
+
+
+def test_gradcheck():
+    x, weight, bias = inputs(1, 2, 3, 3, 3, torch.float64)
+    assert torch.autograd.gradcheck(lambda *t: conv_im2col(*t, padding=1), (x, weight, bias))
+    h, weight, bias = inputs(1, 3, 2, 3, 3, torch.float64, channels_last=True)
+    assert torch.autograd.gradcheck(lambda *t: conv_col2im(*t, padding=1), (h, weight, bias))
+    assert torch.autograd.gradcheck(lambda h, w: conv1x1_rows(h, w.flatten(1)), (h, weight[:, :, 1, 1]))
+
+
+@pytest.mark.parametrize("weight_shape, padding", [((2, 3, 3, 3), 0), ((2, 3, 3, 1), 1), ((2, 3, 2, 2), 1)])
+def test_col2im_refuses_what_is_not_same_padding(weight_shape, padding):
+    with pytest.raises(ValueError, match=r"square odd kernel .* 'same' padding"):
+        conv_col2im(torch.zeros(1, 3, 4, 4), torch.zeros(weight_shape), padding=padding)
+
+
+def test_rows_are_the_cpu_torch_backend_only():
+    x = torch.zeros(1, 2, 3, 3)
+    assert use_rows("torch", x) and use_rows("auto", x)
+    assert not use_rows("reference", x)
+    assert not is_channels_last(torch.zeros(2, 1, 3, 3).contiguous(memory_format=torch.channels_last))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_coupling_net_rows_against_conv2d(dtype):
+    """The CPU torch backend's coupling network (row GEMMs, channels-last inside) against the same
+    network on the reference backend (``conv2d``, ``F.elu``): output and every parameter's gradient."""
+    torch.manual_seed(0)
+    net = CouplingNet2d(3, 4, 16, z_dim=5).to(dtype)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(2, 6, 5, 4, dtype=dtype)[:, ::2].requires_grad_()
+    z = torch.randn(2, 5, dtype=dtype, requires_grad=True)
+    results = {}
+    for backend in ("torch", "reference"):
+        net.backend = backend
+        results[backend] = value_and_grads(lambda x, z, *p: net(x, z), [x, z, *net.parameters()])
+    (out, grads), (out_ref, grads_ref) = results["torch"], results["reference"]
+    assert out.is_contiguous()
+    for got, want in zip((out, *grads), (out_ref, *grads_ref)):
+        scale = want.abs().max().item()
+        torch.testing.assert_close(got, want, atol=TOLERANCES[dtype] * scale, rtol=TOLERANCES[dtype])

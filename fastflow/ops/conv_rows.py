@@ -17,14 +17,16 @@ with stride 1 is one matrix product over those rows plus a cheap rearrangement o
 
 Why: on the 2-core AMD EPYC (AVX2) these shapes run ``conv2d`` (oneDNN, NCHW) at 30-90 GFLOP/s
 (forward + backward), against 80-140 GFLOP/s for the same products as ``mm`` (benchmarks/RESULTS.md,
-"The coupling network as row GEMMs"). Autograd differentiates through ``unfold``, ``mm`` and ``fold``
-(their backwards are the same GEMMs and the adjoint rearrangement), so nothing here has a custom
-backward. The GPU keeps ``conv2d`` (cuDNN), and ``backend="reference"`` keeps the paper's ``conv2d``.
+"The coupling network as row GEMMs"). Autograd differentiates through ``mm`` and ``fold`` (their
+backwards are the same GEMMs and the adjoint rearrangement); :func:`conv_im2col` has its own backward
+only so as to save x instead of its patches (k*k times larger). The GPU keeps ``conv2d`` (cuDNN), and
+``backend="reference"`` keeps the paper's ``conv2d``.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from fastflow.ops._backend import resolve_backend
@@ -59,18 +61,52 @@ def _check_same(weight: torch.Tensor, padding: int) -> int:
     return weight.shape[2]
 
 
+def _patches(x: torch.Tensor, kernel: tuple[int, int], padding: int) -> torch.Tensor:
+    """x's patches as rows ``[B*H'*W', C_in*kh*kw]`` (``F.unfold``, then one copy to rows)."""
+    return F.unfold(x, kernel, padding=padding).transpose(1, 2).reshape(-1, x.shape[1] * kernel[0] * kernel[1])
+
+
+class Im2colConvFunction(torch.autograd.Function):
+    """:func:`conv_im2col`'s forward and backward. It saves x, not its patches (k*k times larger),
+    and unfolds x again for the weight gradient; the input gradient is col2im of ``g @ W``."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        c_out, _, kh, kw = weight.shape
+        matrix = weight.reshape(c_out, -1)
+        patches = _patches(x, (kh, kw), padding)
+        rows = patches @ matrix.t() if bias is None else torch.addmm(bias, patches, matrix.t())
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        ctx.has_bias = bias is not None
+        return _from_rows(rows, batch, height + 2 * padding - kh + 1, width + 2 * padding - kw + 1)
+
+    @staticmethod
+    @once_differentiable
+    @torch.amp.custom_bwd(device_type="cpu")  # under the forward's autocast state (bfloat16 GEMMs alike)
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        c_out, _, kh, kw = weight.shape
+        grad = _rows(grad_out)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_patches = (grad @ weight.reshape(c_out, -1)).view(x.shape[0], -1, x.shape[1] * kh * kw)
+            grad_x = F.fold(grad_patches.transpose(1, 2), x.shape[2:], (kh, kw), padding=ctx.padding)
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad.t() @ _patches(x, (kh, kw), ctx.padding)).view(weight.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_x, grad_weight, grad_bias, None
+
+
 def conv_im2col(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int = 0
 ) -> torch.Tensor:
     """``conv2d(x, weight, bias, padding)`` (stride 1) for x ``[B, C_in, H, W]`` in any layout and
     weight ``[C_out, C_in, k, k]``, as patches times kernel; returns ``[B, C_out, H', W']`` channels-last."""
-    batch, c_in, height, width = x.shape
-    c_out, _, kh, kw = weight.shape
-    out_h, out_w = height + 2 * padding - kh + 1, width + 2 * padding - kw + 1
-    patches = F.unfold(x, (kh, kw), padding=padding).transpose(1, 2).reshape(-1, c_in * kh * kw)
-    matrix = weight.reshape(c_out, -1).t()
-    rows = patches @ matrix if bias is None else torch.addmm(bias, patches, matrix)
-    return _from_rows(rows, batch, out_h, out_w)
+    return Im2colConvFunction.apply(x, weight, bias, padding)
 
 
 def conv1x1_rows(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,8 @@
 //
 //   cond_bias_elu(Tensor h, Tensor? bias) -> Tensor out
 //       out[b, c, p] = elu(h[b, c, p] + bias[b, c]) for h [B, C, P], bias [B, C] or None
+//   cond_bias_elu_(Tensor(a!) h, Tensor? bias) -> Tensor(a!)
+//       the same, written over h (for an h nobody needs afterwards: a GEMM's fresh output)
 //   cond_bias_elu_backward(Tensor out, Tensor grad_out, bool bias_grad) -> (Tensor grad_h, Tensor grad_bias)
 //       grad_h = grad_out * elu'(.), with elu' = 1 where out > 0 and out + 1 (= e^v) elsewhere;
 //       grad_bias[b, c] = sum_p grad_h[b, c, p] (an empty [0] tensor without bias_grad)
@@ -81,6 +83,12 @@ FASTFLOW_VECTOR_CLONES void elu_plane(const scalar_t* __restrict h, acc_t beta, 
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(elu(static_cast<acc_t>(h[i]) + beta));
 }
 
+// elu_plane in place: data[i] = elu(data[i] + beta) (one pointer, so nothing aliases).
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+FASTFLOW_VECTOR_CLONES void elu_plane_inplace(scalar_t* __restrict data, acc_t beta, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) data[i] = static_cast<scalar_t>(elu(static_cast<acc_t>(data[i]) + beta));
+}
+
 // grad_h of one plane; returns its sum (in double).
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 FASTFLOW_VECTOR_CLONES double elu_backward_plane(const scalar_t* __restrict out, const scalar_t* __restrict grad,
@@ -111,6 +119,12 @@ template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 FASTFLOW_VECTOR_CLONES void elu_row(const scalar_t* __restrict h, const acc_t* __restrict bias, int64_t n,
                                     scalar_t* __restrict out) {
   for (int64_t c = 0; c < n; ++c) out[c] = static_cast<scalar_t>(elu(static_cast<acc_t>(h[c]) + bias[c]));
+}
+
+// elu_row in place: data[c] = elu(data[c] + bias[c]).
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+FASTFLOW_VECTOR_CLONES void elu_row_inplace(scalar_t* __restrict data, const acc_t* __restrict bias, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) data[c] = static_cast<scalar_t>(elu(static_cast<acc_t>(data[c]) + bias[c]));
 }
 
 // grad_h of one row of n channels; adds it into sums[0:n] (in double, as the planes' sums) when sums is not null.
@@ -148,42 +162,68 @@ int64_t planes_per_chunk(int64_t pixels) { return std::max<int64_t>(1, kPlaneGra
 
 constexpr int64_t kRowBlock = 64;  // channels per bias-gradient task of the rows layout when samples are few
 
-at::Tensor cond_bias_elu_cpu(const at::Tensor& h, const std::optional<at::Tensor>& bias) {
-  check_planes(h, "h");
+void check_bias(const at::Tensor& h, const std::optional<at::Tensor>& bias) {
+  if (!bias.has_value()) return;
+  TORCH_CHECK_VALUE(bias->sizes() == at::IntArrayRef({h.size(0), h.size(1)}) && bias->is_contiguous() &&
+                        bias->scalar_type() == h.scalar_type(),
+                    "fastflow::cond_bias_elu expects a contiguous bias [B, C] = [", h.size(0), ", ", h.size(1),
+                    "] of h's dtype, got shape ", bias->sizes(), " and ", bias->scalar_type());
+}
+
+// out = elu(h + bias) where out is a new tensor of h's layout or h itself (then the in-place loops,
+// which read and write through one pointer, run).
+void cond_bias_elu_into(const at::Tensor& h, const std::optional<at::Tensor>& bias, const at::Tensor& out) {
   const int64_t batch = h.size(0), channels = h.size(1), pixels = h.size(2);
-  if (bias.has_value()) {
-    TORCH_CHECK_VALUE(bias->sizes() == at::IntArrayRef({batch, channels}) && bias->is_contiguous() &&
-                          bias->scalar_type() == h.scalar_type(),
-                      "fastflow::cond_bias_elu expects a contiguous bias [B, C] = [", batch, ", ", channels,
-                      "] of h's dtype, got shape ", bias->sizes(), " and ", bias->scalar_type());
-  }
-  at::Tensor out = at::empty_like(h);  // keeps h's layout
+  const bool in_place = out.is_same(h);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, h.scalar_type(), "fastflow_cond_bias_elu_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* src = h.const_data_ptr<scalar_t>();
     const scalar_t* b = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     if (stored_as_rows(h)) {
       // The bias in acc_t, one row per sample (zeros without a bias), so the channel loop is one stream.
-      using acc_t = at::opmath_type<scalar_t>;
-      const at::Tensor bias_acc = b != nullptr ? bias->to(c10::CppTypeToScalarType<acc_t>::value)
-                                               : at::zeros({batch, channels}, h.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+      const at::Tensor bias_acc =
+          b != nullptr ? bias->to(acc_type) : at::zeros({batch, channels}, h.options().dtype(acc_type));
       const acc_t* beta = bias_acc.const_data_ptr<acc_t>();
       at::parallel_for(0, batch * pixels, planes_per_chunk(channels), [&](int64_t begin, int64_t end) {
         for (int64_t row = begin; row < end; ++row) {
-          elu_row<scalar_t>(src + row * channels, beta + (row / pixels) * channels, channels, dst + row * channels);
+          const acc_t* row_bias = beta + (row / pixels) * channels;
+          if (in_place) {
+            elu_row_inplace<scalar_t>(dst + row * channels, row_bias, channels);
+          } else {
+            elu_row<scalar_t>(src + row * channels, row_bias, channels, dst + row * channels);
+          }
         }
       });
       return;
     }
     at::parallel_for(0, batch * channels, planes_per_chunk(pixels), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
-        using acc_t = at::opmath_type<scalar_t>;
         const acc_t beta = b != nullptr ? static_cast<acc_t>(b[plane]) : acc_t(0);
-        elu_plane<scalar_t>(src + plane * pixels, beta, pixels, dst + plane * pixels);
+        if (in_place) {
+          elu_plane_inplace<scalar_t>(dst + plane * pixels, beta, pixels);
+        } else {
+          elu_plane<scalar_t>(src + plane * pixels, beta, pixels, dst + plane * pixels);
+        }
       }
     });
   });
+}
+
+at::Tensor cond_bias_elu_cpu(const at::Tensor& h, const std::optional<at::Tensor>& bias) {
+  check_planes(h, "h");
+  check_bias(h, bias);
+  at::Tensor out = at::empty_like(h);  // keeps h's layout
+  cond_bias_elu_into(h, bias, out);
   return out;
+}
+
+at::Tensor& cond_bias_elu_inplace_cpu(at::Tensor& h, const std::optional<at::Tensor>& bias) {
+  check_planes(h, "h");
+  check_bias(h, bias);
+  cond_bias_elu_into(h, bias, h);
+  return h;
 }
 
 std::tuple<at::Tensor, at::Tensor> cond_bias_elu_backward_cpu(const at::Tensor& out, const at::Tensor& grad_out,
@@ -247,10 +287,12 @@ std::tuple<at::Tensor, at::Tensor> cond_bias_elu_backward_cpu(const at::Tensor& 
 
 TORCH_LIBRARY_FRAGMENT(fastflow, m) {
   m.def("cond_bias_elu(Tensor h, Tensor? bias) -> Tensor");
+  m.def("cond_bias_elu_(Tensor(a!) h, Tensor? bias) -> Tensor(a!)");
   m.def("cond_bias_elu_backward(Tensor out, Tensor grad_out, bool bias_grad) -> (Tensor grad_h, Tensor grad_bias)");
 }
 
 TORCH_LIBRARY_IMPL(fastflow, CPU, m) {
   m.impl("cond_bias_elu", &fastflow::cond_bias_elu_cpu);
+  m.impl("cond_bias_elu_", &fastflow::cond_bias_elu_inplace_cpu);
   m.impl("cond_bias_elu_backward", &fastflow::cond_bias_elu_backward_cpu);
 }

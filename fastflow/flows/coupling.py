@@ -57,7 +57,7 @@ class CouplingNet2d(nn.Module):
     def forward(self, x_a: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         rows = use_rows(self.backend, x_a)
         h = conv_im2col(x_a, self.conv_in.weight, padding=1) if rows else self.conv_in(x_a)
-        h = cond_bias_elu(h, None, backend=self.backend)
+        h = cond_bias_elu(h, None, backend=self.backend, reuse_input=True)
         bias = self.z_proj(z) if self.z_proj is not None else None
         h = conv1x1_bias_elu(h, self.conv_mid.weight.flatten(1), bias, backend=self.backend)
         if rows:

@@ -70,13 +70,22 @@ KERNELS: dict[str, Callable[[], tuple[Callable, Callable]]] = {
 
 
 class CondBiasEluFunction(torch.autograd.Function):
-    """``elu(h + bias[:, :, None])`` for h ``[B, Hd, P]`` and bias ``[B, Hd]`` or None, with the
-    kernels ``KERNELS[kernels]`` (``"triton"`` or ``"cpu"``)."""
+    """``elu(h + bias[:, :, None, ...])`` for h ``[B, Hd, *S]`` and bias ``[B, Hd]`` or None, with the
+    kernels ``KERNELS[kernels]`` (``"triton"`` or ``"cpu"``), which see h as ``[B, Hd, P]``.
+
+    ``reuse_input``: the CPU kernels write the result over h (contiguous or channels-last) and return
+    h itself, marked dirty, so autograd refuses any backward that still needed h's old values."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, bias: torch.Tensor | None, kernels: str) -> torch.Tensor:
+    def forward(ctx, h: torch.Tensor, bias: torch.Tensor | None, kernels: str, reuse_input: bool) -> torch.Tensor:
         forward_kernel, _ = KERNELS[kernels]()
-        out = forward_kernel(h, bias)
+        planes = h.reshape(h.shape[0], h.shape[1], math.prod(h.shape[2:]))
+        if reuse_input and kernels == "cpu" and _reusable(h):
+            torch.ops.fastflow.cond_bias_elu_(planes, None if bias is None else bias.contiguous())
+            ctx.mark_dirty(h)
+            out = h
+        else:
+            out = forward_kernel(planes, bias).view(h.shape)
         ctx.save_for_backward(out)
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.kernels = kernels
@@ -88,7 +97,14 @@ class CondBiasEluFunction(torch.autograd.Function):
         _, backward_kernel = KERNELS[ctx.kernels]()
         (out,) = ctx.saved_tensors
         bias_dtype = ctx.bias_dtype if ctx.needs_input_grad[1] else None
-        return (*backward_kernel(out, grad_out, bias_dtype), None)
+        shape = (out.shape[0], out.shape[1], math.prod(out.shape[2:]))
+        grad_h, grad_bias = backward_kernel(out.reshape(shape), grad_out.reshape(shape), bias_dtype)
+        return grad_h.view(out.shape), grad_bias, None, None
+
+
+def _reusable(h: torch.Tensor) -> bool:
+    """Whether the in-place CPU kernel can write over h: stored as planes or channels-last rows."""
+    return h.is_contiguous() or (h.dim() == 4 and h.is_contiguous(memory_format=torch.channels_last))
 
 
 def _fake_forward(h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -109,6 +125,7 @@ def _cpu_kernels_loaded() -> bool:
         _cpu_kernels = _extension.load_library() and _extension.has_kernel("cond_bias_elu", "cpu")
         if _cpu_kernels:
             torch.library.register_fake("fastflow::cond_bias_elu")(_fake_forward)
+            torch.library.register_fake("fastflow::cond_bias_elu_")(lambda h, bias: h)
             torch.library.register_fake("fastflow::cond_bias_elu_backward")(_fake_backward)
     return _cpu_kernels
 
@@ -122,15 +139,24 @@ def _use_cpu_kernels(h: torch.Tensor, bias: torch.Tensor | None) -> bool:
     )
 
 
-def cond_bias_elu_fused(h: torch.Tensor, bias: torch.Tensor | None, kernels: str = "triton") -> torch.Tensor:
+def cond_bias_elu_fused(
+    h: torch.Tensor, bias: torch.Tensor | None, kernels: str = "triton", reuse_input: bool = False
+) -> torch.Tensor:
     """The fused op on ``[B, Hd, *S]`` with ``kernels`` ``"triton"`` or ``"cpu"``. Triton's result is
     contiguous; the CPU kernels keep a channels-last h channels-last (no copy either way)."""
-    out = CondBiasEluFunction.apply(h.reshape(h.shape[0], h.shape[1], math.prod(h.shape[2:])), bias, kernels)
-    return out.view(h.shape)
+    return CondBiasEluFunction.apply(h, bias, kernels, reuse_input)
 
 
-def cond_bias_elu(h: torch.Tensor, bias: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
-    """``elu(h + bias[:, :, None, None])`` in one pass; see the module docstring."""
+def cond_bias_elu(
+    h: torch.Tensor, bias: torch.Tensor | None = None, backend: str = "auto", reuse_input: bool = False
+) -> torch.Tensor:
+    """``elu(h + bias[:, :, None, None])`` in one pass; see the module docstring.
+
+    ``reuse_input=True`` lets the op write the result over h when it can (the CPU kernels on an h
+    stored as planes or channels-last; the others compute out of place): pass it for an h that
+    nothing needs afterwards, such as a GEMM's fresh output, to save a pass of memory. Autograd
+    refuses the backward if something did need h after all.
+    """
     if h.dim() < 2:
         raise ValueError(f"h must have shape [B, Hd, ...], got {tuple(h.shape)}")
     if bias is not None and tuple(bias.shape) != tuple(h.shape[:2]):
@@ -141,5 +167,5 @@ def cond_bias_elu(h: torch.Tensor, bias: torch.Tensor | None = None, backend: st
     if resolved == "triton":
         return cond_bias_elu_fused(h, bias, "triton")
     if resolved == "torch" and _use_cpu_kernels(h, bias):
-        return cond_bias_elu_fused(h, bias, "cpu")
+        return cond_bias_elu_fused(h, bias, "cpu", reuse_input)
     return cond_bias_elu_reference(h, bias)

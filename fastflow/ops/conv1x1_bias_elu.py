@@ -101,4 +101,4 @@ def conv1x1_bias_elu(
     if resolved == "reference":
         return conv1x1_bias_elu_reference(h, weight, bias)
     pre = conv1x1_rows(h, weight) if is_channels_last(h) else _conv(h, weight)
-    return cond_bias_elu(pre, None if bias is None else bias.to(pre.dtype), backend="torch")
+    return cond_bias_elu(pre, None if bias is None else bias.to(pre.dtype), backend="torch", reuse_input=True)

@@ -17,9 +17,11 @@ with stride 1 is one matrix product over those rows plus a cheap rearrangement o
 
 Why: on the 2-core AMD EPYC (AVX2) these shapes run ``conv2d`` (oneDNN, NCHW) at 30-90 GFLOP/s
 (forward + backward), against 80-140 GFLOP/s for the same products as ``mm`` (benchmarks/RESULTS.md,
-"The coupling network as row GEMMs"). Autograd differentiates through ``mm`` and ``fold`` (their
-backwards are the same GEMMs and the adjoint rearrangement); :func:`conv_im2col` has its own backward
-only so as to save x instead of its patches (k*k times larger). The GPU keeps ``conv2d`` (cuDNN), and
+"The coupling network as row GEMMs"). :func:`conv_im2col` and :func:`conv1x1_rows` write their
+products straight into a channels-last tensor of their own (not a view), so that the ELU after them
+may overwrite it (``cond_bias_elu(..., reuse_input=True)``), and have their own backwards for that
+reason; :func:`conv_im2col` saves x rather than its patches (k*k times larger). Autograd
+differentiates :func:`conv_col2im` through ``mm`` and ``fold``. The GPU keeps ``conv2d`` (cuDNN), and
 ``backend="reference"`` keeps the paper's ``conv2d``.
 """
 
@@ -47,9 +49,23 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
-def _from_rows(rows: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
-    """Rows ``[B*H*W, C]`` as the channels-last ``[B, C, H, W]`` they are (a view)."""
-    return rows.view(batch, height, width, rows.shape[1]).permute(0, 3, 1, 2)
+def _product_to_channels_last(
+    a: torch.Tensor, b: torch.Tensor, batch: int, height: int, width: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``a @ b (+ bias)`` for rows a ``[B*H*W, K]`` and b ``[K, C]``, written straight into a new
+    channels-last ``[B, C, H, W]`` (a tensor of its own, not a view, so the next op may overwrite it).
+    Under CPU autocast the operands are cast to its dtype first, as autocast casts a plain ``mm``."""
+    if a.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        a, b, bias = a.to(dtype), b.to(dtype), None if bias is None else bias.to(dtype)
+    out = torch.empty(
+        (batch, b.shape[1], height, width), dtype=a.dtype, device=a.device, memory_format=torch.channels_last
+    )
+    if bias is None:
+        torch.mm(a, b, out=_rows(out))
+    else:
+        torch.addmm(bias, a, b, out=_rows(out))
+    return out
 
 
 def _check_same(weight: torch.Tensor, padding: int) -> int:
@@ -75,13 +91,12 @@ class Im2colConvFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
         batch, _, height, width = x.shape
         c_out, _, kh, kw = weight.shape
-        matrix = weight.reshape(c_out, -1)
         patches = _patches(x, (kh, kw), padding)
-        rows = patches @ matrix.t() if bias is None else torch.addmm(bias, patches, matrix.t())
         ctx.save_for_backward(x, weight)
         ctx.padding = padding
         ctx.has_bias = bias is not None
-        return _from_rows(rows, batch, height + 2 * padding - kh + 1, width + 2 * padding - kw + 1)
+        out_h, out_w = height + 2 * padding - kh + 1, width + 2 * padding - kw + 1
+        return _product_to_channels_last(patches, weight.reshape(c_out, -1).t(), batch, out_h, out_w, bias)
 
     @staticmethod
     @once_differentiable
@@ -109,11 +124,38 @@ def conv_im2col(
     return Im2colConvFunction.apply(x, weight, bias, padding)
 
 
+class Conv1x1RowsFunction(torch.autograd.Function):
+    """:func:`conv1x1_rows`'s forward and backward: one ``mm`` each way over the rows."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = h.shape
+        ctx.save_for_backward(h, weight)
+        return _product_to_channels_last(_rows(h), weight.t(), batch, height, width)
+
+    @staticmethod
+    @once_differentiable
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, grad_out: torch.Tensor):
+        h, weight = ctx.saved_tensors
+        grad = _rows(grad_out)
+        grad_h = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_h = _product_to_channels_last(grad, weight, *_image_dims(h))
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad.t() @ _rows(h)
+        return grad_h, grad_weight
+
+
+def _image_dims(x: torch.Tensor) -> tuple[int, int, int]:
+    return x.shape[0], x.shape[2], x.shape[3]
+
+
 def conv1x1_rows(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``conv2d(h, weight[:, :, None, None])`` for h ``[B, C_in, H, W]`` (channels-last, else copied to
     rows) and weight ``[C_out, C_in]`` as one ``mm``; returns ``[B, C_out, H, W]`` channels-last."""
-    batch, _, height, width = h.shape
-    return _from_rows(_rows(h) @ weight.t(), batch, height, width)
+    return Conv1x1RowsFunction.apply(h, weight)
 
 
 def conv_col2im(

@@ -3,8 +3,9 @@
 //
 //   cond_bias_elu(Tensor h, Tensor? bias) -> Tensor out
 //       out[b, c, p] = elu(h[b, c, p] + bias[b, c]) for h [B, C, P], bias [B, C] or None
-//   cond_bias_elu_(Tensor(a!) h, Tensor? bias) -> Tensor(a!)
-//       the same, written over h (for an h nobody needs afterwards: a GEMM's fresh output)
+//   cond_bias_elu_(Tensor(a!) h, Tensor? bias) -> ()
+//       the same, written over h (for an h nobody needs afterwards: a GEMM's fresh output); it returns
+//       nothing, as torch.compile's functionalisation wants of a custom op that mutates its input
 //   cond_bias_elu_backward(Tensor out, Tensor grad_out, bool bias_grad) -> (Tensor grad_h, Tensor grad_bias)
 //       grad_h = grad_out * elu'(.), with elu' = 1 where out > 0 and out + 1 (= e^v) elsewhere;
 //       grad_bias[b, c] = sum_p grad_h[b, c, p] (an empty [0] tensor without bias_grad)
@@ -219,11 +220,10 @@ at::Tensor cond_bias_elu_cpu(const at::Tensor& h, const std::optional<at::Tensor
   return out;
 }
 
-at::Tensor& cond_bias_elu_inplace_cpu(at::Tensor& h, const std::optional<at::Tensor>& bias) {
+void cond_bias_elu_inplace_cpu(const at::Tensor& h, const std::optional<at::Tensor>& bias) {
   check_planes(h, "h");
   check_bias(h, bias);
   cond_bias_elu_into(h, bias, h);
-  return h;
 }
 
 std::tuple<at::Tensor, at::Tensor> cond_bias_elu_backward_cpu(const at::Tensor& out, const at::Tensor& grad_out,
@@ -287,7 +287,7 @@ std::tuple<at::Tensor, at::Tensor> cond_bias_elu_backward_cpu(const at::Tensor& 
 
 TORCH_LIBRARY_FRAGMENT(fastflow, m) {
   m.def("cond_bias_elu(Tensor h, Tensor? bias) -> Tensor");
-  m.def("cond_bias_elu_(Tensor(a!) h, Tensor? bias) -> Tensor(a!)");
+  m.def("cond_bias_elu_(Tensor(a!) h, Tensor? bias) -> ()");
   m.def("cond_bias_elu_backward(Tensor out, Tensor grad_out, bool bias_grad) -> (Tensor grad_h, Tensor grad_bias)");
 }
 

@@ -86,10 +86,12 @@ def test_step_targets_benchmark_runs() -> None:
 
 
 @pytest.mark.slow
-def test_profile_and_conv_mid_benchmarks_run() -> None:
+def test_profile_conv_mid_and_coupling_net_benchmarks_run() -> None:
     proc = run_python(
         "-m", "benchmarks.profile_step", "--config", "tiny_wolf", "--batch", "2", "--rounds", "1", "--threads", "1"
     )
     assert "**step total**" in proc.stdout
     proc = run_python("-m", "benchmarks.bench_conv_mid", "--shape", "2", "16", "4", "4", "--rounds", "1")
     assert "nhwc_mm" in proc.stdout and "x reference" in proc.stdout
+    proc = run_python("-m", "benchmarks.bench_coupling_net", "--batch", "2", "--hidden", "16", "--rounds", "1")
+    assert proc.stdout.count("rows") == 5 and "nchw" in proc.stdout  # its values checked against the reference

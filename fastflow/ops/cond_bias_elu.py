@@ -125,7 +125,7 @@ def _cpu_kernels_loaded() -> bool:
         _cpu_kernels = _extension.load_library() and _extension.has_kernel("cond_bias_elu", "cpu")
         if _cpu_kernels:
             torch.library.register_fake("fastflow::cond_bias_elu")(_fake_forward)
-            torch.library.register_fake("fastflow::cond_bias_elu_")(lambda h, bias: h)
+            torch.library.register_fake("fastflow::cond_bias_elu_")(lambda h, bias: None)
             torch.library.register_fake("fastflow::cond_bias_elu_backward")(_fake_backward)
     return _cpu_kernels
 

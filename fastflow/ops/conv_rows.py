@@ -49,6 +49,11 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
+def _from_rows(rows: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
+    """Rows ``[B*H*W, C]`` as the channels-last ``[B, C, H, W]`` they are (a view)."""
+    return rows.view(batch, height, width, rows.shape[1]).permute(0, 3, 1, 2)
+
+
 def _product_to_channels_last(
     a: torch.Tensor, b: torch.Tensor, batch: int, height: int, width: int, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -141,8 +146,8 @@ class Conv1x1RowsFunction(torch.autograd.Function):
         h, weight = ctx.saved_tensors
         grad = _rows(grad_out)
         grad_h = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_h = _product_to_channels_last(grad, weight, *_image_dims(h))
+        if ctx.needs_input_grad[0]:  # a plain product (no out=): backward may run under vmap
+            grad_h = _from_rows(grad @ weight, *_image_dims(h))
         if ctx.needs_input_grad[1]:
             grad_weight = grad.t() @ _rows(h)
         return grad_h, grad_weight

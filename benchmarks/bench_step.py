@@ -3,14 +3,17 @@ with fastflow's ops against the same model on ``backend="reference"`` (the paper
 
     python -m benchmarks.bench_step                      # CIFAR-10 Wolf, batch 16, 2 threads (~5 min)
     python -m benchmarks.bench_step --rounds 3 --batch 4 # shorter
+    python -m benchmarks.bench_step --processes          # a fresh process per variant and round
 
 One process, one model (its parameters shared by the variants, one AdamW each), random uint8 images.
 The variants take one step each per round, the order reversed every other round; each speed ratio is
 the median over rounds of the paired step-time ratio (reference time / variant time), so that load
-from other processes falls on all alike. Memory: one more step of each variant under
-:class:`benchmarks._common.StepMemory` (peak RSS rise above what is resident), plus the resident
-parameters, gradients and AdamW state, which every variant shares. Prints the ratios and whether each
-target is met; ``--json`` also writes them to a file.
+from other processes falls on all alike. ``--processes`` runs each variant in a fresh process every
+round instead (same seed, same model), so that no variant inherits the heap another left behind.
+Memory: one more step of each variant under :class:`benchmarks._common.StepMemory` (peak RSS rise
+above what is resident), plus the resident parameters, gradients and AdamW state, which every
+variant shares. Prints the ratios and whether each target is met; ``--json`` also writes them to a
+file.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import argparse
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -82,6 +87,30 @@ def measure(cases: list[Case], rounds: int) -> dict[str, dict]:
     return out
 
 
+def measure_in_processes(args: argparse.Namespace) -> dict[str, dict]:
+    """As :func:`measure`, but each variant runs in a process of its own every round (the order
+    reversed every other round): a warm-up step, ``args.steps`` timed steps (their median is the
+    round's time) and one step under :class:`StepMemory`. Nothing is shared between the variants,
+    not even the allocator's heap, whose state one variant's steps leave for the next's."""
+    per_round: dict[str, list[dict]] = {name: [] for name in args.variants}
+    for round_ in range(args.rounds):
+        for name in args.variants if round_ % 2 == 0 else reversed(args.variants):
+            command = [sys.executable, "-m", "benchmarks.bench_step", "--worker", name, "--config", args.config]
+            command += ["--batch", str(args.batch), "--threads", str(args.threads), "--rounds", str(args.steps)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            per_round[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    out = {}
+    for name, rounds in per_round.items():
+        memories = [r["step_mem_mib"] for r in rounds if r["step_mem_mib"] is not None]
+        out[name] = {
+            "step_times_s": [r["step_s"] for r in rounds],
+            "step_s": median(r["step_s"] for r in rounds),
+            "step_mem_mib": median(memories) if memories else None,
+            "resident_mib": rounds[0]["resident_mib"],
+        }
+    return out
+
+
 def report(results: dict[str, dict], batch: int) -> list[str]:
     """Lines: per variant img/s, speed and memory against the reference; then each target, met or not."""
     ref = results["reference"]
@@ -122,7 +151,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--variants", nargs="+", default=["reference", "torch", "torch+bf16"], choices=sorted(VARIANTS))
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--processes", action="store_true", help="each variant in a process of its own every round (see --steps)"
+    )
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per process with --processes")
+    parser.add_argument("--worker", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # one process's variant
     args = parser.parse_args(argv)
+    if args.worker:  # --rounds timed steps of one variant; one JSON line for measure_in_processes
+        torch.set_num_threads(args.threads)
+        result = measure(build(args.config, args.batch, [args.worker]), args.rounds)[args.worker]
+        print(json.dumps(result))
+        return {args.worker: result}
     if "reference" not in args.variants:
         parser.error("--variants must include reference (every ratio is taken against it)")
     torch.set_num_threads(args.threads)
@@ -131,12 +170,16 @@ def main(argv: list[str] | None = None) -> dict:
     load = os.getloadavg()
     print(
         f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} | {cpu_model()} | {os.cpu_count()} cores, {args.threads} threads | "
-        f"torch {torch.__version__} | {args.config} batch {args.batch}, {args.rounds} rounds | "
+        f"torch {torch.__version__} | {args.config} batch {args.batch}, {args.rounds} rounds"
+        f"{f' of {args.steps} steps in fresh processes' if args.processes else ''} | "
         f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
         flush=True,
     )
     start = time.perf_counter()
-    results = measure(build(args.config, args.batch, args.variants), args.rounds)
+    if args.processes:
+        results = measure_in_processes(args)
+    else:
+        results = measure(build(args.config, args.batch, args.variants), args.rounds)
     lines = report(results, args.batch)
     lines += [
         f"target {name} NOT MEASURED: this CPU has no {' or '.join(BF16_FLAGS)} (bfloat16 convolutions would "

@@ -83,6 +83,9 @@ def test_step_targets_benchmark_runs() -> None:
     )
     verdicts = proc.stdout.count("-> MET") + proc.stdout.count("-> NOT MET") + proc.stdout.count("NOT MEASURED")
     assert proc.stdout.count("x reference speed") >= 2 and verdicts == 3
+    args = ["--config", "tiny_wolf", "--batch", "2", "--rounds", "2", "--steps", "1", "--threads", "1"]
+    proc = run_python("-m", "benchmarks.bench_step", *args, "--processes", "--variants", "reference", "torch")
+    assert "in fresh processes" in proc.stdout and proc.stdout.count("x reference speed;") == 2
 
 
 @pytest.mark.slow

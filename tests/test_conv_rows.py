@@ -7,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from fastflow.flows.coupling import CouplingNet2d
+from fastflow.ops import conv_rows
 from fastflow.ops.conv_rows import conv1x1_rows, conv_col2im, conv_im2col, is_channels_last, use_rows
 
 TOLERANCES = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -114,3 +115,48 @@ def test_coupling_net_rows_against_conv2d(dtype):
     for got, want in zip((out, *grads), (out_ref, *grads_ref)):
         scale = want.abs().max().item()
         torch.testing.assert_close(got, want, atol=TOLERANCES[dtype] * scale, rtol=TOLERANCES[dtype])
+
+
+# ---- the extension's patch kernels (csrc/patch_rows.cpp) and the fallback without them ----
+
+needs_patch_kernels = pytest.mark.skipif(not conv_rows._patch_kernels_loaded(), reason="the C++ extension is not built")
+
+
+@needs_patch_kernels
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k, padding", [(3, 1), (3, 0), (1, 0), (5, 2), (2, 1)])
+def test_patch_kernels_match_unfold_and_fold(k, padding, dtype):
+    """im2col_rows is F.unfold laid out as rows (exactly: it only moves values), col2im_rows is F.fold
+    of such rows (a sum: float rounding apart), on a strided, non-square image."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 5, 7, generator=gen).to(dtype)[:, ::2]
+    want = F.unfold(x.float(), k, padding=padding).transpose(1, 2).reshape(-1, 3 * k * k).to(dtype)
+    assert torch.equal(torch.ops.fastflow.im2col_rows(x, k, padding), want)
+    out_h, out_w = 5 + 2 * padding - k + 1, 7 + 2 * padding - k + 1
+    rows = torch.randn(2 * out_h * out_w, 3 * k * k, generator=gen).to(dtype)
+    want = F.fold(rows.double().view(2, out_h * out_w, -1).transpose(1, 2), (5, 7), k, padding=padding)
+    tolerance = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    got = torch.ops.fastflow.col2im_rows(rows, 5, 7, k, padding)
+    torch.testing.assert_close(got.double(), want, atol=tolerance * 10, rtol=tolerance)
+
+
+@needs_patch_kernels
+def test_patch_kernels_gradcheck_and_bad_input():
+    rows = torch.randn(2 * 3 * 4, 2 * 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda r: conv_rows.Col2imRowsFunction.apply(r, 2, (3, 4), 3, 1), (rows,))
+    with pytest.raises(ValueError, match=r"expects x of shape \[B, C, H, W\]"):
+        torch.ops.fastflow.im2col_rows(torch.zeros(2, 3, 4), 3, 1)
+    with pytest.raises(ValueError, match="does not fit"):
+        torch.ops.fastflow.im2col_rows(torch.zeros(1, 1, 2, 2), 5, 0)
+    with pytest.raises(ValueError, match=r"expects contiguous rows"):
+        torch.ops.fastflow.col2im_rows(torch.zeros(7, 18), 3, 4, 3, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_without_patch_kernels_the_same_through_unfold_and_fold(monkeypatch, dtype):
+    """Without the extension the row formulation falls back on F.unfold/F.fold, with the same values."""
+    monkeypatch.setattr(conv_rows, "_patch_kernels", False)
+    x, weight, bias = inputs(2, 3, 7, 6, 3, dtype)
+    assert_matches(lambda *t: conv_im2col(*t, padding=1), lambda *t: F.conv2d(*t, padding=1), [x, weight, bias], dtype)
+    h, weight, bias = inputs(2, 9, 4, 6, 3, dtype, channels_last=True)
+    assert_matches(lambda *t: conv_col2im(*t, padding=1), lambda *t: F.conv2d(*t, padding=1), [h, weight, bias], dtype)

@@ -5,15 +5,19 @@ A channels-last ``[B, C, H, W]`` tensor is, in memory, the rows ``[B*H*W, C]``, 
 with stride 1 is one matrix product over those rows plus a cheap rearrangement on its thin side:
 
 - :func:`conv_im2col` (few input channels, e.g. the coupling net's first 3x3 conv, 6 -> 512): the
-  input's patches ``[B*H*W, C_in*k*k]`` (``F.unfold``, small) times the kernel; the result is
-  channels-last, so the next op reads rows without a copy.
+  input's patches ``[B*H*W, C_in*k*k]`` (small) times the kernel; the result is channels-last, so
+  the next op reads rows without a copy.
 - :func:`conv1x1_rows` (the 512 -> 512 ``conv_mid``): one ``mm`` on the rows, channels-last in
   and out.
 - :func:`conv_col2im` (few output channels, e.g. the last 3x3 conv, 512 -> 12): the rows times the
   flipped kernel arranged as ``[C_out*k*k, C_in]`` give every output channel's contribution at every
-  kernel offset; ``F.fold`` (col2im) adds them up at their shifted positions, giving a contiguous
-  NCHW result. This is the transposed-convolution identity ``conv(h, W) = fold(rows(h) @
-  flip(W)^T)`` for "same" padding.
+  kernel offset; col2im adds them up at their shifted positions, giving a contiguous NCHW result.
+  This is the transposed-convolution identity ``conv(h, W) = fold(rows(h) @ flip(W)^T)`` for
+  "same" padding.
+
+The patches (im2col) and their adjoint (col2im) are the extension's ``im2col_rows`` and
+``col2im_rows`` (``csrc/patch_rows.cpp``: one parallel pass straight to and from rows, 1.4-4.5x
+``F.unfold``/``F.fold`` plus the transposing copy at these shapes), else ``F.unfold``/``F.fold``.
 
 Why: on the 2-core AMD EPYC (AVX2) these shapes run ``conv2d`` (oneDNN, NCHW) at 30-90 GFLOP/s
 (forward + backward), against 80-140 GFLOP/s for the same products as ``mm`` (benchmarks/RESULTS.md,
@@ -31,6 +35,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from fastflow.ops import _extension
 from fastflow.ops._backend import resolve_backend
 
 
@@ -82,9 +87,66 @@ def _check_same(weight: torch.Tensor, padding: int) -> int:
     return weight.shape[2]
 
 
+_patch_kernels: bool | None = None  # known after the first call (a plain global: torch.compile reads it)
+
+
+def _patch_kernels_loaded() -> bool:
+    """Whether the extension's ``im2col_rows``/``col2im_rows`` CPU kernels are loaded (their fake
+    implementations, for torch.compile, then registered)."""
+    global _patch_kernels
+    if _patch_kernels is None:
+        _patch_kernels = _extension.load_library() and _extension.has_kernel("im2col_rows", "cpu")
+        if _patch_kernels:
+            torch.library.register_fake("fastflow::im2col_rows")(_fake_im2col)
+            torch.library.register_fake("fastflow::col2im_rows")(_fake_col2im)
+    return _patch_kernels
+
+
+def _fake_im2col(x: torch.Tensor, kernel: int, padding: int) -> torch.Tensor:
+    batch, channels, height, width = x.shape
+    out_h, out_w = height + 2 * padding - kernel + 1, width + 2 * padding - kernel + 1
+    return x.new_empty(batch * out_h * out_w, channels * kernel * kernel)
+
+
+def _fake_col2im(rows: torch.Tensor, height: int, width: int, kernel: int, padding: int) -> torch.Tensor:
+    out_h, out_w = height + 2 * padding - kernel + 1, width + 2 * padding - kernel + 1
+    return rows.new_empty(rows.shape[0] // (out_h * out_w), rows.shape[1] // kernel**2, height, width)
+
+
+def _use_patch_kernels(t: torch.Tensor, kernel: tuple[int, int]) -> bool:
+    return t.device.type == "cpu" and kernel[0] == kernel[1] and _patch_kernels_loaded()
+
+
 def _patches(x: torch.Tensor, kernel: tuple[int, int], padding: int) -> torch.Tensor:
-    """x's patches as rows ``[B*H'*W', C_in*kh*kw]`` (``F.unfold``, then one copy to rows)."""
+    """x's patches as rows ``[B*H'*W', C_in*kh*kw]``, columns ordered (c, i, j): the extension's
+    ``im2col_rows`` in one parallel pass, else ``F.unfold`` and a copy to rows."""
+    if _use_patch_kernels(x, kernel):
+        return torch.ops.fastflow.im2col_rows(x, kernel[0], padding)
     return F.unfold(x, kernel, padding=padding).transpose(1, 2).reshape(-1, x.shape[1] * kernel[0] * kernel[1])
+
+
+def _sum_patches(
+    rows: torch.Tensor, batch: int, size: tuple[int, int], kernel: tuple[int, int], padding: int
+) -> torch.Tensor:
+    """The adjoint of :func:`_patches`: rows ``[B*H'*W', C*kh*kw]`` summed into ``[B, C, H, W]``
+    (``size`` = (H, W)): the extension's ``col2im_rows``, else ``F.fold``."""
+    if _use_patch_kernels(rows, kernel):
+        return torch.ops.fastflow.col2im_rows(rows.contiguous(), size[0], size[1], kernel[0], padding)
+    return F.fold(rows.view(batch, -1, rows.shape[1]).transpose(1, 2), size, kernel, padding=padding)
+
+
+class Col2imRowsFunction(torch.autograd.Function):
+    """:func:`_sum_patches` with its adjoint, :func:`_patches`, as backward."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, batch: int, size: tuple[int, int], kernel: int, padding: int) -> torch.Tensor:
+        ctx.geometry = ((kernel, kernel), padding)
+        return _sum_patches(rows, batch, size, (kernel, kernel), padding)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        return _patches(grad_out, *ctx.geometry), None, None, None, None
 
 
 class Im2colConvFunction(torch.autograd.Function):
@@ -112,8 +174,8 @@ class Im2colConvFunction(torch.autograd.Function):
         grad = _rows(grad_out)
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_patches = (grad @ weight.reshape(c_out, -1)).view(x.shape[0], -1, x.shape[1] * kh * kw)
-            grad_x = F.fold(grad_patches.transpose(1, 2), x.shape[2:], (kh, kw), padding=ctx.padding)
+            grad_patches = grad @ weight.reshape(c_out, -1)
+            grad_x = _sum_patches(grad_patches, x.shape[0], tuple(x.shape[2:]), (kh, kw), ctx.padding)
         if ctx.needs_input_grad[1]:
             grad_weight = (grad.t() @ _patches(x, (kh, kw), ctx.padding)).view(weight.shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -173,6 +235,5 @@ def conv_col2im(
     batch, c_in, height, width = h.shape
     c_out = weight.shape[0]
     flipped = weight.flip(2, 3).permute(0, 2, 3, 1).reshape(c_out * k * k, c_in)  # rows (c, i, j)
-    shifted = (_rows(h) @ flipped.t()).view(batch, height * width, c_out * k * k).transpose(1, 2)
-    out = F.fold(shifted, (height, width), k, padding=padding)
+    out = Col2imRowsFunction.apply(_rows(h) @ flipped.t(), batch, (height, width), k, padding)
     return out if bias is None else out + bias.view(1, -1, 1, 1)

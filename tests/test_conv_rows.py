@@ -30,6 +30,17 @@ def value_and_grads(fn, tensors, seed=1):
     return out, torch.autograd.grad((out * probe).sum(), tensors)
 
 
+def graph_nodes(out: torch.Tensor) -> set[str]:
+    """The class names of every node in out's autograd graph."""
+    visited, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in visited:
+            visited.add(node)
+            stack += [next_node for next_node, _ in node.next_functions]
+    return {type(node).__name__ for node in visited}
+
+
 def assert_matches(fn, reference, tensors, dtype):
     out, grads = value_and_grads(fn, tensors)
     out_ref, grads_ref = value_and_grads(reference, tensors)
@@ -112,6 +123,11 @@ def test_coupling_net_rows_against_conv2d(dtype):
         results[backend] = value_and_grads(lambda x, z, *p: net(x, z), [x, z, *net.parameters()])
     (out, grads), (out_ref, grads_ref) = results["torch"], results["reference"]
     assert out.is_contiguous()
+    net.backend = "torch"  # the torch backend's graph holds the three row GEMMs, not conv2d
+    assert {"Im2colConvFunctionBackward", "Conv1x1RowsFunctionBackward", "Col2imRowsFunctionBackward"} <= graph_nodes(
+        net(x, z)
+    )
+    assert "ConvolutionBackward0" not in graph_nodes(net(x, z))
     for got, want in zip((out, *grads), (out_ref, *grads_ref)):
         scale = want.abs().max().item()
         torch.testing.assert_close(got, want, atol=TOLERANCES[dtype] * scale, rtol=TOLERANCES[dtype])

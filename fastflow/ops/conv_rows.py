@@ -25,7 +25,8 @@ Why: on the 2-core AMD EPYC (AVX2) these shapes run ``conv2d`` (oneDNN, NCHW) at
 products straight into a channels-last tensor of their own (not a view), so that the ELU after them
 may overwrite it (``cond_bias_elu(..., reuse_input=True)``), and have their own backwards for that
 reason; :func:`conv_im2col` saves x rather than its patches (k*k times larger). Autograd
-differentiates :func:`conv_col2im` through ``mm`` and ``fold``. The GPU keeps ``conv2d`` (cuDNN), and
+differentiates :func:`conv_col2im` through ``mm`` and :class:`Col2imRowsFunction` (col2im, whose
+backward is im2col). The GPU keeps ``conv2d`` (cuDNN), and
 ``backend="reference"`` keeps the paper's ``conv2d``.
 """
 
@@ -81,7 +82,7 @@ def _product_to_channels_last(
 def _check_same(weight: torch.Tensor, padding: int) -> int:
     if weight.dim() != 4 or weight.shape[2] != weight.shape[3] or weight.shape[2] != 2 * padding + 1:
         raise ValueError(
-            f"expects a square odd kernel [C_out, C_in, k, k] with 'same' padding (k - 1) / 2, got weight "
+            f"conv_col2im expects a square odd kernel [C_out, C_in, k, k] with 'same' padding (k - 1) / 2, got weight "
             f"{tuple(weight.shape)} and padding {padding}"
         )
     return weight.shape[2]

@@ -98,3 +98,11 @@ def test_profile_conv_mid_and_coupling_net_benchmarks_run() -> None:
     assert "nhwc_mm" in proc.stdout and "x reference" in proc.stdout
     proc = run_python("-m", "benchmarks.bench_coupling_net", "--batch", "2", "--hidden", "16", "--rounds", "1")
     assert proc.stdout.count("rows") == 5 and "nchw" in proc.stdout  # its values checked against the reference
+
+
+def test_rows_ab_benchmark_runs() -> None:
+    """``python -m benchmarks.bench_rows_ab`` (the row formulation on and off in whole steps) on a tiny config."""
+    proc = run_python(
+        "-m", "benchmarks.bench_rows_ab", "--config", "tiny_wolf", "--batch", "2", "--rounds", "2", "--threads", "1"
+    )
+    assert "nchw: step" in proc.stdout and "rows: step" in proc.stdout and "rows vs nchw:" in proc.stdout

@@ -24,6 +24,7 @@ from torch.autograd.function import once_differentiable
 
 from fastflow.ops import _extension, _library
 from fastflow.ops._backend import resolve_backend
+from fastflow.ops.conv_rows import is_channels_last
 
 
 def cond_bias_elu_reference(h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -104,7 +105,7 @@ class CondBiasEluFunction(torch.autograd.Function):
 
 def _reusable(h: torch.Tensor) -> bool:
     """Whether the in-place CPU kernel can write over h: stored as planes or channels-last rows."""
-    return h.is_contiguous() or (h.dim() == 4 and h.is_contiguous(memory_format=torch.channels_last))
+    return h.is_contiguous() or is_channels_last(h)
 
 
 def _fake_forward(h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -23,6 +23,7 @@
 // loops use GCC/Clang vector extensions and are compiled for AVX-512, AVX2+FMA and baseline x86-64,
 // picked at load time.
 #include "batched_slogdet.h"
+#include "cpu_math.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -35,15 +36,6 @@
 #include <cstring>
 #include <limits>
 #include <vector>
-
-// Hot loops are compiled for AVX-512 and AVX2+FMA as well, picked at load time (GCC on x86-64).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FASTFLOW_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define FASTFLOW_INLINE inline __attribute__((always_inline))  // compiled into each clone of the caller
-#else
-#define FASTFLOW_VECTOR_CLONES
-#define FASTFLOW_INLINE inline
-#endif
 
 namespace fastflow {
 

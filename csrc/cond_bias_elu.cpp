@@ -15,8 +15,8 @@
 // is); outputs keep the input's layout, and grad_out must have out's. One pass each way: over (b, c)
 // planes spread over threads, or over rows with the channel loop innermost. The reason to exist: torch's CPU ELU
 // evaluates expm1 one element at a time (about 10 ns a float here, four times exp). float32 and
-// bfloat16 (computed in float32, rounded once) use the vectorisable expm1 below (within two float32
-// ulps of the float64 result); float64 calls std::expm1.
+// bfloat16 (computed in float32, rounded once) use the vectorisable expm1 of cpu_math.h (within two
+// float32 ulps of the float64 result); float64 calls std::expm1.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -26,53 +26,18 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "cpu_math.h"
+
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <vector>
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FASTFLOW_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTFLOW_VECTOR_CLONES
-#endif
 
 namespace fastflow {
 namespace {
 
 constexpr int64_t kPlaneGrain = 1 << 15;  // elements per thread chunk at least
 constexpr int kLanes = 16;               // independent partial sums of the bias gradient
-
-// e^x - 1 for x <= 0, branch-free so loops over it vectorise. Near 0 (x > -0.35) a degree-8 Taylor
-// polynomial (truncation below 3e-10 relative); below, e^x - 1 with e^x from a Cody-Waite reduction
-// x = n ln2 + r and a degree-6 polynomial for e^r (the Cephes expf coefficients), where
-// e^x <= 0.71 leaves no cancellation to speak of. x is clamped at -87 (e^-87 = 1.6e-38, result -1).
-inline float expm1_nonpositive(float x) {
-  float p = 1.0f / 40320.0f;
-  p = p * x + 1.0f / 5040.0f;
-  p = p * x + 1.0f / 720.0f;
-  p = p * x + 1.0f / 120.0f;
-  p = p * x + 1.0f / 24.0f;
-  p = p * x + 1.0f / 6.0f;
-  p = p * x + 0.5f;
-  const float near_zero = x + x * x * p;
-
-  const float xc = std::max(x, -87.0f);
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float q = 1.9875691500e-4f;
-  q = q * r + 1.3981999507e-3f;
-  q = q * r + 8.3334519073e-3f;
-  q = q * r + 4.1665795894e-2f;
-  q = q * r + 1.6666665459e-1f;
-  q = q * r + 5.0000001201e-1f;
-  const float e_r = r + r * r * q + 1.0f;
-  const float two_n = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
-  const float far = e_r * two_n - 1.0f;
-  return x > -0.35f ? near_zero : far;
-}
 
 // Branch-free so that the loop vectorises: for v > 0 the expm1 term is expm1(0) = 0 exactly.
 inline float elu(float v) { return std::max(v, 0.0f) + expm1_nonpositive(std::min(v, 0.0f)); }

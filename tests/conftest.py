@@ -6,6 +6,7 @@ the test modules are collected.
 
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -13,3 +14,15 @@ if not torch.cuda.is_available():
 
 # One thread: the suite runs on 2 shared cores, where 2 threads make small ops far slower.
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def poisoned_empty():
+    """torch fills every new uninitialised tensor (the C++ kernels' outputs too) with NaN, so an element
+    a kernel fails to write shows up as a mismatch."""
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.utils.deterministic.fill_uninitialized_memory = fill
+    torch.use_deterministic_algorithms(False)

@@ -228,17 +228,6 @@ def test_cpu_raw_op_bad_input():
         torch.ops.fastflow.cond_bias_elu(torch.zeros(2, 3, 4, dtype=torch.int32), None)
 
 
-@pytest.fixture
-def poisoned_empty():
-    """torch fills every new uninitialised tensor (the C++ kernels' outputs too) with NaN."""
-    fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
-    torch.utils.deterministic.fill_uninitialized_memory = fill
-    torch.use_deterministic_algorithms(False)
-
-
 @needs_cpu_kernels
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 @pytest.mark.parametrize("with_bias", [True, False])

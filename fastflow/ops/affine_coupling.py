@@ -26,8 +26,10 @@ The channel partition is given by index arithmetic, never by split/cat copies:
 ``C // F`` for the split-prior coupling). A skip split needs ``Cb == C // 2`` and an even ``C``; for
 odd ``C`` the layers pass ``split="continuous"`` instead, as the paper's code does.
 
-``backend="torch"`` and ``"reference"`` run the plain-PyTorch references (slices, the scale, and
-``torch.cat``, as the papers' code computes a coupling); ``"triton"`` the fused kernels.
+``backend="reference"`` runs the plain-PyTorch references (slices, the scale, and ``torch.cat``, as
+the papers' code computes a coupling); ``"triton"`` the fused Triton kernels; ``"torch"`` the
+extension's C++ kernels on CPU tensors of float32, float64 or bfloat16 (``csrc/affine_coupling.cpp``,
+the same formulas and the same autograd Function), the references elsewhere.
 
 Shapes: x, y ``[B, C, *S]`` (images ``[B, C, H, W]``, vectors ``[B, C]``); mu, u ``[B, Cb, *S]``;
 logdet ``[B]``. ``u=None`` gives the additive coupling (logdet 0). Instead of mu and u, the whole
@@ -37,24 +39,26 @@ output of a conditioning network may be passed as ``params`` ``[B, 2 Cb, *S]`` w
 coupling. The fused op then reads mu and u in place and returns their gradient as one buffer of
 params' shape, so the network's last layer gets one gradient tensor (no zeros + slice-copy assembly).
 
-The Triton path (:class:`AffineCouplingFunction`, kernels in ``fastflow.kernels.affine_coupling``,
-one kernel per direction with the scale function a compile-time constant) reads x, mu and u through
+The fused path (:class:`AffineCouplingFunction`, Triton kernels in ``fastflow.kernels.affine_coupling``
+with the scale function a compile-time constant, or the C++ CPU kernels) reads x, mu and u through
 their strides, writes y and the per-sample logdet in one pass and recomputes s from u in the
 backward, so it saves only its inputs. With ``inplace=True`` (no autograd recording) y overwrites x
 and only the transformed channels are written. float16/bfloat16 inputs are computed in float32 and
-give a float32 logdet.
+give a float32 logdet. The CPU kernels take mu and u in x's dtype: narrower ones (bfloat16 from an
+autocast network beside a float32 x) are cast up first, as the reference's type promotion does.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from fastflow.ops import _library
+from fastflow.ops import _extension, _library
 from fastflow.ops._backend import resolve_backend
 
 SPLITS = ("continuous", "skip")
@@ -263,38 +267,121 @@ def _as_bcp(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
 
 
+def _cpu_apply(x, mu, u, start: int, stride: int, form: tuple, inverse: bool):
+    return torch.ops.fastflow.coupling_apply(x, mu, u, start, stride, *form, inverse)
+
+
+def _cpu_backward(x, mu, u, grad_out, grad_logdet, start: int, stride: int, form: tuple, inverse: bool):
+    """``(d x, d mu, d u)``: dmu and du are the halves of the kernel's one gradient buffer."""
+    d_in, d_params = torch.ops.fastflow.coupling_backward(
+        x, mu, u, grad_out, grad_logdet, start, stride, *form, inverse, 0
+    )
+    cb = mu.shape[1]
+    return d_in, d_params[:, :cb], None if u is None else d_params[:, cb:]
+
+
+def _cpu_backward_packed(x, params, grad_out, grad_logdet, layout: str, additive: bool, start, stride, form, inverse):
+    mu, u = split_params(params, layout, additive)
+    return torch.ops.fastflow.coupling_backward(
+        x, mu, u, grad_out, grad_logdet, start, stride, *form, inverse, LAYOUTS.index(layout)
+    )
+
+
+# kernels -> (apply, backward with separate mu and u, backward with packed params)
+KERNELS: dict[str, tuple[Callable, Callable, Callable]] = {
+    "triton": (_library.coupling_apply, _library.coupling_backward, _library.coupling_backward_packed),
+    "cpu": (_cpu_apply, _cpu_backward, _cpu_backward_packed),
+}
+
+
 class AffineCouplingFunction(torch.autograd.Function):
     """Fused coupling in either direction, with its backward; inputs are ``[B, C, P]`` views.
 
-    ``forward(x, mu, u, params, layout, start, stride, form, inverse) -> (out [B, C, P], logdet [B])``:
-    either mu and u (u None: additive) or ``params`` with its ``layout`` (None: params is the additive
-    coupling's mu); mu and u are then views of params, and the backward returns one gradient of
-    params' shape. The transformed channels are
-    ``start + j * stride``; ``form`` is :meth:`CouplingScale.kernel_form`; ``inverse=False`` is the
-    density direction x -> y, ``inverse=True`` the generation direction y -> x (then ``x`` holds y).
+    ``forward(x, mu, u, params, layout, start, stride, form, inverse, kernels) -> (out [B, C, P],
+    logdet [B])``: either mu and u (u None: additive) or ``params`` with its ``layout`` (None: params
+    is the additive coupling's mu); mu and u are then views of params, and the backward returns one
+    gradient of params' shape. The transformed channels are ``start + j * stride``; ``form`` is
+    :meth:`CouplingScale.kernel_form`; ``inverse=False`` is the density direction x -> y,
+    ``inverse=True`` the generation direction y -> x (then ``x`` holds y); ``kernels`` is
+    ``"triton"`` or ``"cpu"`` (``KERNELS``).
     """
 
     @staticmethod
-    def forward(ctx, x, mu, u, params, layout: str, start: int, stride: int, form: tuple, inverse: bool):
+    def forward(ctx, x, mu, u, params, layout: str, start: int, stride: int, form: tuple, inverse: bool, kernels: str):
         if params is not None:
             mu, u = split_params(params, layout or "shift_scale", additive=layout is None)
-        out, logdet = _library.coupling_apply(x, mu, u, start, stride, form, inverse)
+        out, logdet = KERNELS[kernels][0](x, mu, u, start, stride, form, inverse)
         ctx.save_for_backward(x, mu, u, params)
-        ctx.layout = (start, stride, form, inverse, layout)
+        ctx.layout = (start, stride, form, inverse, layout, kernels)
         return out, logdet
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_logdet):
         x, mu, u, params = ctx.saved_tensors
-        start, stride, form, inverse, layout = ctx.layout
+        start, stride, form, inverse, layout, kernels = ctx.layout
+        _, backward_separate, backward_packed = KERNELS[kernels]
+        none = (None,) * 6
         if params is None:
-            d_in, d_mu, d_u = _library.coupling_backward(x, mu, u, grad_out, grad_logdet, start, stride, form, inverse)
-            return d_in, d_mu, d_u, None, None, None, None, None, None
-        d_in, d_params = _library.coupling_backward_packed(  # dmu and du are halves of one buffer
+            d_in, d_mu, d_u = backward_separate(x, mu, u, grad_out, grad_logdet, start, stride, form, inverse)
+            return d_in, d_mu, d_u, *none, None
+        d_in, d_params = backward_packed(  # dmu and du are halves of one buffer
             x, params, grad_out, grad_logdet, layout or "shift_scale", layout is None, start, stride, form, inverse
         )
-        return d_in, None, None, d_params, None, None, None, None, None
+        return d_in, None, None, d_params, *none
+
+
+CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+_cpu_kernels: bool | None = None  # known after the first call (a plain global: torch.compile reads it)
+
+
+def _cpu_kernels_loaded() -> bool:
+    """Whether the extension's coupling CPU kernels are loaded (their fake implementations, for
+    torch.compile, then registered)."""
+    global _cpu_kernels
+    if _cpu_kernels is None:
+        _cpu_kernels = _extension.load_library() and _extension.has_kernel("coupling_apply", "cpu")
+        if _cpu_kernels:
+            torch.library.register_fake("fastflow::coupling_apply")(_fake_apply)
+            torch.library.register_fake("fastflow::coupling_apply_")(_fake_apply_inplace)
+            torch.library.register_fake("fastflow::coupling_backward")(_fake_backward)
+    return _cpu_kernels
+
+
+def _logdet_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _fake_apply(x, mu, u, *form_and_direction):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[0], dtype=_logdet_dtype(x))
+
+
+def _fake_apply_inplace(x, mu, u, *form_and_direction):
+    return x.new_empty(x.shape[0], dtype=_logdet_dtype(x))
+
+
+def _fake_backward(x, mu, u, grad_out, grad_logdet, *form_direction_and_layout):
+    d_params = x.new_empty(x.shape[0], mu.shape[1] * (1 if u is None else 2), x.shape[2])
+    return torch.empty_like(x, memory_format=torch.contiguous_format), d_params
+
+
+def _use_cpu_kernels(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
+    """Whether the C++ kernels take this call: CPU tensors of float32, float64 or bfloat16 whose mu and
+    u (or params) are no wider than x (they are cast to x's dtype)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in CPU_DTYPES
+        and all(_no_wider(t.dtype, x.dtype) for t in params if t is not None)
+        and _cpu_kernels_loaded()
+    )
+
+
+def _no_wider(dtype: torch.dtype, than: torch.dtype) -> bool:
+    return dtype in CPU_DTYPES and torch.promote_types(dtype, than) == than
+
+
+def _in_dtype(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(dtype)
 
 
 def _resolve_params(
@@ -332,32 +419,28 @@ def _run(
     if inplace and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, mu_, u_, params)):
         raise ValueError("inplace=True overwrites the input and records no graph; use it under torch.no_grad()")
     idx = transformed_channels(x.shape[1], mu_.shape[1], split, order)
-    if resolve_backend(backend, x, mu_, u_) == "triton":
+    resolved = resolve_backend(backend, x, mu_, u_)
+    if resolved == "triton":
+        kernels = "triton"
+    elif resolved == "torch" and _use_cpu_kernels(x, mu_, u_):
+        kernels = "cpu"
+        if mu_.dtype != x.dtype or (u_ is not None and u_.dtype != x.dtype):  # narrower: cast up
+            mu, u, params = _in_dtype(mu, x.dtype), _in_dtype(u, x.dtype), _in_dtype(params, x.dtype)
+            mu_, u_ = _resolve_params(mu, u, params, layout, scale)
+    else:
+        kernels = None
+    if kernels is not None:
         form = scale.kernel_form(shift_first)
         start, stride = idx.start, idx.step or 1
-        if inplace:
-            from fastflow.kernels.affine_coupling import coupling_apply
-
-            flat = x.view(x.shape[0], x.shape[1], -1) if _viewable(x) else None
-            if flat is not None:
-                _, logdet = coupling_apply(flat, _as_bcp(mu_), _as_bcp(u_), start, stride, form, inverse, out=flat)
-                return x, logdet
+        if inplace and _viewable(x):
+            flat = x.view(x.shape[0], x.shape[1], -1)
+            return x, _apply_inplace(flat, mu_, u_, start, stride, form, inverse, kernels)
         if params is not None:
-            out, logdet = AffineCouplingFunction.apply(
-                _as_bcp(x),
-                None,
-                None,
-                _as_bcp(params),
-                None if scale.additive else layout,
-                start,
-                stride,
-                form,
-                inverse,
-            )
+            layout_ = None if scale.additive else layout
+            args = (_as_bcp(x), None, None, _as_bcp(params), layout_, start, stride, form, inverse, kernels)
         else:
-            out, logdet = AffineCouplingFunction.apply(
-                _as_bcp(x), _as_bcp(mu_), _as_bcp(u_), None, None, start, stride, form, inverse
-            )
+            args = (_as_bcp(x), _as_bcp(mu_), _as_bcp(u_), None, None, start, stride, form, inverse, kernels)
+        out, logdet = AffineCouplingFunction.apply(*args)
         out = out.view(x.shape)
     else:
         ref = affine_coupling_inverse_reference if inverse else affine_coupling_reference
@@ -366,6 +449,15 @@ def _run(
         x[:, idx] = out[:, idx]
         return x, logdet
     return out, logdet
+
+
+def _apply_inplace(flat, mu, u, start: int, stride: int, form: tuple, inverse: bool, kernels: str):
+    """The coupling written over ``flat [B, C, P]``, transformed channels only; returns the logdet."""
+    if kernels == "cpu":
+        return torch.ops.fastflow.coupling_apply_(flat, _as_bcp(mu), _as_bcp(u), start, stride, *form, inverse)
+    from fastflow.kernels.affine_coupling import coupling_apply
+
+    return coupling_apply(flat, _as_bcp(mu), _as_bcp(u), start, stride, form, inverse, out=flat)[1]
 
 
 def _viewable(x: torch.Tensor) -> bool:

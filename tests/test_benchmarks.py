@@ -66,14 +66,6 @@ def test_op_speed_benchmarks_run_once() -> None:
     assert " passed" in proc.stdout and "failed" not in proc.stdout
 
 
-def test_cpu_elu_benchmark_runs() -> None:
-    """``python -m benchmarks.bench_cpu_elu`` on a tiny config (its numbers go to RESULTS.md)."""
-    proc = run_python(
-        "-m", "benchmarks.bench_cpu_elu", "--config", "tiny_wolf", "--batch", "2", "--rounds", "1", "--threads", "1"
-    )
-    assert "speed-up" in proc.stdout and "median of paired ratios" in proc.stdout
-
-
 @pytest.mark.slow
 def test_step_targets_benchmark_runs() -> None:
     """``python -m benchmarks.bench_step`` (the issue-14 targets) on a tiny config: a ratio per variant
@@ -100,9 +92,10 @@ def test_profile_conv_mid_and_coupling_net_benchmarks_run() -> None:
     assert proc.stdout.count("rows") == 5 and "nchw" in proc.stdout  # its values checked against the reference
 
 
-def test_rows_ab_benchmark_runs() -> None:
-    """``python -m benchmarks.bench_rows_ab`` (the row formulation on and off in whole steps) on a tiny config."""
-    proc = run_python(
-        "-m", "benchmarks.bench_rows_ab", "--config", "tiny_wolf", "--batch", "2", "--rounds", "2", "--threads", "1"
-    )
-    assert "nchw: step" in proc.stdout and "rows: step" in proc.stdout and "rows vs nchw:" in proc.stdout
+@pytest.mark.parametrize("switch", ["rows", "elu", "coupling"])
+def test_cpu_ab_benchmark_runs(switch) -> None:
+    """``python -m benchmarks.bench_cpu_ab`` (one CPU formulation on and off in whole steps) on a tiny config."""
+    args = ["--config", "tiny_wolf", "--batch", "2", "--rounds", "2", "--threads", "1"]
+    proc = run_python("-m", "benchmarks.bench_cpu_ab", "--switch", switch, *args)
+    assert f"{switch} off: step" in proc.stdout and f"{switch} on: step" in proc.stdout
+    assert f"{switch} on vs off:" in proc.stdout

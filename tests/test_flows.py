@@ -14,6 +14,8 @@ from fastflow.flows import (
     ActNorm,
     ActNormConv1x1,
     AffineCoupling,
+    Flow,
+    FlowSequence,
     GlowCoupling,
     InvertibleConv1x1,
     InvertibleLinear,
@@ -274,3 +276,66 @@ def test_locate_nonfinite_names_the_layer() -> None:
         with locate_nonfinite(flow):
             flow(x)
     flow(torch.randn(2, 3, 4, 4))  # the hooks are gone after the block
+
+
+class ViewOfInput(Flow):
+    """A layer that returns a view of its input (as a permutation written with views might)."""
+
+    def forward(self, x, cond=None):
+        return x.view(x.shape), x.new_zeros(x.shape[0])
+
+    def inverse(self, y, cond=None):
+        return y.view(y.shape), y.new_zeros(y.shape[0])
+
+
+def spy_in_place(monkeypatch) -> list[bool]:
+    """Records the ``inplace`` argument of every coupling call."""
+    calls: list[bool] = []
+    transform = AffineCoupling._transform
+
+    def recorded(self, x, params, generation, inplace=False):
+        calls.append(inplace)
+        return transform(self, x, params, generation, inplace)
+
+    monkeypatch.setattr(AffineCoupling, "_transform", recorded)
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_no_grad_sequences_run_couplings_in_place(monkeypatch, backend: str) -> None:
+    """Under no_grad a refined step's couplings after the first layer write over their input, with the
+    results of the out-of-place step; the step's own input is never written."""
+    step = perturb(refined_step(4, 8, 3, "affine", 0.8)).double()
+    for module in step.modules():
+        if hasattr(module, "backend"):
+            module.backend = backend
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 3, 3, generator=gen, dtype=torch.float64)
+    z = torch.randn(2, 3, generator=gen, dtype=torch.float64)
+    y_want, ld_want = step(x, z)  # autograd on: out of place
+    x_want, ld_inv_want = step.inverse(y_want.detach(), z)
+    calls = spy_in_place(monkeypatch)
+    x_before, y_before = x.clone(), y_want.detach().clone()
+    with torch.no_grad():
+        y, ld = step(x, z)
+        x_back, ld_inv = step.inverse(y_before, z)
+    assert calls == [True] * 4 + [False, True, True, True]  # forward: all four; inverse: not the first
+    torch.testing.assert_close(y, y_want, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(ld, ld_want, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(x_back, x_want, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(ld_inv, ld_inv_want, atol=1e-12, rtol=1e-12)
+    assert torch.equal(x, x_before) and torch.equal(y_want.detach(), y_before)
+
+
+def test_a_coupling_never_writes_into_the_sequences_input(monkeypatch) -> None:
+    """A coupling after a layer that returns a view of the sequence's input runs out of place; one after
+    a view of a tensor the sequence made runs in place."""
+    coupling = perturb(image_coupling(4, 8, 0, "skip", "up")).double()
+    seq = FlowSequence([ViewOfInput(), coupling, ViewOfInput(), coupling])
+    calls = spy_in_place(monkeypatch)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    x_before = x.clone()
+    with torch.no_grad():
+        y, _ = seq(x)
+        seq.inverse(y.clone())
+    assert calls == [False, True, False, True] and torch.equal(x, x_before)

@@ -5,6 +5,11 @@
 forward, log|det dx/dy| for inverse). ``initialize(x, cond=None)`` does the layer's data-dependent
 init on ``x`` and returns what ``forward`` then returns, so a stack initialises layer by layer.
 ``cond`` is the global code z ``[B, dz]`` (or None) and only the couplings read it.
+
+Layers with ``writes_in_place = True`` (the couplings) also take ``inplace=True`` in both directions:
+they then write their output over their input (under no_grad only). :class:`FlowSequence` asks for
+it when autograd is off and the input is a tensor the sequence made itself (not stored in its own
+input's memory), so evaluation and sampling write only the channels a coupling changes.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class Recomputed:
 class Flow(nn.Module):
     """Base class of the invertible layers."""
 
+    writes_in_place = False  # whether forward and inverse take inplace=True (see the module docstring)
+
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
@@ -56,25 +63,35 @@ class Flow(nn.Module):
 
 
 class FlowSequence(Flow):
-    """Layers applied in order in the density direction, in reverse order for the inverse."""
+    """Layers applied in order in the density direction, in reverse order for the inverse.
+
+    With autograd off, a layer that ``writes_in_place`` writes over its input when that input is not
+    stored in the memory of the sequence's own input (it was made by an earlier layer, which nothing
+    else holds)."""
 
     def __init__(self, layers: list[Flow]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _apply_layers(
+        self, layers: list[Flow], x: torch.Tensor, cond: torch.Tensor | None, inverse: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         logdet = x.new_zeros(x.shape[0], dtype=logdet_dtype(x))
-        for layer in self.layers:
-            x, ld = layer(x, cond)
+        source = None if torch.is_grad_enabled() else _storage(x)
+        for layer in layers:
+            run = layer.inverse if inverse else layer
+            if source is not None and layer.writes_in_place and _storage(x) != source:
+                x, ld = run(x, cond, inplace=True)
+            else:
+                x, ld = run(x, cond)
             logdet = logdet + ld
         return x, logdet
 
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._apply_layers(list(self.layers), x, cond, inverse=False)
+
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        logdet = y.new_zeros(y.shape[0], dtype=logdet_dtype(y))
-        for layer in reversed(self.layers):
-            y, ld = layer.inverse(y, cond)
-            logdet = logdet + ld
-        return y, logdet
+        return self._apply_layers(list(reversed(self.layers)), y, cond, inverse=True)
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +100,11 @@ class FlowSequence(Flow):
             x, ld = layer.initialize(x, cond)
             logdet = logdet + ld
         return x, logdet
+
+
+def _storage(t: torch.Tensor) -> int:
+    """The address of the memory ``t`` lives in (views of one tensor share it)."""
+    return t.untyped_storage().data_ptr()
 
 
 def logdet_dtype(x: torch.Tensor) -> torch.dtype:

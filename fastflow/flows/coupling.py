@@ -134,7 +134,11 @@ class AffineCoupling(Flow):
     def _params_from(self, x_a: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         return self.net(x_a) if cond is None else self.net(x_a, cond)
 
-    def _transform(self, x: torch.Tensor, params: torch.Tensor, generation: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    writes_in_place = True
+
+    def _transform(
+        self, x: torch.Tensor, params: torch.Tensor, generation: bool, inplace: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The density formula (``generation=False``) or the generation formula, honouring ``reverse``."""
         op = affine_coupling_inverse if generation != self.reverse else affine_coupling
         return op(
@@ -146,15 +150,21 @@ class AffineCoupling(Flow):
             shift_first=self.shift_first,
             params=params,
             layout=self.layout,
+            inplace=inplace,
         )
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Density direction x -> y: ``(y [B, C, *S], logdet [B])``."""
-        return self._transform(x, self._params(x, cond), generation=False)
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor | None = None, inplace: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density direction x -> y: ``(y [B, C, *S], logdet [B])``; ``inplace`` (no grad only): y is
+        x with its transformed channels overwritten."""
+        return self._transform(x, self._params(x, cond), generation=False, inplace=inplace)
 
-    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Generation direction y -> x: ``(x [B, C, *S], logdet [B])``."""
-        return self._transform(y, self._params(y, cond), generation=True)
+    def inverse(
+        self, y: torch.Tensor, cond: torch.Tensor | None = None, inplace: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generation direction y -> x: ``(x [B, C, *S], logdet [B])``; ``inplace`` as for forward."""
+        return self._transform(y, self._params(y, cond), generation=True, inplace=inplace)
 
     def recompute(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> Recomputed:
         """x = inverse(y) and the graph of forward(x) from one evaluation of the net (x_a = y_a)."""

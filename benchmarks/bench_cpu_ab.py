@@ -1,0 +1,101 @@
+"""A whole Wolf step (forward + backward) on the torch backend on the CPU with one of its CPU
+formulations switched off, against the same step with everything on, in one process:
+
+- ``rows``: the coupling networks as row GEMMs (:mod:`fastflow.ops.conv_rows`); off: ``conv2d``;
+- ``elu``: the C++ bias + ELU kernels (``csrc/cond_bias_elu.cpp``); off: torch's ``F.elu(h + bias)``;
+- ``coupling``: the C++ coupling kernels (``csrc/affine_coupling.cpp``); off: the plain-PyTorch
+  coupling (slices, scale, ``torch.cat``).
+
+    python -m benchmarks.bench_cpu_ab --switch rows       # CIFAR-10 Wolf, batch 16, 2 threads, 8 rounds
+
+The two take one step each per round, the order reversed every other round; the speed-up is the
+median of the paired per-round ratios (off time / on time). Minor page faults per step
+(``getrusage``) show what the allocator does: each one is a fresh page the kernel had to zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+import fastflow.flows.coupling as coupling
+from benchmarks._common import cpu_model, median, paired_ratio
+from benchmarks.bench_models import Resolution, model_config
+from fastflow.models import build_model
+from fastflow.ops import affine_coupling as coupling_ops
+from fastflow.ops import cond_bias_elu as elu_ops
+
+# switch -> (module, the function that chooses the formulation), replaced by one answering False
+SWITCHES: dict[str, tuple[object, str]] = {
+    "rows": (coupling, "use_rows"),
+    "elu": (elu_ops, "_use_cpu_kernels"),
+    "coupling": (coupling_ops, "_use_cpu_kernels"),
+}
+
+
+@contextlib.contextmanager
+def switched_off(switch: str, off: bool) -> Iterator[None]:
+    """The formulation ``switch`` forced off while ``off`` is True."""
+    module, name = SWITCHES[switch]
+    chosen: Callable[..., bool] = getattr(module, name)
+    if off:
+        setattr(module, name, lambda *args: False)
+    try:
+        yield
+    finally:
+        setattr(module, name, chosen)
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_cpu_ab", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--switch", choices=sorted(SWITCHES), required=True, help="the formulation switched off")
+    parser.add_argument("--config", default="cifar10_wolf", help="a bundled config, {dataset}_{kind}")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=8)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    dataset, kind = args.config.split("_", 1)
+    cfg = model_config(Resolution(dataset, batch=args.batch, repeats=1, variants=("torch",)), kind)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    x = torch.randint(0, 256, (args.batch, cfg.in_channels, cfg.image_size, cfg.image_size), dtype=torch.uint8)
+    model.initialize(x, generator=torch.Generator().manual_seed(0))
+    model.set_backend("torch")
+
+    def step(off: bool) -> tuple[float, int]:
+        with switched_off(args.switch, off):
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            start = time.perf_counter()
+            model.zero_grad(set_to_none=True)
+            model.loss(x)["loss"].backward()
+            return time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+
+    load = os.getloadavg()
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} | {cpu_model()} | {args.threads} threads | {args.config} batch "
+        f"{args.batch} | {args.rounds} rounds | load {load[0]:.2f} {load[1]:.2f}"
+    )
+    step(False), step(True)  # warm-up
+    times: dict[bool, list[float]] = {True: [], False: []}
+    faults: dict[bool, list[int]] = {True: [], False: []}
+    for round_ in range(args.rounds):
+        for off in (False, True) if round_ % 2 == 0 else (True, False):
+            seconds, count = step(off)
+            times[off].append(seconds)
+            faults[off].append(count)
+    for off, name in ((True, "off"), (False, "on")):
+        print(f"{args.switch} {name}: step {median(times[off]):.3f} s, {median(faults[off]):.0f} minor page faults")
+    speedup = paired_ratio(times[True], times[False])
+    print(f"{args.switch} on vs off: {speedup:.3f}x (median of paired ratios)")
+    return speedup
+
+
+if __name__ == "__main__":
+    main()

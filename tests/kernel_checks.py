@@ -6,7 +6,8 @@
   subprocess's ``PYTHONPATH``) compiles them with that Triton instead (tests/test_triton_versions.py);
 - :func:`poison_outputs`: make every buffer a kernel module's launchers allocate start as NaN, so an
   element a kernel forgets to write cannot pass as a correct zero;
-- :func:`random_layout`: a float64 normal tensor in one of the memory layouts the ops must accept.
+- :func:`random_layout`: a float64 normal tensor in one of the memory layouts the ops must accept;
+- :func:`autograd_node_names`: the class names of every node in a tensor's autograd graph.
 """
 
 from __future__ import annotations
@@ -65,3 +66,14 @@ def random_layout(shape: tuple[int, ...], layout: str, generator: torch.Generato
         return torch.randn(*shape[:-1], 2 * shape[-1], generator=generator, dtype=torch.float64)[..., ::2]
     t = torch.randn(shape, generator=generator, dtype=torch.float64)
     return t.contiguous(memory_format=torch.channels_last) if layout == "strided" else t
+
+
+def autograd_node_names(out: torch.Tensor) -> set[str]:
+    """The class names of every node in ``out``'s autograd graph."""
+    visited, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in visited:
+            visited.add(node)
+            stack += [next_node for next_node, _ in node.next_functions]
+    return {type(node).__name__ for node in visited}

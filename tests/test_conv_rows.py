@@ -4,6 +4,7 @@ they promise, the coupling network built on them, and their bad input."""
 
 import pytest
 import torch
+from kernel_checks import autograd_node_names
 from torch.nn import functional as F
 
 from fastflow.flows.coupling import CouplingNet2d
@@ -28,17 +29,6 @@ def value_and_grads(fn, tensors, seed=1):
     gen = torch.Generator().manual_seed(seed)
     probe = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
     return out, torch.autograd.grad((out * probe).sum(), tensors)
-
-
-def graph_nodes(out: torch.Tensor) -> set[str]:
-    """The class names of every node in out's autograd graph."""
-    visited, stack = set(), [out.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and node not in visited:
-            visited.add(node)
-            stack += [next_node for next_node, _ in node.next_functions]
-    return {type(node).__name__ for node in visited}
 
 
 def assert_matches(fn, reference, tensors, dtype):
@@ -124,10 +114,12 @@ def test_coupling_net_rows_against_conv2d(dtype):
     (out, grads), (out_ref, grads_ref) = results["torch"], results["reference"]
     assert out.is_contiguous()
     net.backend = "torch"  # the torch backend's graph holds the three row GEMMs, not conv2d
-    assert {"Im2colConvFunctionBackward", "Conv1x1RowsFunctionBackward", "Col2imRowsFunctionBackward"} <= graph_nodes(
-        net(x, z)
-    )
-    assert "ConvolutionBackward0" not in graph_nodes(net(x, z))
+    assert {
+        "Im2colConvFunctionBackward",
+        "Conv1x1RowsFunctionBackward",
+        "Col2imRowsFunctionBackward",
+    } <= autograd_node_names(net(x, z))
+    assert "ConvolutionBackward0" not in autograd_node_names(net(x, z))
     for got, want in zip((out, *grads), (out_ref, *grads_ref)):
         scale = want.abs().max().item()
         torch.testing.assert_close(got, want, atol=TOLERANCES[dtype] * scale, rtol=TOLERANCES[dtype])
@@ -171,7 +163,7 @@ def test_patch_kernels_gradcheck_and_bad_input():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_without_patch_kernels_the_same_through_unfold_and_fold(monkeypatch, dtype):
     """Without the extension the row formulation falls back on F.unfold/F.fold, with the same values."""
-    monkeypatch.setattr(conv_rows, "_patch_kernels", False)
+    monkeypatch.setattr(conv_rows, "_patch_kernels_loaded", lambda: False)
     x, weight, bias = inputs(2, 3, 7, 6, 3, dtype)
     assert_matches(lambda *t: conv_im2col(*t, padding=1), lambda *t: F.conv2d(*t, padding=1), [x, weight, bias], dtype)
     h, weight, bias = inputs(2, 9, 4, 6, 3, dtype, channels_last=True)

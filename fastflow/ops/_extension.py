@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -124,3 +125,21 @@ def has_kernel(op: str, device_type: str) -> bool:
     """Whether the loaded extension has a kernel of ``fastflow::<op>`` for ``device_type``."""
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"fastflow::{op}", key)
+
+
+_cpu_kernel_sets: dict[str, bool] = {}  # first op of a set -> loaded (a plain global: torch.compile reads it)
+
+
+def cpu_kernels_loaded(fakes: dict[str, Callable]) -> bool:
+    """Whether the extension is loaded with a CPU kernel for each ``fastflow::<op>`` in ``fakes``; the
+    first time they are, their fake implementations (output shapes and dtypes, for torch.compile) are
+    registered. Cached per set, keyed by its first op."""
+    key = next(iter(fakes))
+    loaded = _cpu_kernel_sets.get(key)
+    if loaded is None:
+        loaded = load_library() and all(has_kernel(op, "cpu") for op in fakes)
+        if loaded:
+            for op, fake in fakes.items():
+                torch.library.register_fake(f"fastflow::{op}")(fake)
+        _cpu_kernel_sets[key] = loaded
+    return loaded

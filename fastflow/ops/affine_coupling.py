@@ -332,20 +332,6 @@ class AffineCouplingFunction(torch.autograd.Function):
 
 
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
-_cpu_kernels: bool | None = None  # known after the first call (a plain global: torch.compile reads it)
-
-
-def _cpu_kernels_loaded() -> bool:
-    """Whether the extension's coupling CPU kernels are loaded (their fake implementations, for
-    torch.compile, then registered)."""
-    global _cpu_kernels
-    if _cpu_kernels is None:
-        _cpu_kernels = _extension.load_library() and _extension.has_kernel("coupling_apply", "cpu")
-        if _cpu_kernels:
-            torch.library.register_fake("fastflow::coupling_apply")(_fake_apply)
-            torch.library.register_fake("fastflow::coupling_apply_")(_fake_apply_inplace)
-            torch.library.register_fake("fastflow::coupling_backward")(_fake_backward)
-    return _cpu_kernels
 
 
 def _logdet_dtype(x: torch.Tensor) -> torch.dtype:
@@ -374,6 +360,12 @@ def _use_cpu_kernels(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
         and all(_no_wider(t.dtype, x.dtype) for t in params if t is not None)
         and _cpu_kernels_loaded()
     )
+
+
+def _cpu_kernels_loaded() -> bool:
+    """Whether the extension's coupling CPU kernels are loaded."""
+    fakes = {"coupling_apply": _fake_apply, "coupling_apply_": _fake_apply_inplace, "coupling_backward": _fake_backward}
+    return _extension.cpu_kernels_loaded(fakes)
 
 
 def _no_wider(dtype: torch.dtype, than: torch.dtype) -> bool:

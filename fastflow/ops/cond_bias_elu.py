@@ -116,19 +116,14 @@ def _fake_backward(out: torch.Tensor, grad_out: torch.Tensor, bias_grad: bool) -
     return torch.empty_like(out), out.new_empty(out.shape[:2] if bias_grad else (0,))
 
 
-_cpu_kernels: bool | None = None  # known after the first call (a plain global: torch.compile reads it)
-
-
 def _cpu_kernels_loaded() -> bool:
-    """Whether the extension with the CPU kernels is loaded (their fake implementations then registered)."""
-    global _cpu_kernels
-    if _cpu_kernels is None:
-        _cpu_kernels = _extension.load_library() and _extension.has_kernel("cond_bias_elu", "cpu")
-        if _cpu_kernels:
-            torch.library.register_fake("fastflow::cond_bias_elu")(_fake_forward)
-            torch.library.register_fake("fastflow::cond_bias_elu_")(lambda h, bias: None)
-            torch.library.register_fake("fastflow::cond_bias_elu_backward")(_fake_backward)
-    return _cpu_kernels
+    """Whether the extension's bias + ELU CPU kernels are loaded."""
+    fakes = {
+        "cond_bias_elu": _fake_forward,
+        "cond_bias_elu_": lambda h, bias: None,
+        "cond_bias_elu_backward": _fake_backward,
+    }
+    return _extension.cpu_kernels_loaded(fakes)
 
 
 def _use_cpu_kernels(h: torch.Tensor, bias: torch.Tensor | None) -> bool:

@@ -88,19 +88,9 @@ def _check_same(weight: torch.Tensor, padding: int) -> int:
     return weight.shape[2]
 
 
-_patch_kernels: bool | None = None  # known after the first call (a plain global: torch.compile reads it)
-
-
 def _patch_kernels_loaded() -> bool:
-    """Whether the extension's ``im2col_rows``/``col2im_rows`` CPU kernels are loaded (their fake
-    implementations, for torch.compile, then registered)."""
-    global _patch_kernels
-    if _patch_kernels is None:
-        _patch_kernels = _extension.load_library() and _extension.has_kernel("im2col_rows", "cpu")
-        if _patch_kernels:
-            torch.library.register_fake("fastflow::im2col_rows")(_fake_im2col)
-            torch.library.register_fake("fastflow::col2im_rows")(_fake_col2im)
-    return _patch_kernels
+    """Whether the extension's ``im2col_rows``/``col2im_rows`` CPU kernels are loaded."""
+    return _extension.cpu_kernels_loaded({"im2col_rows": _fake_im2col, "col2im_rows": _fake_col2im})
 
 
 def _fake_im2col(x: torch.Tensor, kernel: int, padding: int) -> torch.Tensor:

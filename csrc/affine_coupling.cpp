@@ -64,7 +64,8 @@ Form make_form(int64_t scale, double param, bool special, bool reciprocal, bool 
 
 FASTFLOW_INLINE float exp_acc(float x) { return exp_float(x); }
 FASTFLOW_INLINE double exp_acc(double x) { return std::exp(x); }
-FASTFLOW_INLINE float log_acc(float x) { return log_normal(std::max(x, FLT_MIN)); }  // x here is at most 2
+// x here is at most 2; NaN stays NaN (log_normal would read its bits as a number)
+FASTFLOW_INLINE float log_acc(float x) { return x == x ? log_normal(std::max(x, FLT_MIN)) : x; }
 FASTFLOW_INLINE double log_acc(double x) { return std::log(x); }
 
 template <typename T>

@@ -41,8 +41,8 @@ FASTFLOW_INLINE float reduce_ln2(float x, float& r) {
 FASTFLOW_INLINE float pow2(float n) { return std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23); }
 
 // e^x for every float32 x: +inf above 88.72 and 0 (through the subnormals) below -103.97, as the
-// maths gives; NaN is not propagated (it is clamped). 2^n is applied in two halves so that neither
-// leaves the normal range.
+// maths gives, and NaN for NaN (the clamps pass it through, and so does the polynomial). 2^n is
+// applied in two halves so that neither leaves the normal range.
 FASTFLOW_INLINE float exp_float(float x) {
   float r;
   const float n = reduce_ln2(std::min(std::max(x, -104.0f), 89.0f), r);
@@ -68,7 +68,8 @@ FASTFLOW_INLINE float expm1_nonpositive(float x) {
   return x > -0.35f ? near_zero : far;
 }
 
-// log x for a positive normal float32 x (not 0, subnormals, inf or NaN): x = m 2^e with m in
+// log x for a positive normal float32 x (0, subnormals, inf and NaN give wrong finite numbers: callers
+// clamp or select them away): x = m 2^e with m in
 // [sqrt(1/2), sqrt(2)), then the Cephes logf polynomial in f = m - 1 (within one float32 ulp).
 FASTFLOW_INLINE float log_normal(float x) {
   const int32_t bits = std::bit_cast<int32_t>(x);

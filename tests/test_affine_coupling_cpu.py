@@ -338,3 +338,22 @@ def test_kernel_bad_input_raises(change, message):
             torch.ops.fastflow.coupling_backward(x, mu, u, torch.zeros_like(x), grad_logdet, *args.values(), layout)
         else:
             torch.ops.fastflow.coupling_apply(*args.values())
+
+
+@pytest.mark.parametrize("scale, shift_first", SCALES, ids=SCALE_IDS)
+def test_nan_and_inf_propagate_as_in_the_reference(scale, shift_first):
+    """A NaN in u and an inf in x reach y and the logdet where the reference's do, so the models'
+    non-finite checks see them (the kernels' own exp and log must not turn NaN into a number)."""
+    x, mu, u = (None if t is None else t.detach() for t in inputs(6, scale, torch.float32))
+    x[0, 4, 1, 2] = float("inf")
+    if u is not None:
+        u[1, 0, 2, 3] = float("nan")
+    else:
+        mu[1, 0, 2, 3] = float("nan")
+    for fn, ref in zip(
+        both_ways(scale, shift_first, "continuous", "up", "torch"),
+        both_ways(scale, shift_first, "continuous", "up", "reference"),
+    ):
+        (y, logdet), (y_ref, logdet_ref) = fn(x, mu, u), ref(x, mu, u)
+        assert torch.equal(torch.isnan(y), torch.isnan(y_ref)) and torch.equal(torch.isinf(y), torch.isinf(y_ref))
+        assert torch.equal(torch.isnan(logdet), torch.isnan(logdet_ref))

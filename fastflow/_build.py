@@ -38,7 +38,10 @@ SOURCE_FILES = ["*.cpp", "*.h", "cuda/*.cpp", "cuda/*.cu", "cuda/*.h"]
 # -g0: no debug info, a faster build. -fopenmp: at::parallel_for is an OpenMP pragma in a header
 # (ATen's CPU parallel backend), so without the flag the batch runs on one thread; the module then
 # needs libgomp.so.1, which resolves to the copy torch has already loaded (one OpenMP runtime).
-CXX_FLAGS = ["-O3", "-g0", "-ffp-contract=fast", "-fno-trapping-math", "-Wno-psabi", "-fopenmp"]
+# -std=c++20: the sources use C++20 (std::bit_cast, template lambdas); torch's extension builder
+# defaulted to C++17 until 2026 (pytorch/pytorch#176659), so an older torch, such as the GPU
+# machines' 2.11, may still; it leaves an explicit -std alone.
+CXX_FLAGS = ["-O3", "-g0", "-std=c++20", "-ffp-contract=fast", "-fno-trapping-math", "-Wno-psabi", "-fopenmp"]
 LINK_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "--threads=0"]  # --threads=0: nvcc compiles the target architectures in parallel
 

@@ -94,6 +94,10 @@ def test_no_grad_in_place_couplings_change_nothing(monkeypatch, backend: str) ->
             z, v = model.encode(x)
             samples = model.sample(2, temperature=0.7, generator=torch.Generator().manual_seed(3))
         results[in_place] = (bpd, z, v, samples)
-    for got, want in zip(results[True], results[False]):
-        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    (bpd, z, v, samples), (bpd_ref, z_ref, v_ref, samples_ref) = results[True], results[False]
+    torch.testing.assert_close(bpd, bpd_ref, atol=TOL["bpd"], rtol=TOL["bpd"])
+    for got, want in ((z, z_ref), (v, v_ref)):
+        torch.testing.assert_close(got, want, atol=TOL["v"], rtol=TOL["v"])
+    # uint8 samples: equal on the CPU; a GPU's convolutions may round a pixel the other way
+    torch.testing.assert_close(samples.int(), samples_ref.int(), atol=0 if DEVICE == "cpu" else 1, rtol=0)
     assert torch.equal(x, x_before)

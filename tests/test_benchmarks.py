@@ -33,6 +33,7 @@ def test_replace_block_keeps_everything_outside_it(tmp_path: Path) -> None:
     assert text.count("<!-- mine:begin -->") == 1
 
 
+@pytest.mark.slow  # `make bench` end to end, 20 s: in `make test-all`
 def test_quick_benchmark_writes_every_result(tmp_path: Path) -> None:
     (tmp_path / "RESULTS.md").write_text("# fastflow benchmarks\n\n" + OTHER_SECTION)
     run_python("-m", "benchmarks", "--quick", "--out", str(tmp_path))

@@ -28,6 +28,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROOT = Path(__file__).resolve().parents[1]
 OWN_CODE = tuple(str(ROOT / folder) for folder in ("fastflow", "kernels"))
 SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
+# The longest Triton cases take 14-27 s each in the interpreter: in `make test-all` only on a CPU-only
+# machine; on a GPU (the device check runs `-m "not slow"`) they always run.
+SLOW_ON_CPU = [pytest.mark.slow] if DEVICE == "cpu" else []
 
 
 @pytest.fixture
@@ -70,8 +73,15 @@ def step(model, x) -> torch.Tensor:
     return loss.detach()
 
 
-@pytest.mark.parametrize("memory_efficient", [False, True], ids=["standard", "memory_efficient"])
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize(
+    "backend, memory_efficient",
+    [
+        pytest.param("torch", False, id="torch-standard"),
+        pytest.param("torch", True, id="torch-memory_efficient"),
+        pytest.param("triton", False, id="triton-standard"),
+        pytest.param("triton", True, id="triton-memory_efficient", marks=SLOW_ON_CPU),
+    ],
+)
 def test_training_step_has_no_host_sync(forbid_syncs, backend, memory_efficient):
     model, x = tiny_wolf(backend, memory_efficient)
     expected = step(model, x)  # first call: loads the extension, warms caches (may sync)
@@ -91,7 +101,7 @@ def test_deferred_checks_are_read_by_the_model():
     assert 0 < model.recompute_monitor.max_error < 1e-3 and model.recompute_monitor.errors
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=SLOW_ON_CPU)])
 def test_compiled_loss_has_no_graph_break(backend):
     """The loss draws its noise from the global generator here (dynamo does not take Generator objects)."""
     model, x = tiny_wolf(backend, False)

@@ -362,10 +362,16 @@ def _use_cpu_kernels(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
     )
 
 
+_CPU_FAKES = {
+    "coupling_apply": _fake_apply,
+    "coupling_apply_": _fake_apply_inplace,
+    "coupling_backward": _fake_backward,
+}
+
+
 def _cpu_kernels_loaded() -> bool:
     """Whether the extension's coupling CPU kernels are loaded."""
-    fakes = {"coupling_apply": _fake_apply, "coupling_apply_": _fake_apply_inplace, "coupling_backward": _fake_backward}
-    return _extension.cpu_kernels_loaded(fakes)
+    return _extension.cpu_kernels_loaded(_CPU_FAKES)
 
 
 def _no_wider(dtype: torch.dtype, than: torch.dtype) -> bool:

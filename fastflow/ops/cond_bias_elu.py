@@ -116,14 +116,16 @@ def _fake_backward(out: torch.Tensor, grad_out: torch.Tensor, bias_grad: bool) -
     return torch.empty_like(out), out.new_empty(out.shape[:2] if bias_grad else (0,))
 
 
+_CPU_FAKES = {
+    "cond_bias_elu": _fake_forward,
+    "cond_bias_elu_": lambda h, bias: None,
+    "cond_bias_elu_backward": _fake_backward,
+}
+
+
 def _cpu_kernels_loaded() -> bool:
     """Whether the extension's bias + ELU CPU kernels are loaded."""
-    fakes = {
-        "cond_bias_elu": _fake_forward,
-        "cond_bias_elu_": lambda h, bias: None,
-        "cond_bias_elu_backward": _fake_backward,
-    }
-    return _extension.cpu_kernels_loaded(fakes)
+    return _extension.cpu_kernels_loaded(_CPU_FAKES)
 
 
 def _use_cpu_kernels(h: torch.Tensor, bias: torch.Tensor | None) -> bool:

@@ -88,11 +88,6 @@ def _check_same(weight: torch.Tensor, padding: int) -> int:
     return weight.shape[2]
 
 
-def _patch_kernels_loaded() -> bool:
-    """Whether the extension's ``im2col_rows``/``col2im_rows`` CPU kernels are loaded."""
-    return _extension.cpu_kernels_loaded({"im2col_rows": _fake_im2col, "col2im_rows": _fake_col2im})
-
-
 def _fake_im2col(x: torch.Tensor, kernel: int, padding: int) -> torch.Tensor:
     batch, channels, height, width = x.shape
     out_h, out_w = height + 2 * padding - kernel + 1, width + 2 * padding - kernel + 1
@@ -102,6 +97,14 @@ def _fake_im2col(x: torch.Tensor, kernel: int, padding: int) -> torch.Tensor:
 def _fake_col2im(rows: torch.Tensor, height: int, width: int, kernel: int, padding: int) -> torch.Tensor:
     out_h, out_w = height + 2 * padding - kernel + 1, width + 2 * padding - kernel + 1
     return rows.new_empty(rows.shape[0] // (out_h * out_w), rows.shape[1] // kernel**2, height, width)
+
+
+_PATCH_FAKES = {"im2col_rows": _fake_im2col, "col2im_rows": _fake_col2im}
+
+
+def _patch_kernels_loaded() -> bool:
+    """Whether the extension's ``im2col_rows``/``col2im_rows`` CPU kernels are loaded."""
+    return _extension.cpu_kernels_loaded(_PATCH_FAKES)
 
 
 def _use_patch_kernels(t: torch.Tensor, kernel: tuple[int, int]) -> bool:

@@ -4,13 +4,18 @@ formulations switched off, against the same step with everything on, in one proc
 - ``rows``: the coupling networks as row GEMMs (:mod:`fastflow.ops.conv_rows`); off: ``conv2d``;
 - ``elu``: the C++ bias + ELU kernels (``csrc/cond_bias_elu.cpp``); off: torch's ``F.elu(h + bias)``;
 - ``coupling``: the C++ coupling kernels (``csrc/affine_coupling.cpp``); off: the plain-PyTorch
-  coupling (slices, scale, ``torch.cat``).
+  coupling (slices, scale, ``torch.cat``);
+- ``inplace`` (with ``--no-grad``): no-grad flow sequences running their couplings in place
+  (``Flow.writes_in_place``); off: out of place.
 
     python -m benchmarks.bench_cpu_ab --switch rows       # CIFAR-10 Wolf, batch 16, 2 threads, 8 rounds
+    python -m benchmarks.bench_cpu_ab --switch inplace --no-grad   # the loss alone, under no_grad
 
 The two take one step each per round, the order reversed every other round; the speed-up is the
 median of the paired per-round ratios (off time / on time). Minor page faults per step
-(``getrusage``) show what the allocator does: each one is a fresh page the kernel had to zero.
+(``getrusage``) show what the allocator does: each one is a fresh page the kernel had to zero. After
+the timed rounds each variant takes one more step under :class:`benchmarks._common.StepMemory` (peak
+RSS rise).
 """
 
 from __future__ import annotations
@@ -20,36 +25,38 @@ import contextlib
 import os
 import resource
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 
 import fastflow.flows.coupling as coupling
-from benchmarks._common import cpu_model, median, paired_ratio
+from benchmarks._common import StepMemory, cpu_model, median, paired_ratio
 from benchmarks.bench_models import Resolution, model_config
 from fastflow.models import build_model
 from fastflow.ops import affine_coupling as coupling_ops
 from fastflow.ops import cond_bias_elu as elu_ops
 
-# switch -> (module, the function that chooses the formulation), replaced by one answering False
-SWITCHES: dict[str, tuple[object, str]] = {
-    "rows": (coupling, "use_rows"),
-    "elu": (elu_ops, "_use_cpu_kernels"),
-    "coupling": (coupling_ops, "_use_cpu_kernels"),
+# switch -> (owner, attribute that chooses the formulation, its value when switched off)
+SWITCHES: dict[str, tuple[object, str, object]] = {
+    "rows": (coupling, "use_rows", lambda *args: False),
+    "elu": (elu_ops, "_use_cpu_kernels", lambda *args: False),
+    "coupling": (coupling_ops, "_use_cpu_kernels", lambda *args: False),
+    "inplace": (coupling.AffineCoupling, "writes_in_place", False),
 }
+NO_GRAD_ONLY = ("inplace",)  # switches that change nothing while autograd records
 
 
 @contextlib.contextmanager
 def switched_off(switch: str, off: bool) -> Iterator[None]:
     """The formulation ``switch`` forced off while ``off`` is True."""
-    module, name = SWITCHES[switch]
-    chosen: Callable[..., bool] = getattr(module, name)
+    owner, name, off_value = SWITCHES[switch]
+    chosen = getattr(owner, name)
     if off:
-        setattr(module, name, lambda *args: False)
+        setattr(owner, name, off_value)
     try:
         yield
     finally:
-        setattr(module, name, chosen)
+        setattr(owner, name, chosen)
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -59,7 +66,10 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--no-grad", action="store_true", help="time the loss alone under no_grad")
     args = parser.parse_args(argv)
+    if args.switch in NO_GRAD_ONLY and not args.no_grad:
+        parser.error(f"--switch {args.switch} changes only no-grad runs: add --no-grad")
     torch.set_num_threads(args.threads)
     dataset, kind = args.config.split("_", 1)
     cfg = model_config(Resolution(dataset, batch=args.batch, repeats=1, variants=("torch",)), kind)
@@ -73,14 +83,19 @@ def main(argv: list[str] | None = None) -> float:
         with switched_off(args.switch, off):
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
-            model.zero_grad(set_to_none=True)
-            model.loss(x)["loss"].backward()
+            if args.no_grad:
+                with torch.no_grad():
+                    model.loss(x)
+            else:
+                model.zero_grad(set_to_none=True)
+                model.loss(x)["loss"].backward()
             return time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
     load = os.getloadavg()
+    what = "loss under no_grad" if args.no_grad else "forward + backward"
     print(
         f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} | {cpu_model()} | {args.threads} threads | {args.config} batch "
-        f"{args.batch} | {args.rounds} rounds | load {load[0]:.2f} {load[1]:.2f}"
+        f"{args.batch} | {what} | {args.rounds} rounds | load {load[0]:.2f} {load[1]:.2f}"
     )
     step(False), step(True)  # warm-up
     times: dict[bool, list[float]] = {True: [], False: []}
@@ -91,7 +106,13 @@ def main(argv: list[str] | None = None) -> float:
             times[off].append(seconds)
             faults[off].append(count)
     for off, name in ((True, "off"), (False, "on")):
-        print(f"{args.switch} {name}: step {median(times[off]):.3f} s, {median(faults[off]):.0f} minor page faults")
+        with StepMemory("cpu") as memory:
+            step(off)
+        rise = "not measurable" if memory.bytes is None else f"{memory.bytes / 2**20:.0f} MiB"
+        print(
+            f"{args.switch} {name}: step {median(times[off]):.3f} s, {median(faults[off]):.0f} minor page faults, "
+            f"peak memory rise {rise}"
+        )
     speedup = paired_ratio(times[True], times[False])
     print(f"{args.switch} on vs off: {speedup:.3f}x (median of paired ratios)")
     return speedup

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from kernel_checks import autograd_node_names
 
 from benchmarks._common import replace_block
 
@@ -93,10 +94,53 @@ def test_profile_conv_mid_and_coupling_net_benchmarks_run() -> None:
     assert proc.stdout.count("rows") == 5 and "nchw" in proc.stdout  # its values checked against the reference
 
 
-@pytest.mark.parametrize("switch", ["rows", "elu", "coupling"])
-def test_cpu_ab_benchmark_runs(switch) -> None:
+@pytest.mark.parametrize("switch, extra", [("rows", []), ("elu", []), ("coupling", []), ("inplace", ["--no-grad"])])
+def test_cpu_ab_benchmark_runs(switch, extra) -> None:
     """``python -m benchmarks.bench_cpu_ab`` (one CPU formulation on and off in whole steps) on a tiny config."""
-    args = ["--config", "tiny_wolf", "--batch", "2", "--rounds", "2", "--threads", "1"]
+    args = ["--config", "tiny_wolf", "--batch", "2", "--rounds", "2", "--threads", "1", *extra]
     proc = run_python("-m", "benchmarks.bench_cpu_ab", "--switch", switch, *args)
-    assert f"{switch} off: step" in proc.stdout and f"{switch} on: step" in proc.stdout
+    for name in ("off", "on"):
+        assert f"{switch} {name}: step" in proc.stdout and "peak memory rise" in proc.stdout
     assert f"{switch} on vs off:" in proc.stdout
+
+
+def test_cpu_ab_switches_change_the_path() -> None:
+    """Each switch really takes its formulation off (and puts it back): the autograd graph or the
+    in-place calls differ, so an A/B of two identical paths cannot pass for a measurement."""
+    import torch
+
+    from benchmarks.bench_cpu_ab import switched_off
+    from fastflow.flows import image_coupling
+    from fastflow.ops.cond_bias_elu import cond_bias_elu
+
+    layer = image_coupling(6, 8, 3, "skip", "up")
+    layer.backend = layer.net.backend = "torch"
+    x, z = torch.randn(2, 6, 4, 4, requires_grad=True), torch.randn(2, 3)
+    h, bias = torch.randn(2, 8, 4, 4, requires_grad=True), torch.randn(2, 8)
+
+    def nodes(switch: str, off: bool) -> set[str]:
+        with switched_off(switch, off):
+            if switch == "elu":
+                return {type(cond_bias_elu(h, bias, backend="torch").grad_fn).__name__}
+            return autograd_node_names(layer(x, z)[0])
+
+    for switch, node in (
+        ("rows", "Im2colConvFunctionBackward"),
+        ("elu", "CondBiasEluFunctionBackward"),
+        ("coupling", "AffineCouplingFunctionBackward"),
+    ):
+        assert node in nodes(switch, False) and node not in nodes(switch, True), switch
+        assert node in nodes(switch, False), f"{switch} not restored"
+    with switched_off("inplace", True):  # the attribute FlowSequence reads (tests/test_flows.py)
+        assert not layer.writes_in_place
+    assert layer.writes_in_place
+
+
+def test_cpu_ab_inplace_needs_no_grad() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_cpu_ab", "--switch", "inplace"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "--switch inplace changes only no-grad runs: add --no-grad" in proc.stderr

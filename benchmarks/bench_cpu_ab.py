@@ -6,7 +6,9 @@ formulations switched off, against the same step with everything on, in one proc
 - ``coupling``: the C++ coupling kernels (``csrc/affine_coupling.cpp``); off: the plain-PyTorch
   coupling (slices, scale, ``torch.cat``);
 - ``inplace`` (with ``--no-grad``): no-grad flow sequences running their couplings in place
-  (``Flow.writes_in_place``); off: out of place.
+  (``Flow.writes_in_place``); off: out of place;
+- ``actnorm``: the ActNorms that follow a coupling folded into its kernels (``Flow.folds_actnorm``);
+  off: each ActNorm its own torch ops.
 
     python -m benchmarks.bench_cpu_ab --switch rows       # CIFAR-10 Wolf, batch 16, 2 threads, 8 rounds
     python -m benchmarks.bench_cpu_ab --switch inplace --no-grad   # the loss alone, under no_grad
@@ -42,6 +44,7 @@ SWITCHES: dict[str, tuple[object, str, object]] = {
     "elu": (elu_ops, "_use_cpu_kernels", lambda *args: False),
     "coupling": (coupling_ops, "_use_cpu_kernels", lambda *args: False),
     "inplace": (coupling.AffineCoupling, "writes_in_place", False),
+    "actnorm": (coupling.AffineCoupling, "folds_actnorm", lambda self: False),
 }
 NO_GRAD_ONLY = ("inplace",)  # switches that change nothing while autograd records
 

@@ -46,6 +46,7 @@ BLOCK = "gpu_check"
 GPU_TESTS = [
     "tests/test_actnorm_conv1x1.py",
     "tests/test_affine_coupling.py",
+    "tests/test_coupling_actnorm.py",
     "tests/test_cond_bias_elu.py",
     "tests/test_conv1x1_bias_elu.py",
     "tests/test_batched_slogdet.py",

@@ -8,6 +8,10 @@ mu, u as ``[B, Cb, P]`` (any strides):
     y[:, c] = x[:, c]                    otherwise (a conditioning channel, copied)
     logdet[b] = sum log s
 
+With ``affine`` (a ``[2, C]`` tensor, rows w and a: an ActNorm folded into the store) every
+channel of the output becomes ``w[c] * out[:, c] + a[c]``, in either direction; the logdet is the
+coupling's alone.
+
 Generation direction (y -> x): ``x_b = (y_b - mu) / s`` (``y_b / s - mu`` with SHIFT_FIRST),
 ``logdet = -sum log s``. The scale ``s = f(u)`` is a compile-time choice (``SCALE``), with one runtime
 parameter ``param``:
@@ -31,7 +35,10 @@ the per-sample logdet is the sum of a sample's partials (a tiny torch sum, deter
 atomics). With ``B_ONLY`` a program covers elements of the ``[Cb, P]`` transformed plane instead and
 writes only those (the caller's output already holds x_a: the in-place, no-grad use). The backward
 kernels recompute s and d(log s)/du from u instead of storing them and store dmu and du through
-strides, so both can be halves of the one gradient buffer of a conditioning net's output.
+strides, so both can be halves of the one gradient buffer of a conditioning net's output. With
+``affine`` each backward program covers pixels of one (sample, channel) plane instead, so that it
+stores one partial sum per channel of ``dout * out_before_affine`` and of ``dout`` (the gradients
+of w and a; summed in torch, deterministic).
 All arithmetic is in float32 (float64 for float64 inputs); outputs are stored in their input dtype.
 """
 
@@ -78,6 +85,27 @@ def _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE: tl.constexpr, BLOCK:
     p = i % P
     is_b, j = _transformed(c, START, STRIDE, CB)
     return b, c, p, inside, is_b & inside, j
+
+
+@triton.jit
+def _plane_block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE: tl.constexpr, BLOCK: tl.constexpr):
+    """As :func:`_block_elements` for programs that each cover ``BLOCK`` pixels of one (sample,
+    channel) plane, ``N_BLOCKS`` programs per plane: ``c`` is then the same for all positions."""
+    plane = pid // N_BLOCKS
+    b = (plane // C).to(tl.int64)
+    p = (pid % N_BLOCKS) * BLOCK + tl.arange(0, BLOCK)
+    inside = p < P
+    c = plane % C + tl.zeros([BLOCK], dtype=tl.int32)
+    is_b, j = _transformed(c, START, STRIDE, CB)
+    return b, c, p, inside, is_b & inside, j
+
+
+@triton.jit
+def _store_affine_partials(AFF_PART, pid, inside, d_out, z):
+    """One program's sums of ``d_out * z`` and of ``d_out`` (gradients of the affine's w and a)."""
+    total = tl.num_programs(0)
+    tl.store(AFF_PART + pid, tl.sum(tl.where(inside, d_out * z, 0.0), axis=0))
+    tl.store(AFF_PART + total + pid, tl.sum(tl.where(inside, d_out, 0.0), axis=0))
 
 
 @triton.jit
@@ -138,6 +166,7 @@ def _coupling_kernel(
     X,
     MU,
     U,
+    AFF,
     Y,
     LOGDET_PART,
     C,
@@ -166,12 +195,14 @@ def _coupling_kernel(
     RECIPROCAL: tl.constexpr,
     SHIFT_FIRST: tl.constexpr,
     B_ONLY: tl.constexpr,
+    AFFINE: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """One block of one sample, X -> Y: the density direction (y_b = s x_b + mu, partial sum of
     log s per program) or, with INVERSE, the generation direction (x_b = (y_b - mu) / s, -log s).
-    With B_ONLY the block indexes the transformed plane ``[Cb, P]`` and only y_b is stored."""
+    With B_ONLY the block indexes the transformed plane ``[Cb, P]`` and only y_b is stored; with
+    AFFINE every stored value is ``AFF[0, c] * y + AFF[1, c]``."""
     pid = tl.program_id(0)
     if B_ONLY:
         b = (pid // N_BLOCKS).to(tl.int64)
@@ -205,6 +236,8 @@ def _coupling_kernel(
         tl.store(LOGDET_PART + pid, log_det)
     else:
         y = tl.where(is_b, x - mu, x) if INVERSE else tl.where(is_b, x + mu, x)
+    if AFFINE:
+        y = y * tl.load(AFF + c, mask=inside, other=1.0) + tl.load(AFF + C + c, mask=inside, other=0.0)
     tl.store(Y + b * s_yb + c * s_yc + p * s_yp, y.to(Y.dtype.element_ty), mask=inside)
 
 
@@ -213,11 +246,13 @@ def _coupling_forward_backward_kernel(
     X,
     MU,
     U,
+    AFF,
     DY,
     DLOGDET,
     DX,
     DMU,
     DU,
+    AFF_PART,
     C,
     CB,
     P,
@@ -246,36 +281,53 @@ def _coupling_forward_backward_kernel(
     SPECIAL: tl.constexpr,
     RECIPROCAL: tl.constexpr,
     SHIFT_FIRST: tl.constexpr,
+    AFFINE: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """Gradients of the density direction. ``y_b = s x_b + mu``: dx_b = s dy_b, dmu = dy_b,
     du = d(log s)/du * (dy_b * s x_b + dlogdet[b]); SHIFT_FIRST ``y_b = s (x_b + mu)``: dx_b = dmu
     = s dy_b, du = d(log s)/du * (dy_b * s (x_b + mu) + dlogdet[b]); dx_a = dy_a.  DY and DX
-    ``[B, C, P]`` share strides; DMU and DU ``[B, Cb, P]`` have unit pixel stride."""
+    ``[B, C, P]`` share strides; DMU and DU ``[B, Cb, P]`` have unit pixel stride. With AFFINE, dy is
+    first multiplied by ``AFF[0, c]`` and the program stores its affine partial sums, recomputing y."""
     pid = tl.program_id(0)
-    b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
-    dy = tl.load(DY + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
+    if AFFINE:
+        b, c, p, inside, is_b, j = _plane_block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
+        x_mask = inside
+    else:
+        b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
+        x_mask = is_b
+    d_out = tl.load(DY + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
+    dy = d_out * tl.load(AFF + c, mask=inside, other=0.0) if AFFINE else d_out
+    if HAS_U or AFFINE:
+        x = tl.load(X + b * s_xb + c * s_xc + p * s_xp, mask=x_mask, other=0.0).to(ACC)
+    if (HAS_U and SHIFT_FIRST) or AFFINE:
+        mu = tl.load(MU + b * s_mb + j * s_mc + p * s_mp, mask=is_b, other=0.0).to(ACC)
     if HAS_U:
-        x = tl.load(X + b * s_xb + c * s_xc + p * s_xp, mask=is_b, other=0.0).to(ACC)
         u = tl.load(U + b * s_ub + j * s_uc + p * s_up, mask=is_b, other=0.0).to(ACC)
         g = tl.load(DLOGDET + b).to(ACC)
         s, _, dlog_s = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, False)
         if SHIFT_FIRST:
-            mu = tl.load(MU + b * s_mb + j * s_mc + p * s_mp, mask=is_b, other=0.0).to(ACC)
             sx = s * (x + mu)
+            y_b = sx
             dmu = s * dy
         else:
             sx = s * x
+            if AFFINE:
+                y_b = sx + mu
             dmu = dy
         dx = tl.where(is_b, s * dy, dy)
         du = dlog_s * (dy * sx + g)
         tl.store(DU + b * s_dub + j * s_duc + p, du.to(DU.dtype.element_ty), mask=is_b)
     else:
+        if AFFINE:
+            y_b = x + mu
         dx = dy
         dmu = dy
     tl.store(DX + b * s_gb + c * s_gc + p * s_gp, dx.to(DX.dtype.element_ty), mask=inside)
     tl.store(DMU + b * s_dmb + j * s_dmc + p, dmu.to(DMU.dtype.element_ty), mask=is_b)
+    if AFFINE:
+        _store_affine_partials(AFF_PART, pid, inside, d_out, tl.where(is_b, y_b, x))
 
 
 @triton.jit
@@ -283,11 +335,13 @@ def _coupling_inverse_backward_kernel(
     Y,
     MU,
     U,
+    AFF,
     DX,
     DLOGDET,
     DY,
     DMU,
     DU,
+    AFF_PART,
     C,
     CB,
     P,
@@ -316,18 +370,28 @@ def _coupling_inverse_backward_kernel(
     SPECIAL: tl.constexpr,
     RECIPROCAL: tl.constexpr,
     SHIFT_FIRST: tl.constexpr,
+    AFFINE: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """Gradients of the generation direction, recomputing x_b. ``x_b = (y_b - mu) / s``:
     dy_b = dx_b / s, dmu = -dx_b / s, du = -d(log s)/du * (dx_b * x_b + dlogdet[b]); SHIFT_FIRST
     ``x_b = y_b / s - mu``: dy_b = dx_b / s, dmu = -dx_b, du = -d(log s)/du * (dx_b * y_b / s +
-    dlogdet[b]); dy_a = dx_a."""
+    dlogdet[b]); dy_a = dx_a. With AFFINE as in the density direction's backward."""
     pid = tl.program_id(0)
-    b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
-    dx = tl.load(DX + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
+    if AFFINE:
+        b, c, p, inside, is_b, j = _plane_block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
+        y_mask = inside
+    else:
+        b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
+        y_mask = is_b
+    d_out = tl.load(DX + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
+    dx = d_out * tl.load(AFF + c, mask=inside, other=0.0) if AFFINE else d_out
+    if HAS_U or AFFINE:
+        y = tl.load(Y + b * s_yb + c * s_yc + p * s_yp, mask=y_mask, other=0.0).to(ACC)
+    if (HAS_U and not SHIFT_FIRST) or AFFINE:
+        mu = tl.load(MU + b * s_mb + j * s_mc + p * s_mp, mask=is_b, other=0.0).to(ACC)
     if HAS_U:
-        y = tl.load(Y + b * s_yb + c * s_yc + p * s_yp, mask=is_b, other=0.0).to(ACC)
         u = tl.load(U + b * s_ub + j * s_uc + p * s_up, mask=is_b, other=0.0).to(ACC)
         g = tl.load(DLOGDET + b).to(ACC)
         inv_s, _, dlog_s = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, True)
@@ -335,18 +399,24 @@ def _coupling_inverse_backward_kernel(
         dy = tl.where(is_b, dx * inv_s, dx)
         if SHIFT_FIRST:
             x_s = y * inv_s
+            if AFFINE:
+                x_b = x_s - mu
             dmu = -dx
         else:
-            mu = tl.load(MU + b * s_mb + j * s_mc + p * s_mp, mask=is_b, other=0.0).to(ACC)
             x_s = (y - mu) * inv_s
+            x_b = x_s
             dmu = -dy
         du = -dlog_s * (dx * x_s + g)
         tl.store(DU + b * s_dub + j * s_duc + p, du.to(DU.dtype.element_ty), mask=is_b)
     else:
+        if AFFINE:
+            x_b = y - mu
         dy = dx
         dmu = -dx
     tl.store(DY + b * s_gb + c * s_gc + p * s_gp, dy.to(DY.dtype.element_ty), mask=inside)
     tl.store(DMU + b * s_dmb + j * s_dmc + p, dmu.to(DMU.dtype.element_ty), mask=is_b)
+    if AFFINE:
+        _store_affine_partials(AFF_PART, pid, inside, d_out, tl.where(is_b, x_b, y))
 
 
 def _grid(batch: int, plane: int, block: int) -> tuple[int, tuple[int]]:
@@ -369,19 +439,23 @@ def coupling_apply(
     form: tuple[int, float, bool, bool, bool],
     inverse: bool = False,
     out: torch.Tensor | None = None,
+    affine: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One direction of the coupling on ``[B, C, P]`` views.
 
     ``inverse=False``: x -> (y, logdet); ``inverse=True``: x plays y and the result is
     (x, -sum log s). x ``[B, C, P]``, mu and u ``[B, Cb, P]`` (any strides); ``form`` as in
-    :func:`_form_constexprs`. Returns a contiguous ``[B, C, P]`` tensor of x's dtype and a logdet
-    ``[B]`` in float32 (float64 for float64 input). ``out`` (``[B, C, P]``, x's dtype, possibly x
-    itself) must already hold the conditioning channels: only the transformed ones are written.
+    :func:`_form_constexprs`; ``affine`` ``[2, C]`` (contiguous, the accumulation dtype) maps every
+    output channel to ``affine[0, c] * out + affine[1, c]``. Returns a contiguous ``[B, C, P]``
+    tensor of x's dtype and a logdet ``[B]`` in float32 (float64 for float64 input). ``out``
+    (``[B, C, P]``, x's dtype, possibly x itself) is written in place of a new tensor: without
+    ``affine`` it must already hold the conditioning channels, and only the transformed ones are
+    written; with ``affine`` every channel is.
     """
     batch, channels, pixels = x.shape
     cb = mu.shape[1]
     acc = _common.acc_dtype(x, mu, u)
-    b_only = out is not None
+    b_only = out is not None and affine is None
     if out is None:
         out = _common.new_output((batch, channels, pixels), x.dtype, x.device)
     zeros = torch.zeros(batch, dtype=acc, device=x.device)
@@ -396,6 +470,7 @@ def coupling_apply(
         x,
         mu,
         u if u is not None else mu,
+        affine if affine is not None else mu,
         out,
         partial,
         channels,
@@ -412,6 +487,7 @@ def coupling_apply(
         STRIDE=stride,
         HAS_U=u is not None,
         B_ONLY=b_only,
+        AFFINE=affine is not None,
         ACC=_common.tl_dtype(acc),
         BLOCK=block,
         **constexprs,
@@ -431,14 +507,15 @@ def coupling_backward(
     inverse: bool = False,
     d_mu: torch.Tensor | None = None,
     d_u: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Gradients of :func:`coupling_apply` with respect to its input, mu and u.
+    affine: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of :func:`coupling_apply` with respect to its input, mu, u and affine.
 
-    ``x``, ``mu``, ``u`` are the inputs of that call (for ``inverse=True`` ``x`` is y); grad_out
-    ``[B, C, P]``, grad_logdet ``[B]``. ``d_mu`` and ``d_u`` may be given as ``[B, Cb, P]`` views
-    with unit pixel stride (two halves of one buffer); otherwise they are allocated contiguous.
-    Returns (d input ``[B, C, P]`` contiguous, dmu, du; du None for the additive coupling), each in
-    its input's dtype.
+    ``x``, ``mu``, ``u``, ``affine`` are the inputs of that call (for ``inverse=True`` ``x`` is y);
+    grad_out ``[B, C, P]``, grad_logdet ``[B]``. ``d_mu`` and ``d_u`` may be given as ``[B, Cb, P]``
+    views with unit pixel stride (two halves of one buffer); otherwise they are allocated contiguous.
+    Returns (d input ``[B, C, P]`` contiguous, dmu, du, d affine ``[2, C]``), each in its input's
+    dtype; du is None for the additive coupling, d affine None without affine.
     """
     batch, channels, pixels = x.shape
     cb = mu.shape[1]
@@ -449,10 +526,17 @@ def coupling_backward(
         d_mu = _common.new_output((batch, cb, pixels), mu.dtype, x.device)
     if d_u is None and u is not None:
         d_u = _common.new_output((batch, cb, pixels), u.dtype, x.device)
+    d_affine = None if affine is None else torch.zeros_like(affine)
     if d_in.numel() == 0:
-        return d_in, d_mu, d_u
-    block = _block_size(channels * pixels)
-    n_blocks, grid = _grid(batch, channels * pixels, block)
+        return d_in, d_mu, d_u, d_affine
+    if affine is None:  # programs over blocks of a sample's [C, P] plane
+        block = _block_size(channels * pixels)
+        n_blocks, grid = _grid(batch, channels * pixels, block)
+        partial = grad_logdet
+    else:  # programs over blocks of one channel's pixels, one affine partial sum each
+        block = _block_size(pixels)
+        n_blocks, grid = _grid(batch * channels, pixels, block)
+        partial = _common.new_output((2, batch, channels, n_blocks), acc, x.device)
     grad_logdet = grad_logdet.contiguous()
     param, constexprs = _form_constexprs(form)
     kernel = _coupling_inverse_backward_kernel if inverse else _coupling_forward_backward_kernel
@@ -461,11 +545,13 @@ def coupling_backward(
         x,
         mu,
         u if u is not None else mu,
+        affine if affine is not None else mu,
         grad_out,
         grad_logdet,
         d_in,
         d_mu,
         d_u_or_mu,
+        partial,
         channels,
         cb,
         pixels,
@@ -482,8 +568,11 @@ def coupling_backward(
         d_u_or_mu.stride(1),
         STRIDE=stride,
         HAS_U=u is not None,
+        AFFINE=affine is not None,
         ACC=_common.tl_dtype(acc),
         BLOCK=block,
         **constexprs,
     )
-    return d_in, d_mu, d_u
+    if affine is not None:
+        d_affine = partial.sum((1, 3)).to(affine.dtype)
+    return d_in, d_mu, d_u, d_affine

@@ -233,8 +233,9 @@ def test_bad_input_raises(kwargs, message, inverse):
 
 
 def test_kernels_compile_for_a_gpu():
-    """Every kernel: float32 skip split with tanh (alpha < 1), float64 continuous split with the
-    reciprocal shift-first sigmoid, float32 with the clamped exp, float16 additive."""
+    """Every kernel, with and without a folded ActNorm: float32 skip split with tanh (alpha < 1),
+    float64 continuous split with the reciprocal shift-first sigmoid, float32 with the clamped exp,
+    float16 additive."""
     variants = []
     for dtype, acc, stride, has_u, scale in (
         ("fp32", "fp32", 2, True, (0, False, False, False)),
@@ -243,7 +244,8 @@ def test_kernels_compile_for_a_gpu():
         ("fp32", "fp32", 1, True, (2, True, True, False)),
         ("fp16", "fp32", 1, False, (0, True, False, False)),
     ):
-        types = {"param": "fp32", "LOGDET_PART": f"*{acc}", "DLOGDET": f"*{acc}"}
+        types = {"param": "fp32", "LOGDET_PART": f"*{acc}", "DLOGDET": f"*{acc}", "AFF": f"*{acc}"}
+        types |= {"AFF_PART": f"*{acc}"}
         types |= {n: f"*{dtype}" for n in ("X", "Y", "MU", "U", "DX", "DY", "DMU", "DU")}
         code, special, reciprocal, shift_first = scale
         constexprs = dict(
@@ -257,12 +259,13 @@ def test_kernels_compile_for_a_gpu():
             BLOCK=1024,
         )
         variants += [
-            ("_coupling_kernel", types, constexprs | {"INVERSE": inverse, "B_ONLY": b_only})
+            ("_coupling_kernel", types, constexprs | {"INVERSE": inverse, "B_ONLY": b_only, "AFFINE": affine})
             for inverse in (False, True)
-            for b_only in (False, True)
+            for b_only, affine in ((False, False), (True, False), (False, True))
         ]
         variants += [
-            (name, types, constexprs)
+            (name, types, constexprs | {"AFFINE": affine})
             for name in ("_coupling_forward_backward_kernel", "_coupling_inverse_backward_kernel")
+            for affine in (False, True)
         ]
     compile_for_gpus("fastflow.kernels.affine_coupling", variants)

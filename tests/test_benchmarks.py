@@ -94,7 +94,9 @@ def test_profile_conv_mid_and_coupling_net_benchmarks_run() -> None:
     assert proc.stdout.count("rows") == 5 and "nchw" in proc.stdout  # its values checked against the reference
 
 
-@pytest.mark.parametrize("switch, extra", [("rows", []), ("elu", []), ("coupling", []), ("inplace", ["--no-grad"])])
+@pytest.mark.parametrize(
+    "switch, extra", [("rows", []), ("elu", []), ("coupling", []), ("inplace", ["--no-grad"]), ("actnorm", [])]
+)
 def test_cpu_ab_benchmark_runs(switch, extra) -> None:
     """``python -m benchmarks.bench_cpu_ab`` (one CPU formulation on and off in whole steps) on a tiny config."""
     args = ["--config", "tiny_wolf", "--batch", "2", "--rounds", "2", "--threads", "1", *extra]
@@ -134,6 +136,9 @@ def test_cpu_ab_switches_change_the_path() -> None:
     with switched_off("inplace", True):  # the attribute FlowSequence reads (tests/test_flows.py)
         assert not layer.writes_in_place
     assert layer.writes_in_place
+    with switched_off("actnorm", True):  # what FlowSequence asks (tests/test_coupling_actnorm.py)
+        assert not layer.folds_actnorm()
+    assert layer.folds_actnorm()
 
 
 def test_cpu_ab_inplace_needs_no_grad() -> None:

@@ -293,9 +293,9 @@ def spy_in_place(monkeypatch) -> list[bool]:
     calls: list[bool] = []
     transform = AffineCoupling._transform
 
-    def recorded(self, x, params, generation, inplace=False):
+    def recorded(self, x, params, generation, inplace=False, actnorm=None):
         calls.append(inplace)
-        return transform(self, x, params, generation, inplace)
+        return transform(self, x, params, generation, inplace, actnorm)
 
     monkeypatch.setattr(AffineCoupling, "_transform", recorded)
     return calls

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastflow.flows.base import Flow, logdet_dtype
+from fastflow.flows.base import Flow
 from fastflow.nn import INIT_STD, STD_EPS
+from fastflow.ops.actnorm import actnorm, actnorm_logdet
 
 
 class ActNorm(Flow):
@@ -30,19 +31,17 @@ class ActNorm(Flow):
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"ActNorm expects [B, {self.num_channels}, ...], got shape {tuple(x.shape)}")
 
-    def logdet(self, x: torch.Tensor) -> torch.Tensor:
-        pixels = x[0, 0].numel()
-        return (pixels * self.log_scale.to(logdet_dtype(x)).sum()).expand(x.shape[0])
+    def as_actnorm(self, num_channels: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return (self.log_scale, self.bias) if num_channels == self.num_channels else None
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(x)
-        y = x * self._view(self.log_scale.exp(), x) + self._view(self.bias, x)
-        return y, self.logdet(x)
+        return actnorm(x, self.log_scale, self.bias)
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(y)
         x = (y - self._view(self.bias, y)) * self._view((-self.log_scale).exp(), y)
-        return x, -self.logdet(y)
+        return x, -actnorm_logdet(y, self.log_scale)
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,13 @@ Layers with ``writes_in_place = True`` (the couplings) also take ``inplace=True`
 they then write their output over their input (under no_grad only). :class:`FlowSequence` asks for
 it when autograd is off and the input is a tensor the sequence made itself (not stored in its own
 input's memory), so evaluation and sampling write only the channels a coupling changes.
+
+Layers that are a per-channel affine map offer themselves as an ActNorm over their whole input
+(:meth:`Flow.as_actnorm`), and a layer that can compute such a map on its own output
+(:meth:`Flow.folds_actnorm`: the couplings on fused kernels) takes it as ``actnorm=(log_scale,
+bias)`` in forward. :class:`FlowSequence` folds each such pair in the density direction, so the
+ActNorm costs no pass of its own; the inverse and ``initialize`` run the layers one by one, and so
+does a pair whose ActNorm has forward hooks (:func:`fastflow.flows.debug.locate_nonfinite`).
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from fastflow.ops.actnorm import logdet_dtype
 
 
 @dataclass
@@ -39,6 +48,16 @@ class Flow(nn.Module):
     """Base class of the invertible layers."""
 
     writes_in_place = False  # whether forward and inverse take inplace=True (see the module docstring)
+
+    def as_actnorm(self, num_channels: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This layer's density direction as an ActNorm ``(log_scale, bias)`` over all ``num_channels``
+        channels of its input (``y = x * exp(log_scale) + bias``, logdet ``P * sum(log_scale)``), or
+        None when it is not one."""
+        return None
+
+    def folds_actnorm(self) -> bool:
+        """Whether ``forward`` takes ``actnorm=(log_scale, bias)`` and applies it to its output."""
+        return False
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -78,13 +97,19 @@ class FlowSequence(Flow):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         logdet = x.new_zeros(x.shape[0], dtype=logdet_dtype(x))
         source = None if torch.is_grad_enabled() else _storage(x)
-        for layer in layers:
-            run = layer.inverse if inverse else layer
+        i = 0
+        while i < len(layers):
+            layer, options = layers[i], {}
             if source is not None and layer.writes_in_place and _storage(x) != source:
-                x, ld = run(x, cond, inplace=True)
-            else:
-                x, ld = run(x, cond)
+                options["inplace"] = True
+            if not inverse and i + 1 < len(layers) and layer.folds_actnorm() and not _hooked(layers[i + 1]):
+                actnorm = layers[i + 1].as_actnorm(x.shape[1])
+                if actnorm is not None:
+                    options["actnorm"] = actnorm
+                    i += 1
+            x, ld = (layer.inverse if inverse else layer)(x, cond, **options)
             logdet = logdet + ld
+            i += 1
         return x, logdet
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,11 +127,11 @@ class FlowSequence(Flow):
         return x, logdet
 
 
+def _hooked(layer: nn.Module) -> bool:
+    """Whether ``layer`` has forward hooks, which expect it to be called (it is then never folded)."""
+    return bool(layer._forward_hooks or layer._forward_pre_hooks)
+
+
 def _storage(t: torch.Tensor) -> int:
     """The address of the memory ``t`` lives in (views of one tensor share it)."""
     return t.untyped_storage().data_ptr()
-
-
-def logdet_dtype(x: torch.Tensor) -> torch.dtype:
-    """Logdets are float32, or float64 for float64 inputs."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -136,10 +136,21 @@ class AffineCoupling(Flow):
 
     writes_in_place = True
 
+    def folds_actnorm(self) -> bool:
+        """On fused kernels (any backend but "reference", the paper's way) forward folds a following
+        ActNorm into the coupling's pass."""
+        return self.backend != "reference"
+
     def _transform(
-        self, x: torch.Tensor, params: torch.Tensor, generation: bool, inplace: bool = False
+        self,
+        x: torch.Tensor,
+        params: torch.Tensor,
+        generation: bool,
+        inplace: bool = False,
+        actnorm: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The density formula (``generation=False``) or the generation formula, honouring ``reverse``."""
+        """The density formula (``generation=False``) or the generation formula, honouring ``reverse``,
+        then ``actnorm`` on the result."""
         op = affine_coupling_inverse if generation != self.reverse else affine_coupling
         return op(
             x,
@@ -151,14 +162,20 @@ class AffineCoupling(Flow):
             params=params,
             layout=self.layout,
             inplace=inplace,
+            actnorm=actnorm,
         )
 
     def forward(
-        self, x: torch.Tensor, cond: torch.Tensor | None = None, inplace: bool = False
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        inplace: bool = False,
+        actnorm: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction x -> y: ``(y [B, C, *S], logdet [B])``; ``inplace`` (no grad only): y is
-        x with its transformed channels overwritten."""
-        return self._transform(x, self._params(x, cond), generation=False, inplace=inplace)
+        x with its transformed channels overwritten; ``actnorm=(log_scale, bias)`` (each ``[C]``): y
+        and logdet are those of that ActNorm applied after the coupling, computed in its pass."""
+        return self._transform(x, self._params(x, cond), generation=False, inplace=inplace, actnorm=actnorm)
 
     def inverse(
         self, y: torch.Tensor, cond: torch.Tensor | None = None, inplace: bool = False

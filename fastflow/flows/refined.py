@@ -57,6 +57,13 @@ class TailActNorm(Flow):
         tail, logdet = fn(x[:, -self.num_channels :])
         return torch.cat([x[:, : -self.num_channels], tail], dim=1), logdet
 
+    def as_actnorm(self, num_channels: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The tail's ActNorm with the identity (log_scale 0, bias 0) on the other channels."""
+        if num_channels < self.num_channels:
+            return None
+        pad = self.actnorm.log_scale.new_zeros(num_channels - self.num_channels)
+        return torch.cat([pad, self.actnorm.log_scale]), torch.cat([pad, self.actnorm.bias])
+
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self._on_tail(x, self.actnorm)
 

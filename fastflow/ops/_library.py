@@ -195,14 +195,19 @@ def _coupling_apply_op(
     reciprocal: bool,
     shift_first: bool,
     inverse: bool,
+    affine: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     form = (code, param, special, reciprocal, shift_first)
-    return _kernels("affine_coupling").coupling_apply(x, mu, u, start, stride, form, inverse)
+    return _kernels("affine_coupling").coupling_apply(x, mu, u, start, stride, form, inverse, affine=affine)
 
 
 @_coupling_apply_op.register_fake
-def _(x, mu, u, start, stride, code, param, special, reciprocal, shift_first, inverse):
+def _(x, mu, u, start, stride, code, param, special, reciprocal, shift_first, inverse, affine):
     return x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=_coupling_acc(x, mu, u))
+
+
+def _affine_grad_fake(x: torch.Tensor, affine: torch.Tensor | None) -> torch.Tensor:
+    return affine.new_empty(affine.shape) if affine is not None else _empty(x)
 
 
 @torch.library.custom_op(f"{LIBRARY}::coupling_backward", mutates_args=())
@@ -220,18 +225,19 @@ def _coupling_backward_op(
     reciprocal: bool,
     shift_first: bool,
     inverse: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    affine: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     form = (code, param, special, reciprocal, shift_first)
-    d_in, d_mu, d_u = _kernels("affine_coupling").coupling_backward(
-        x, mu, u, grad_out, grad_logdet, start, stride, form, inverse
+    d_in, d_mu, d_u, d_affine = _kernels("affine_coupling").coupling_backward(
+        x, mu, u, grad_out, grad_logdet, start, stride, form, inverse, affine=affine
     )
-    return d_in, d_mu, d_u if d_u is not None else _empty(x)
+    return d_in, d_mu, _or_empty(d_u, x), _or_empty(d_affine, x)
 
 
 @_coupling_backward_op.register_fake
-def _(x, mu, u, grad_out, grad_logdet, start, stride, code, param, special, reciprocal, shift_first, inverse):
+def _(x, mu, u, grad_out, grad_logdet, start, stride, code, param, special, reciprocal, shift_first, inverse, affine):
     d_u = u.new_empty(u.shape) if u is not None else _empty(x)
-    return x.new_empty(x.shape), mu.new_empty(mu.shape), d_u
+    return x.new_empty(x.shape), mu.new_empty(mu.shape), d_u, _affine_grad_fake(x, affine)
 
 
 @torch.library.custom_op(f"{LIBRARY}::coupling_backward_packed", mutates_args=())
@@ -250,9 +256,13 @@ def _coupling_backward_packed_op(
     reciprocal: bool,
     shift_first: bool,
     inverse: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    affine: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     form = (code, param, special, reciprocal, shift_first)
-    return _coupling_backward_packed(x, params, grad_out, grad_logdet, layout, additive, start, stride, form, inverse)
+    d_in, d_params, d_affine = _coupling_backward_packed(
+        x, params, grad_out, grad_logdet, layout, additive, start, stride, form, inverse, affine
+    )
+    return d_in, d_params, _or_empty(d_affine, x)
 
 
 @_coupling_backward_packed_op.register_fake
@@ -271,38 +281,54 @@ def _(
     reciprocal,
     shift_first,
     inverse,
+    affine,
 ):
-    return x.new_empty(x.shape), params.new_empty(params.shape)
+    return x.new_empty(x.shape), params.new_empty(params.shape), _affine_grad_fake(x, affine)
 
 
-def _coupling_backward_packed(x, params, grad_out, grad_logdet, layout, additive, start, stride, form, inverse):
-    """Gradients with respect to x and to the packed ``params``: dmu and du are written into views of
-    one new buffer of params' shape (no zeros + slice-copy assembly)."""
+def _or_empty(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return t if t is not None else _empty(like)
+
+
+def _or_none(t: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor | None:
+    return t if present is not None else None
+
+
+def _coupling_backward_packed(x, params, grad_out, grad_logdet, layout, additive, start, stride, form, inverse, affine):
+    """Gradients with respect to x, the packed ``params`` and ``affine``: dmu and du are written into
+    views of one new buffer of params' shape (no zeros + slice-copy assembly)."""
     from fastflow.kernels import _common
     from fastflow.ops.affine_coupling import split_params
 
     mu, u = split_params(params, layout, additive)
     d_params = _common.new_output(params.shape, params.dtype, params.device)
     d_mu, d_u = split_params(d_params, layout, additive)
-    d_in, _, _ = _kernels("affine_coupling").coupling_backward(
-        x, mu, u, grad_out, grad_logdet, start, stride, form, inverse, d_mu=d_mu, d_u=d_u
+    d_in, _, _, d_affine = _kernels("affine_coupling").coupling_backward(
+        x, mu, u, grad_out, grad_logdet, start, stride, form, inverse, d_mu=d_mu, d_u=d_u, affine=affine
     )
-    return d_in, d_params
+    return d_in, d_params, d_affine
 
 
-def coupling_apply(x, mu, u, start: int, stride: int, form: CouplingForm, inverse: bool):
+def coupling_apply(x, mu, u, start: int, stride: int, form: CouplingForm, inverse: bool, affine=None):
     """``fastflow.kernels.affine_coupling.coupling_apply`` (new output), traceable by torch.compile."""
     if torch.compiler.is_compiling():
-        return _coupling_apply_op(x, mu, u, start, stride, *form, inverse)
-    return _kernels("affine_coupling").coupling_apply(x, mu, u, start, stride, form, inverse)
+        return _coupling_apply_op(x, mu, u, start, stride, *form, inverse, affine)
+    return _kernels("affine_coupling").coupling_apply(x, mu, u, start, stride, form, inverse, affine=affine)
 
 
-def coupling_backward(x, mu, u, grad_out, grad_logdet, start: int, stride: int, form: CouplingForm, inverse: bool):
-    """``fastflow.kernels.affine_coupling.coupling_backward`` (new buffers), traceable by torch.compile."""
+def coupling_backward(
+    x, mu, u, grad_out, grad_logdet, start: int, stride: int, form: CouplingForm, inverse: bool, affine=None
+):
+    """``fastflow.kernels.affine_coupling.coupling_backward`` (new buffers): ``(d x, d mu, d u,
+    d affine)``, traceable by torch.compile."""
     if torch.compiler.is_compiling():
-        d_in, d_mu, d_u = _coupling_backward_op(x, mu, u, grad_out, grad_logdet, start, stride, *form, inverse)
-        return d_in, d_mu, d_u if u is not None else None
-    return _kernels("affine_coupling").coupling_backward(x, mu, u, grad_out, grad_logdet, start, stride, form, inverse)
+        d_in, d_mu, d_u, d_affine = _coupling_backward_op(
+            x, mu, u, grad_out, grad_logdet, start, stride, *form, inverse, affine
+        )
+        return d_in, d_mu, _or_none(d_u, u), _or_none(d_affine, affine)
+    return _kernels("affine_coupling").coupling_backward(
+        x, mu, u, grad_out, grad_logdet, start, stride, form, inverse, affine=affine
+    )
 
 
 def coupling_backward_packed(
@@ -316,10 +342,14 @@ def coupling_backward_packed(
     stride: int,
     form: CouplingForm,
     inverse: bool,
+    affine=None,
 ):
-    """Gradients of the packed-params coupling, ``(d x, d params)``, traceable by torch.compile."""
+    """Gradients of the packed-params coupling, ``(d x, d params, d affine)``, traceable by torch.compile."""
     if torch.compiler.is_compiling():
-        return _coupling_backward_packed_op(
-            x, params, grad_out, grad_logdet, layout, additive, start, stride, *form, inverse
+        d_in, d_params, d_affine = _coupling_backward_packed_op(
+            x, params, grad_out, grad_logdet, layout, additive, start, stride, *form, inverse, affine
         )
-    return _coupling_backward_packed(x, params, grad_out, grad_logdet, layout, additive, start, stride, form, inverse)
+        return d_in, d_params, _or_none(d_affine, affine)
+    return _coupling_backward_packed(
+        x, params, grad_out, grad_logdet, layout, additive, start, stride, form, inverse, affine
+    )

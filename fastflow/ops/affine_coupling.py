@@ -39,13 +39,21 @@ output of a conditioning network may be passed as ``params`` ``[B, 2 Cb, *S]`` w
 coupling. The fused op then reads mu and u in place and returns their gradient as one buffer of
 params' shape, so the network's last layer gets one gradient tensor (no zeros + slice-copy assembly).
 
+``actnorm=(log_scale, bias)`` (each ``[C]``) folds an ActNorm that follows the coupling into it: the
+output is ``out * exp(log_scale) + bias`` on every channel and the logdet gains ``P * sum(log_scale)``
+(P pixels per channel), as :func:`fastflow.ops.actnorm.actnorm` after the coupling computes it, in
+either direction (it always acts on the function's output). The fused path writes the normalised
+output in the coupling's one pass and, in the backward, sums the ActNorm's parameter gradients in the
+same kernel; it saves the ActNorm's own passes over the tensor, forward and backward.
+
 The fused path (:class:`AffineCouplingFunction`, Triton kernels in ``fastflow.kernels.affine_coupling``
 with the scale function a compile-time constant, or the C++ CPU kernels) reads x, mu and u through
 their strides, writes y and the per-sample logdet in one pass and recomputes s from u in the
 backward, so it saves only its inputs. With ``inplace=True`` (no autograd recording) y overwrites x
-and only the transformed channels are written. float16/bfloat16 inputs are computed in float32 and
-give a float32 logdet. The CPU kernels take mu and u in x's dtype: narrower ones (bfloat16 from an
-autocast network beside a float32 x) are cast up first, as the reference's type promotion does.
+and only the transformed channels are written (all of them with ``actnorm``). float16/bfloat16
+inputs are computed in float32 and give a float32 logdet. The CPU kernels take mu and u in x's
+dtype: narrower ones (bfloat16 from an autocast network beside a float32 x) are cast up first, as
+the reference's type promotion does.
 """
 
 from __future__ import annotations
@@ -60,6 +68,8 @@ from torch.nn import functional as F
 
 from fastflow.ops import _extension, _library
 from fastflow.ops._backend import resolve_backend
+from fastflow.ops.actnorm import actnorm as actnorm_reference
+from fastflow.ops.actnorm import actnorm_logdet, logdet_dtype
 
 SPLITS = ("continuous", "skip")
 ORDERS = ("up", "down")
@@ -191,7 +201,12 @@ def split_params(params: torch.Tensor, layout: str, additive: bool) -> tuple[tor
     return params[:, 0::2], params[:, 1::2]
 
 
-def _check(x: torch.Tensor, mu: torch.Tensor, u: torch.Tensor | None, scale: CouplingScale) -> None:
+ActNormParams = tuple[torch.Tensor, torch.Tensor]  # (log_scale [C], bias [C])
+
+
+def _check(
+    x: torch.Tensor, mu: torch.Tensor, u: torch.Tensor | None, scale: CouplingScale, actnorm: ActNormParams | None
+) -> None:
     if x.dim() < 2:
         raise ValueError(f"coupling input must be [B, C, ...], got shape {tuple(x.shape)}")
     expected = (x.shape[0], mu.shape[1], *x.shape[2:])
@@ -201,7 +216,15 @@ def _check(x: torch.Tensor, mu: torch.Tensor, u: torch.Tensor | None, scale: Cou
         raise ValueError(f"u must have the shape of mu {tuple(mu.shape)}, got {tuple(u.shape)}")
     if scale.additive and u is not None:
         raise ValueError("an additive coupling takes no u; pass u=None")
-    devices = {t.device for t in (x, mu, u) if t is not None}
+    if actnorm is not None:
+        if len(actnorm) != 2:
+            raise ValueError(f"actnorm must be (log_scale, bias), got {len(actnorm)} tensors")
+        for name, t in zip(("log_scale", "bias"), actnorm):
+            if tuple(t.shape) != (x.shape[1],):
+                raise ValueError(
+                    f"actnorm {name} must have shape ({x.shape[1]},), one value per channel, got {tuple(t.shape)}"
+                )
+    devices = {t.device for t in (x, mu, u, *(actnorm or ())) if t is not None}
     if len(devices) > 1:
         raise ValueError(f"x, mu and u must be on one device, got {sorted(map(str, devices))}")
 
@@ -267,24 +290,26 @@ def _as_bcp(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
 
 
-def _cpu_apply(x, mu, u, start: int, stride: int, form: tuple, inverse: bool):
-    return torch.ops.fastflow.coupling_apply(x, mu, u, start, stride, *form, inverse)
+def _cpu_apply(x, mu, u, start: int, stride: int, form: tuple, inverse: bool, affine):
+    return torch.ops.fastflow.coupling_apply(x, mu, u, start, stride, *form, inverse, affine)
 
 
-def _cpu_backward(x, mu, u, grad_out, grad_logdet, start: int, stride: int, form: tuple, inverse: bool):
-    """``(d x, d mu, d u)``: dmu and du are the halves of the kernel's one gradient buffer."""
-    d_in, d_params = torch.ops.fastflow.coupling_backward(
-        x, mu, u, grad_out, grad_logdet, start, stride, *form, inverse, 0
+def _cpu_backward(x, mu, u, grad_out, grad_logdet, start: int, stride: int, form: tuple, inverse: bool, affine):
+    """``(d x, d mu, d u, d affine)``: dmu and du are the halves of the kernel's one gradient buffer."""
+    d_in, d_params, d_affine = torch.ops.fastflow.coupling_backward(
+        x, mu, u, grad_out, grad_logdet, start, stride, *form, inverse, 0, affine
     )
     cb = mu.shape[1]
-    return d_in, d_params[:, :cb], None if u is None else d_params[:, cb:]
+    return d_in, d_params[:, :cb], None if u is None else d_params[:, cb:], None if affine is None else d_affine
 
 
-def _cpu_backward_packed(x, params, grad_out, grad_logdet, layout: str, additive: bool, start, stride, form, inverse):
+def _cpu_backward_packed(x, params, grad_out, grad_logdet, layout: str, additive, start, stride, form, inverse, affine):
+    """``(d x, d params, d affine)``."""
     mu, u = split_params(params, layout, additive)
-    return torch.ops.fastflow.coupling_backward(
-        x, mu, u, grad_out, grad_logdet, start, stride, *form, inverse, LAYOUTS.index(layout)
+    d_in, d_params, d_affine = torch.ops.fastflow.coupling_backward(
+        x, mu, u, grad_out, grad_logdet, start, stride, *form, inverse, LAYOUTS.index(layout), affine
     )
+    return d_in, d_params, None if affine is None else d_affine
 
 
 # kernels -> (apply, backward with separate mu and u, backward with packed params)
@@ -297,58 +322,70 @@ KERNELS: dict[str, tuple[Callable, Callable, Callable]] = {
 class AffineCouplingFunction(torch.autograd.Function):
     """Fused coupling in either direction, with its backward; inputs are ``[B, C, P]`` views.
 
-    ``forward(x, mu, u, params, layout, start, stride, form, inverse, kernels) -> (out [B, C, P],
-    logdet [B])``: either mu and u (u None: additive) or ``params`` with its ``layout`` (None: params
-    is the additive coupling's mu); mu and u are then views of params, and the backward returns one
-    gradient of params' shape. The transformed channels are ``start + j * stride``; ``form`` is
-    :meth:`CouplingScale.kernel_form`; ``inverse=False`` is the density direction x -> y,
-    ``inverse=True`` the generation direction y -> x (then ``x`` holds y); ``kernels`` is
-    ``"triton"`` or ``"cpu"`` (``KERNELS``).
+    ``forward(x, mu, u, params, affine, layout, start, stride, form, inverse, kernels) -> (out
+    [B, C, P], logdet [B])``: either mu and u (u None: additive) or ``params`` with its ``layout``
+    (None: params is the additive coupling's mu); mu and u are then views of params, and the backward
+    returns one gradient of params' shape. ``affine`` ``[2, C]`` (or None), in the accumulation dtype,
+    maps each output channel c to ``affine[0, c] * out + affine[1, c]`` (a folded ActNorm). The
+    transformed channels are ``start + j * stride``; ``form`` is :meth:`CouplingScale.kernel_form`;
+    ``inverse=False`` is the density direction x -> y, ``inverse=True`` the generation direction
+    y -> x (then ``x`` holds y); ``kernels`` is ``"triton"`` or ``"cpu"`` (``KERNELS``).
     """
 
     @staticmethod
-    def forward(ctx, x, mu, u, params, layout: str, start: int, stride: int, form: tuple, inverse: bool, kernels: str):
+    def forward(
+        ctx, x, mu, u, params, affine, layout: str, start: int, stride: int, form: tuple, inverse: bool, kernels: str
+    ):
         if params is not None:
             mu, u = split_params(params, layout or "shift_scale", additive=layout is None)
-        out, logdet = KERNELS[kernels][0](x, mu, u, start, stride, form, inverse)
-        ctx.save_for_backward(x, mu, u, params)
+        out, logdet = KERNELS[kernels][0](x, mu, u, start, stride, form, inverse, affine)
+        ctx.save_for_backward(x, mu, u, params, affine)
         ctx.layout = (start, stride, form, inverse, layout, kernels)
         return out, logdet
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_logdet):
-        x, mu, u, params = ctx.saved_tensors
+        x, mu, u, params, affine = ctx.saved_tensors
         start, stride, form, inverse, layout, kernels = ctx.layout
         _, backward_separate, backward_packed = KERNELS[kernels]
         none = (None,) * 6
         if params is None:
-            d_in, d_mu, d_u = backward_separate(x, mu, u, grad_out, grad_logdet, start, stride, form, inverse)
-            return d_in, d_mu, d_u, *none, None
-        d_in, d_params = backward_packed(  # dmu and du are halves of one buffer
-            x, params, grad_out, grad_logdet, layout or "shift_scale", layout is None, start, stride, form, inverse
+            d_in, d_mu, d_u, d_affine = backward_separate(
+                x, mu, u, grad_out, grad_logdet, start, stride, form, inverse, affine
+            )
+            return d_in, d_mu, d_u, None, d_affine, *none
+        d_in, d_params, d_affine = backward_packed(  # dmu and du are halves of one buffer
+            x,
+            params,
+            grad_out,
+            grad_logdet,
+            layout or "shift_scale",
+            layout is None,
+            start,
+            stride,
+            form,
+            inverse,
+            affine,
         )
-        return d_in, None, None, d_params, *none
+        return d_in, None, None, d_params, d_affine, *none
 
 
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
-def _logdet_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def _fake_apply(x, mu, u, *form_direction_and_affine):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[0], dtype=logdet_dtype(x))
 
 
-def _fake_apply(x, mu, u, *form_and_direction):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[0], dtype=_logdet_dtype(x))
+def _fake_apply_inplace(x, mu, u, *form_direction_and_affine):
+    return x.new_empty(x.shape[0], dtype=logdet_dtype(x))
 
 
-def _fake_apply_inplace(x, mu, u, *form_and_direction):
-    return x.new_empty(x.shape[0], dtype=_logdet_dtype(x))
-
-
-def _fake_backward(x, mu, u, grad_out, grad_logdet, *form_direction_and_layout):
+def _fake_backward(x, mu, u, grad_out, grad_logdet, start, stride, *form_direction_and_layout, affine=None):
     d_params = x.new_empty(x.shape[0], mu.shape[1] * (1 if u is None else 2), x.shape[2])
-    return torch.empty_like(x, memory_format=torch.contiguous_format), d_params
+    d_affine = affine.new_empty(affine.shape) if affine is not None else x.new_empty(0, dtype=logdet_dtype(x))
+    return torch.empty_like(x, memory_format=torch.contiguous_format), d_params, d_affine
 
 
 def _use_cpu_kernels(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
@@ -411,10 +448,12 @@ def _run(
     layout: str,
     inplace: bool,
     inverse: bool,
+    actnorm: ActNormParams | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     mu_, u_ = _resolve_params(mu, u, params, layout, scale)
-    _check(x, mu_, u_, scale)
-    if inplace and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, mu_, u_, params)):
+    _check(x, mu_, u_, scale, actnorm)
+    inputs = (x, mu_, u_, params, *(actnorm or ()))
+    if inplace and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
         raise ValueError("inplace=True overwrites the input and records no graph; use it under torch.no_grad()")
     idx = transformed_channels(x.shape[1], mu_.shape[1], split, order)
     resolved = resolve_backend(backend, x, mu_, u_)
@@ -427,35 +466,53 @@ def _run(
             mu_, u_ = _resolve_params(mu, u, params, layout, scale)
     else:
         kernels = None
-    if kernels is not None:
-        form = scale.kernel_form(shift_first)
-        start, stride = idx.start, idx.step or 1
-        if inplace and _viewable(x):
-            flat = x.view(x.shape[0], x.shape[1], -1)
-            return x, _apply_inplace(flat, mu_, u_, start, stride, form, inverse, kernels)
-        if params is not None:
-            layout_ = None if scale.additive else layout
-            args = (_as_bcp(x), None, None, _as_bcp(params), layout_, start, stride, form, inverse, kernels)
-        else:
-            args = (_as_bcp(x), _as_bcp(mu_), _as_bcp(u_), None, None, start, stride, form, inverse, kernels)
-        out, logdet = AffineCouplingFunction.apply(*args)
-        out = out.view(x.shape)
-    else:
+    if kernels is None:
         ref = affine_coupling_inverse_reference if inverse else affine_coupling_reference
         out, logdet = ref(x, mu_, u_, split, order, scale=scale, shift_first=shift_first)
-    if inplace:
-        x[:, idx] = out[:, idx]
-        return x, logdet
+        if actnorm is not None:
+            out, actnorm_ld = actnorm_reference(out, *actnorm)
+            logdet = logdet + actnorm_ld
+        return (_write_back(x, out, idx, actnorm is not None) if inplace else out), logdet
+    form = scale.kernel_form(shift_first)
+    start, stride = idx.start, idx.step or 1
+    affine = None
+    if actnorm is not None:
+        acc = torch.float64 if torch.float64 in {t.dtype for t in (x, mu_, u_) if t is not None} else torch.float32
+        affine = torch.stack([actnorm[0].to(acc).exp(), actnorm[1].to(acc)])
+    if inplace and _viewable(x):
+        flat = x.view(x.shape[0], x.shape[1], -1)
+        out, logdet = x, _apply_inplace(flat, mu_, u_, start, stride, form, inverse, kernels, affine)
+    else:
+        if params is not None:
+            layout_ = None if scale.additive else layout
+            packed = (None, None, _as_bcp(params), affine, layout_)
+        else:
+            packed = (_as_bcp(mu_), _as_bcp(u_), None, affine, None)
+        out, logdet = AffineCouplingFunction.apply(_as_bcp(x), *packed, start, stride, form, inverse, kernels)
+        out = out.view(x.shape)
+        if inplace:  # x is not viewable as [B, C, P]
+            out = _write_back(x, out, idx, actnorm is not None)
+    if actnorm is not None:
+        logdet = logdet + actnorm_logdet(x, actnorm[0])
     return out, logdet
 
 
-def _apply_inplace(flat, mu, u, start: int, stride: int, form: tuple, inverse: bool, kernels: str):
-    """The coupling written over ``flat [B, C, P]``, transformed channels only; returns the logdet."""
+def _write_back(x: torch.Tensor, out: torch.Tensor, idx: slice, all_channels: bool) -> torch.Tensor:
+    """x with the channels the op changed (all, or the transformed ``idx``) copied from out."""
+    if all_channels:
+        return x.copy_(out)
+    x[:, idx] = out[:, idx]
+    return x
+
+
+def _apply_inplace(flat, mu, u, start: int, stride: int, form: tuple, inverse: bool, kernels: str, affine):
+    """The coupling written over ``flat [B, C, P]`` (transformed channels only without ``affine``);
+    returns the logdet."""
     if kernels == "cpu":
-        return torch.ops.fastflow.coupling_apply_(flat, _as_bcp(mu), _as_bcp(u), start, stride, *form, inverse)
+        return torch.ops.fastflow.coupling_apply_(flat, _as_bcp(mu), _as_bcp(u), start, stride, *form, inverse, affine)
     from fastflow.kernels.affine_coupling import coupling_apply
 
-    return coupling_apply(flat, _as_bcp(mu), _as_bcp(u), start, stride, form, inverse, out=flat)[1]
+    return coupling_apply(flat, _as_bcp(mu), _as_bcp(u), start, stride, form, inverse, out=flat, affine=affine)[1]
 
 
 def _viewable(x: torch.Tensor) -> bool:
@@ -481,15 +538,16 @@ def affine_coupling(
     params: torch.Tensor | None = None,
     layout: str = "shift_scale",
     inplace: bool = False,
+    actnorm: ActNormParams | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Density direction x -> y of the coupling; returns ``(y [B, C, *S], logdet [B])``.
 
     ``scale`` is a kind name (``alpha`` applies to "tanh") or a :class:`CouplingScale`; ``params``
-    and ``layout`` replace mu and u; ``inplace`` (no grad only) writes y into x. See the module
-    docstring.
+    and ``layout`` replace mu and u; ``inplace`` (no grad only) writes y into x; ``actnorm``
+    ``(log_scale, bias)`` applies an ActNorm to y in the same pass. See the module docstring.
     """
     scale = as_scale(scale, alpha)
-    return _run(x, mu, u, split, order, scale, backend, shift_first, params, layout, inplace, inverse=False)
+    return _run(x, mu, u, split, order, scale, backend, shift_first, params, layout, inplace, False, actnorm)
 
 
 def affine_coupling_inverse(
@@ -506,10 +564,12 @@ def affine_coupling_inverse(
     params: torch.Tensor | None = None,
     layout: str = "shift_scale",
     inplace: bool = False,
+    actnorm: ActNormParams | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generation direction y -> x of the coupling; returns ``(x [B, C, *S], logdet [B])``.
 
-    Arguments as for :func:`affine_coupling`; with ``inplace`` x overwrites y.
+    Arguments as for :func:`affine_coupling`; with ``inplace`` x overwrites y; ``actnorm`` applies
+    an ActNorm (its density direction) to x.
     """
     scale = as_scale(scale, alpha)
-    return _run(y, mu, u, split, order, scale, backend, shift_first, params, layout, inplace, inverse=True)
+    return _run(y, mu, u, split, order, scale, backend, shift_first, params, layout, inplace, True, actnorm)

@@ -42,9 +42,17 @@ class Case:
 # Minimal elements moved by a fused forward + backward, in units of the input's numel N:
 # actnorm_conv1x1: fwd x, y (2N); bwd dy, dx for dx = M^T dy and dy, x for G (4N).
 # affine_coupling: fwd x, mu, u, y (3N); bwd dy, x_b, u, dx, dmu, du (4N).
+# affine_coupling_actnorm (an ActNorm folded in): fwd 3N; bwd dy, x (all of it: the ActNorm's
+#   gradient needs the conditioning channels too), mu, u, dx, dmu, du (5N).
 # cond_bias_elu:   fwd h, out (2N); bwd out, dout, dh (3N).
 # conv1x1_bias_elu (C_out = C_in): fwd h, out (2N); bwd out, dout, h, dh (4N).
-TRAFFIC = {"actnorm_conv1x1": 6, "affine_coupling": 7, "cond_bias_elu": 5, "conv1x1_bias_elu": 6}
+TRAFFIC = {
+    "actnorm_conv1x1": 6,
+    "affine_coupling": 7,
+    "affine_coupling_actnorm": 8,
+    "cond_bias_elu": 5,
+    "conv1x1_bias_elu": 6,
+}
 
 FULL_CASES = [
     Case("actnorm_conv1x1", "cifar10 L0", (64, 3, 32, 32)),
@@ -57,6 +65,8 @@ FULL_CASES = [
     Case("affine_coupling", "cifar10 top", (64, 48, 4, 4)),
     Case("affine_coupling", "celeba256 L1 skip", (8, 12, 128, 128), "skip"),
     Case("affine_coupling", "celeba256 top", (8, 384, 4, 4)),
+    Case("affine_coupling_actnorm", "cifar10 L1 skip", (64, 12, 16, 16), "skip"),
+    Case("affine_coupling_actnorm", "celeba256 L1 skip", (8, 12, 128, 128), "skip"),
     Case("cond_bias_elu", "cifar10 L0 hidden", (64, 24, 32, 32)),
     Case("cond_bias_elu", "cifar10 L1 hidden", (64, 512, 16, 16)),
     Case("cond_bias_elu", "celeba256 L1 hidden", (8, 256, 128, 128)),
@@ -69,6 +79,7 @@ QUICK_CASES = [
     Case("conv1x1_bias_elu", "small hidden", (4, 64, 16, 16)),
     Case("actnorm_conv1x1", "small", (4, 12, 16, 16)),
     Case("affine_coupling", "small skip", (4, 12, 16, 16), "skip"),
+    Case("affine_coupling_actnorm", "small skip", (4, 12, 16, 16), "skip"),
     Case("cond_bias_elu", "small hidden", (4, 64, 16, 16)),
 ]
 
@@ -90,9 +101,12 @@ def make_inputs(case: Case, device: str, dtype: torch.dtype) -> list[torch.Tenso
             rand(channels, scale=0.05),
             weight.to(device, dtype).requires_grad_(),
         ]
-    if case.op == "affine_coupling":
+    if case.op.startswith("affine_coupling"):
         half = (batch, channels // 2, height, width)
-        return [rand(*case.shape), rand(*half), rand(*half)]
+        inputs = [rand(*case.shape), rand(*half), rand(*half)]
+        if case.op == "affine_coupling_actnorm":
+            inputs += [rand(channels, scale=0.05), rand(channels, scale=0.05)]  # log_scale, bias
+        return inputs
     if case.op == "conv1x1_bias_elu":
         weight = torch.randn(channels, channels, generator=gen) / channels**0.5
         return [rand(*case.shape), weight.to(device, dtype).requires_grad_(), rand(batch, channels)]
@@ -107,6 +121,11 @@ def make_forward(case: Case, inputs: list[torch.Tensor], backend: str) -> Callab
         return lambda: actnorm_conv1x1(x, log_scale, bias, weight, log_abs_det=log_abs_det, backend=backend)
     if case.op == "affine_coupling":
         return lambda: affine_coupling(*inputs, split=case.split, order="up", backend=backend)
+    if case.op == "affine_coupling_actnorm":
+        x, mu, u, log_scale, bias = inputs
+        return lambda: affine_coupling(
+            x, mu, u, split=case.split, order="up", backend=backend, actnorm=(log_scale, bias)
+        )
     if case.op == "conv1x1_bias_elu":
         return lambda: (conv1x1_bias_elu(*inputs, backend=backend),)
     return lambda: (cond_bias_elu(*inputs, backend=backend),)
@@ -198,11 +217,11 @@ COLUMNS = [  # (title, key, width, decimals)
 
 
 def print_rows(rows: list[dict]) -> None:
-    print(f"{'op':16} {'case':21} {'shape':15} {'MB':>7} " + " ".join(f"{t:>{w}}" for t, _, w, _ in COLUMNS))
+    print(f"{'op':24} {'case':21} {'shape':15} {'MB':>7} " + " ".join(f"{t:>{w}}" for t, _, w, _ in COLUMNS))
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
         cells = " ".join(_fmt(r[key], w, d) for _, key, w, d in COLUMNS)
-        print(f"{r['op']:16} {r['case']:21} {shape:15} {r['bytes'] / 1e6:7.2f} {cells}")
+        print(f"{r['op']:24} {r['case']:21} {shape:15} {r['bytes'] / 1e6:7.2f} {cells}")
 
 
 def main(quick: bool = False) -> list[dict]:

@@ -36,7 +36,13 @@ from benchmarks import bench_kernels
 from benchmarks._common import write_csv
 
 # Least elements a fused forward moves, in units of the input's numel (bench_kernels.TRAFFIC: fwd + bwd).
-FORWARD_TRAFFIC = {"actnorm_conv1x1": 2, "affine_coupling": 3, "cond_bias_elu": 2, "conv1x1_bias_elu": 2}
+FORWARD_TRAFFIC = {
+    "actnorm_conv1x1": 2,
+    "affine_coupling": 3,
+    "affine_coupling_actnorm": 3,
+    "cond_bias_elu": 2,
+    "conv1x1_bias_elu": 2,
+}
 STEP_CONFIGS = ("cifar10_wolf", "cifar10_glow", "imagenet64_wolf", "celeba256_wolf")
 DRY_CONFIGS = ("tiny_wolf", "tiny_glow")
 DRY_CASES = [dataclasses.replace(c, shape=(1, 8, 4, 4)) for c in bench_kernels.QUICK_CASES]  # the interpreter is slow

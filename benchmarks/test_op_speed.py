@@ -5,7 +5,8 @@
 Groups are one op at one shape; within a group:
 
 - ``unfused``: the op's plain-PyTorch reference (``*_reference`` in ``fastflow/ops/``: actnorm then
-  ``conv2d``; clone and index-assign for the coupling; ``elu(h + bias)``);
+  ``conv2d``; slices and ``torch.cat`` for the coupling, then ActNorm's own ops for the folded one;
+  ``elu(h + bias)``);
 - ``torch``: the op's ``backend="torch"`` (actnorm folded into one ``baddbmm``, and so on);
 - ``triton``: the fused kernels, on a CUDA device only;
 - for the batched log-determinant: ``torch.linalg.slogdet`` on each size group, one call per layer,
@@ -23,6 +24,7 @@ import pytest
 import torch
 
 from benchmarks import bench_kernels, bench_slogdet
+from fastflow.ops.actnorm import actnorm
 from fastflow.ops.actnorm_conv1x1 import actnorm_conv1x1_reference
 from fastflow.ops.affine_coupling import affine_coupling_reference
 from fastflow.ops.cond_bias_elu import cond_bias_elu_reference
@@ -41,6 +43,10 @@ def unfused_step(case: bench_kernels.Case, inputs: list[torch.Tensor]) -> Callab
             return [actnorm_conv1x1_reference(*inputs)]
         if case.op == "affine_coupling":
             return list(affine_coupling_reference(*inputs, case.split, "up", 1.0))
+        if case.op == "affine_coupling_actnorm":
+            y, logdet = affine_coupling_reference(*inputs[:3], case.split, "up", 1.0)
+            y, actnorm_logdet = actnorm(y, *inputs[3:])
+            return [y, logdet + actnorm_logdet]
         if case.op == "conv1x1_bias_elu":
             return [conv1x1_bias_elu_reference(*inputs)]
         return [cond_bias_elu_reference(*inputs)]

@@ -382,7 +382,23 @@ def _fake_apply_inplace(x, mu, u, *form_direction_and_affine):
     return x.new_empty(x.shape[0], dtype=logdet_dtype(x))
 
 
-def _fake_backward(x, mu, u, grad_out, grad_logdet, start, stride, *form_direction_and_layout, affine=None):
+def _fake_backward(
+    x,
+    mu,
+    u,
+    grad_out,
+    grad_logdet,
+    start,
+    stride,
+    scale,
+    param,
+    special,
+    reciprocal,
+    shift_first,
+    inverse,
+    layout,
+    affine=None,
+):
     d_params = x.new_empty(x.shape[0], mu.shape[1] * (1 if u is None else 2), x.shape[2])
     d_affine = affine.new_empty(affine.shape) if affine is not None else x.new_empty(0, dtype=logdet_dtype(x))
     return torch.empty_like(x, memory_format=torch.contiguous_format), d_params, d_affine

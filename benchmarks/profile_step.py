@@ -4,16 +4,19 @@ backends side by side.
 
     python -m benchmarks.profile_step                       # CIFAR-10 Wolf, batch 16, 2 threads
     python -m benchmarks.profile_step --by-shape --top 25   # split by input shapes
+    python -m benchmarks.profile_step --classes --rounds 4  # summed by class of op (CLASSES)
 
 Each backend takes one warm-up step, then one profiled step; the backends alternate over
 ``--rounds`` rounds and each op's time is the median over them. Self CPU time is counted (an op's
-own time, its children's excluded), so the column sums to the step.
+own time, its children's excluded), so the column sums to the step. With two rounds the small
+classes drift by up to 1.8x between identical work (the optimizer's ops): take four or more.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import time
 from collections import defaultdict
@@ -22,6 +25,27 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from fastflow.models import build_model
+
+# class of op -> pattern of the profiler's op names (the first class that matches takes an op; what no
+# pattern matches is "other"). Classes group by what an op is, not who calls it: the weight norm's
+# and the optimizer's elementwise ops are both "elementwise".
+CLASSES: dict[str, str] = {
+    "GEMM and convolution": r"aten::(mm|addmm|bmm|baddbmm|mkldnn_convolution|convolution_backward)$"
+    r"|fastflow::(im2col_rows|col2im_rows)$",
+    "ELU and bias + ELU": r"aten::elu(_backward)?$|fastflow::cond_bias_elu",
+    "coupling": r"fastflow::coupling|aten::(softplus|softplus_backward|tanh|tanh_backward|sigmoid|log_sigmoid)",
+    "optimizer-only ops": r"Optimizer\.|aten::(lerp_|addcdiv_|addcmul_)$|aten::_foreach",
+    "views and allocation": r"aten::(view|_unsafe_view|as_strided|permute|slice|select|reshape|expand|t|transpose"
+    r"|unsqueeze|squeeze|flatten|alias|detach|empty|empty_strided|empty_like|zeros|zeros_like|new_empty"
+    r"|new_zeros|unbind|split|chunk|narrow|resize_)$",
+    "copies, casts, cat": r"aten::(copy_|_to_copy|to|clone|contiguous|cat|stack|flip|index|index_put_|fill_|zero_)$",
+    "elementwise and reductions": r"aten::",
+    "autograd and Python autograd Functions": r"autograd::|Backward|Function$",
+}
+
+
+def op_class(name: str) -> str:
+    return next((c for c, pattern in CLASSES.items() if re.search(pattern, name)), "other")
 
 
 def profiled_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, by_shape: bool) -> dict:
@@ -45,6 +69,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--backends", nargs="+", default=["reference", "torch"])
     parser.add_argument("--by-shape", action="store_true", help="one row per (op, input shapes)")
+    parser.add_argument("--classes", action="store_true", help="also one row per class of op (CLASSES)")
     parser.add_argument("--top", type=int, default=20, help="rows shown (the rest summed in one row)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -102,6 +127,14 @@ def main(argv: list[str] | None = None) -> str:
         lines.append(row(f"`{k}`", [k]))
     lines.append(row(f"{len(order) - args.top} other ops", order[args.top :]))
     lines.append(row("**step total**", order))
+    if args.classes:
+        lines += ["", head.replace("| op |", "| class of op |") + " |", lines[3]]
+        classes = defaultdict(list)
+        for k in order:
+            classes[op_class(k.split(" [")[0])].append(k)
+        for name in [*CLASSES, "other"]:
+            if classes[name]:
+                lines.append(row(name, classes[name]))
     text = "\n".join(lines)
     print(text)
     return text

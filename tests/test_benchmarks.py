@@ -82,12 +82,37 @@ def test_step_targets_benchmark_runs() -> None:
     assert "in fresh processes" in proc.stdout and proc.stdout.count("x reference speed;") == 2
 
 
+def test_profile_classes_sort_ops_by_kind() -> None:
+    """The first matching class takes an op: the optimizer's own ops, not every sqrt; the fused ops by
+    their kind; views apart from copies."""
+    from benchmarks.profile_step import op_class
+
+    assert op_class("aten::mm") == op_class("fastflow::im2col_rows") == "GEMM and convolution"
+    assert op_class("aten::lerp_") == op_class("Optimizer.step#AdamW.step") == "optimizer-only ops"
+    assert op_class("aten::sqrt") == op_class("aten::add_") == "elementwise and reductions"
+    assert op_class("fastflow::cond_bias_elu_backward") == "ELU and bias + ELU"
+    assert op_class("fastflow::coupling_backward") == "coupling"
+    assert op_class("aten::permute") == "views and allocation" and op_class("aten::copy_") == "copies, casts, cat"
+    assert op_class("AffineCouplingFunctionBackward") == "autograd and Python autograd Functions"
+    assert op_class("Unknown") == "other"
+
+
 @pytest.mark.slow
 def test_profile_conv_mid_and_coupling_net_benchmarks_run() -> None:
     proc = run_python(
-        "-m", "benchmarks.profile_step", "--config", "tiny_wolf", "--batch", "2", "--rounds", "1", "--threads", "1"
+        "-m",
+        "benchmarks.profile_step",
+        "--config",
+        "tiny_wolf",
+        "--batch",
+        "2",
+        "--rounds",
+        "1",
+        "--threads",
+        "1",
+        "--classes",
     )
-    assert "**step total**" in proc.stdout
+    assert "**step total**" in proc.stdout and "| GEMM and convolution |" in proc.stdout
     proc = run_python("-m", "benchmarks.bench_conv_mid", "--shape", "2", "16", "4", "4", "--rounds", "1")
     assert "nhwc_mm" in proc.stdout and "x reference" in proc.stdout
     proc = run_python("-m", "benchmarks.bench_coupling_net", "--batch", "2", "--hidden", "16", "--rounds", "1")

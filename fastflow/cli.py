@@ -19,12 +19,14 @@ from fastflow.data import DATASET_NAMES, DEFAULT_DATASET
 from fastflow.errors import UsageError
 from fastflow.flows.debug import NonFiniteError
 from fastflow.train.checkpoint import CheckpointError
+from fastflow.train.distributed import MainRankFailed
 
 # What a command reports in one line (exit 2): bad input (UsageError, which includes config and data
 # errors), a missing, corrupt or unwritable checkpoint, a model whose inverse overflows (NonFiniteError,
-# e.g. sampling a diverged model), and the operating system's refusals (a missing data folder, a full
-# disk, a folder without permission). Anything else is a bug in fastflow and keeps its traceback.
-EXPECTED_ERRORS = (UsageError, CheckpointError, NonFiniteError, OSError)
+# e.g. sampling a diverged model), the operating system's refusals (a missing data folder, a full
+# disk, a folder without permission), and on the other ranks of a run, rank 0's failure to write the
+# run folder (MainRankFailed). Anything else is a bug in fastflow and keeps its traceback.
+EXPECTED_ERRORS = (UsageError, CheckpointError, MainRankFailed, NonFiniteError, OSError)
 
 
 class Parser(argparse.ArgumentParser):

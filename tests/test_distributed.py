@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -130,3 +131,70 @@ def test_two_processes_reach_the_parameters_of_one_on_the_same_global_batch(tmp_
         moved += not torch.allclose(value.double(), one["initial"][key].double(), atol=1e-4, rtol=0)
     assert moved > 10
     assert two["valid_bpd"] == pytest.approx(one["valid_bpd"], rel=1e-6)
+
+
+# Rank 0 cannot write its checkpoint. Launched by hand (not torchrun, which tears the group down when
+# one worker exits), rank 1 must stop too, saying why. Before, it ran on into the next all-reduce and
+# died there with gloo's "Connection closed by peer" traceback (NCCL may instead wait for its watchdog).
+FAILING_SAVE_WORKER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    torch.set_num_threads(1)
+    from fastflow.train import distributed as D
+    from fastflow.train import loop
+    from fastflow.train.checkpoint import CheckpointError
+    from fastflow.train.config import load_run_config
+
+    out = Path(sys.argv[1])
+    model_config, config = load_run_config("tiny_refined_glow", {
+        "steps": 4, "batch_size": 4, "init_batch_size": 8, "valid_interval": 0, "checkpoint_interval": 1,
+        "valid_limit": 8, "eval_k": 1, "num_samples": 4, "sample_temperatures": [1.0]})
+    ctx = D.setup("cpu")
+
+    def full_disk(path, state):
+        raise CheckpointError(f"could not write {path}: No space left on device")
+
+    if ctx.rank == 0:
+        loop.save_checkpoint = full_disk
+    trainer = loop.Trainer(model_config, config, out / "run", ctx, progress=False)
+    trainer.run()
+""")
+
+
+def test_a_failed_rank0_checkpoint_stops_every_rank(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(FAILING_SAVE_WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "WORLD_SIZE": "2",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        errors = [p.communicate(timeout=240)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode != 0 for p in procs)
+    assert "No space left on device" in errors[0]
+    assert "MainRankFailed: rank 0 failed to write checkpoint.pt" in errors[1], errors[1][-2000:]

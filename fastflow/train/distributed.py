@@ -1,5 +1,5 @@
 """torch.distributed plumbing: process-group setup from torchrun's variables, parameter broadcast,
-DDP wrapping (with SyncBatchNorm on CUDA) and reductions.
+DDP wrapping (with SyncBatchNorm on CUDA), reductions, and rank-0 work whose failure every rank sees.
 
 A process started by ``torchrun`` finds ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the master address
 in its environment; a plain ``python`` process has none and runs alone (world size 1, no process
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -107,3 +108,26 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: Context) -> torch.Tensor:
         tensor = tensor.clone()
         dist.all_reduce(tensor)
     return tensor
+
+
+class MainRankFailed(RuntimeError):
+    """Raised on the other ranks when work that only rank 0 does (writing the run folder) failed there."""
+
+
+def on_main(ctx: Context, work: Callable[[], None], what: str) -> None:
+    """Run ``work`` on rank 0 only, then agree over ranks whether it failed. If it did, rank 0 raises
+    its own error and every other rank :class:`MainRankFailed` naming ``what``, instead of running on
+    into the next collective (where gloo fails with a connection traceback and NCCL may wait for its
+    watchdog, unless the launcher tears the group down, as torchrun does). One all-reduce of one
+    number per call."""
+    error = None
+    if ctx.is_main:
+        try:
+            work()
+        except Exception as err:  # re-raised below, once every rank knows
+            error = err
+    failed = all_reduce_sum(torch.tensor([float(error is not None)], device=ctx.device), ctx).item() > 0
+    if error is not None:
+        raise error
+    if failed:
+        raise MainRankFailed(f"rank 0 failed to {what} (its error is in its output); rank {ctx.rank} stops too")

@@ -250,7 +250,8 @@ class Trainer:
         result = evaluate_bpd(
             self.model, self.valid_set, c.eval_batch_size, c.eval_k, c.seed, self.ctx, c.valid_limit, c.workers
         )
-        if self.ctx.is_main:
+
+        def write_outputs() -> None:
             self.metrics.write({"split": "valid", "step": self.step, **result})
             self.model.eval()
             for t in c.sample_temperatures:
@@ -264,15 +265,16 @@ class Trainer:
                 )
             self.model.train()
             plot_bpd(self.metrics.read(), self.files.plot, title=f"{self.model.kind} on {c.dataset}")
+
+        D.on_main(self.ctx, write_outputs, "write the validation metrics and samples")
         if result["bpd"] < self.best:
             self.best = result["bpd"]
-            if self.ctx.is_main:
-                save_checkpoint(self.files.best, self._state())
+            D.on_main(self.ctx, lambda: save_checkpoint(self.files.best, self._state()), "write best.pt")
         return result
 
     def save(self) -> None:
-        if self.ctx.is_main:
-            save_checkpoint(self.files.checkpoint, self._state())
+        """``checkpoint.pt`` (rank 0 writes it; every rank stops if that fails)."""
+        D.on_main(self.ctx, lambda: save_checkpoint(self.files.checkpoint, self._state()), "write checkpoint.pt")
 
     # -- the loop ----------------------------------------------------------------------------------
     def _epoch_loader(self) -> tuple[int, DataLoader]:

@@ -240,13 +240,21 @@ def test_sequences_fold_actnorms_into_couplings(monkeypatch, name, backend):
     torch.testing.assert_close(x_back, x.detach(), atol=1e-10, rtol=0)
 
 
-def test_hooked_actnorm_is_not_folded(monkeypatch):
-    """A forward hook on the ActNorm (locate_nonfinite uses them) keeps it a call of its own."""
+@pytest.mark.parametrize("hooked", [2, 3])
+def test_hooked_pairs_are_not_folded(hooked):
+    """A forward hook on the coupling or on the ActNorm (locate_nonfinite hooks every module) keeps
+    both calls of their own, so the hook sees the layer's own output."""
     step = perturbed(refined_step(4, 6, 0, "affine", 1.0).double(), "torch")
     seen = []
-    step.layers[3].register_forward_hook(lambda module, inputs, output: seen.append(type(module).__name__))
-    step(torch.randn(2, 4, 3, 3, dtype=torch.float64))
-    assert seen == ["ActNorm"]
+    step.layers[hooked].register_forward_hook(lambda module, inputs, output: seen.append(output[0]))
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    step(x)
+    with torch.no_grad():
+        h = x
+        for layer in step.layers[:hooked]:
+            h, _ = layer(h)
+        want, _ = step.layers[hooked](h)
+    assert len(seen) == 2 and torch.allclose(seen[0], want, atol=1e-12, rtol=0)
 
 
 def test_reference_backend_folds_nothing(monkeypatch):

@@ -16,7 +16,7 @@ Layers that are a per-channel affine map offer themselves as an ActNorm over the
 (:meth:`Flow.folds_actnorm`: the couplings on fused kernels) takes it as ``actnorm=(log_scale,
 bias)`` in forward. :class:`FlowSequence` folds each such pair in the density direction, so the
 ActNorm costs no pass of its own; the inverse and ``initialize`` run the layers one by one, and so
-does a pair whose ActNorm has forward hooks (:func:`fastflow.flows.debug.locate_nonfinite`).
+does a pair with forward hooks on either layer (:func:`fastflow.flows.debug.locate_nonfinite`).
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ class FlowSequence(Flow):
 
     With autograd off, a layer that ``writes_in_place`` writes over its input when that input is not
     stored in the memory of the sequence's own input (it was made by an earlier layer, which nothing
-    else holds)."""
+    else holds). In the density direction a layer that ``folds_actnorm`` takes the next layer with it
+    when that one is an ActNorm (``as_actnorm``) and neither has forward hooks."""
 
     def __init__(self, layers: list[Flow]) -> None:
         super().__init__()
@@ -102,7 +103,7 @@ class FlowSequence(Flow):
             layer, options = layers[i], {}
             if source is not None and layer.writes_in_place and _storage(x) != source:
                 options["inplace"] = True
-            if not inverse and i + 1 < len(layers) and layer.folds_actnorm() and not _hooked(layers[i + 1]):
+            if not inverse and i + 1 < len(layers) and layer.folds_actnorm() and not _hooked(*layers[i : i + 2]):
                 actnorm = layers[i + 1].as_actnorm(x.shape[1])
                 if actnorm is not None:
                     options["actnorm"] = actnorm
@@ -127,9 +128,10 @@ class FlowSequence(Flow):
         return x, logdet
 
 
-def _hooked(layer: nn.Module) -> bool:
-    """Whether ``layer`` has forward hooks, which expect it to be called (it is then never folded)."""
-    return bool(layer._forward_hooks or layer._forward_pre_hooks)
+def _hooked(*layers: nn.Module) -> bool:
+    """Whether any of ``layers`` has forward hooks, which expect to see its own call and output (a pair
+    is then never folded)."""
+    return any(layer._forward_hooks or layer._forward_pre_hooks for layer in layers)
 
 
 def _storage(t: torch.Tensor) -> int:

@@ -226,7 +226,7 @@ def _check(
                 )
     devices = {t.device for t in (x, mu, u, *(actnorm or ())) if t is not None}
     if len(devices) > 1:
-        raise ValueError(f"x, mu and u must be on one device, got {sorted(map(str, devices))}")
+        raise ValueError(f"x, mu, u and actnorm must be on one device, got {sorted(map(str, devices))}")
 
 
 def _split(x: torch.Tensor, num_transformed: int, split: str, order: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -101,6 +101,21 @@ def _plane_block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE: tl.constexpr, 
 
 
 @triton.jit
+def _backward_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE: tl.constexpr, BLOCK: tl.constexpr, AFFINE: tl.constexpr):
+    """A backward program's elements (:func:`_block_elements`; with AFFINE :func:`_plane_block_elements`,
+    one channel per program for its partial sums), then the mask of its loads of the op's input:
+    every element with AFFINE (the output before the affine is recomputed on the conditioning
+    channels too), the transformed ones otherwise."""
+    if AFFINE:
+        b, c, p, inside, is_b, j = _plane_block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
+        input_mask = inside
+    else:
+        b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
+        input_mask = is_b
+    return b, c, p, inside, is_b, j, input_mask
+
+
+@triton.jit
 def _store_affine_partials(AFF_PART, pid, inside, d_out, z):
     """One program's sums of ``d_out * z`` and of ``d_out`` (gradients of the affine's w and a)."""
     total = tl.num_programs(0)
@@ -291,12 +306,7 @@ def _coupling_forward_backward_kernel(
     ``[B, C, P]`` share strides; DMU and DU ``[B, Cb, P]`` have unit pixel stride. With AFFINE, dy is
     first multiplied by ``AFF[0, c]`` and the program stores its affine partial sums, recomputing y."""
     pid = tl.program_id(0)
-    if AFFINE:
-        b, c, p, inside, is_b, j = _plane_block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
-        x_mask = inside
-    else:
-        b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
-        x_mask = is_b
+    b, c, p, inside, is_b, j, x_mask = _backward_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK, AFFINE)
     d_out = tl.load(DY + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
     dy = d_out * tl.load(AFF + c, mask=inside, other=0.0) if AFFINE else d_out
     if HAS_U or AFFINE:
@@ -379,12 +389,7 @@ def _coupling_inverse_backward_kernel(
     ``x_b = y_b / s - mu``: dy_b = dx_b / s, dmu = -dx_b, du = -d(log s)/du * (dx_b * y_b / s +
     dlogdet[b]); dy_a = dx_a. With AFFINE as in the density direction's backward."""
     pid = tl.program_id(0)
-    if AFFINE:
-        b, c, p, inside, is_b, j = _plane_block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
-        y_mask = inside
-    else:
-        b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
-        y_mask = is_b
+    b, c, p, inside, is_b, j, y_mask = _backward_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK, AFFINE)
     d_out = tl.load(DX + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
     dx = d_out * tl.load(AFF + c, mask=inside, other=0.0) if AFFINE else d_out
     if HAS_U or AFFINE:

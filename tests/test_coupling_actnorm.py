@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from kernel_checks import poison_outputs  # noqa: E402
+from kernel_checks import autograd_node_names, poison_outputs  # noqa: E402
 
 import fastflow.kernels.affine_coupling as kernels  # noqa: E402
 from fastflow.flows import ActNorm, AffineCoupling, FlowSequence, SplitPrior, build_prior_flow, refined_step  # noqa: E402
@@ -114,6 +114,18 @@ def test_fold_matches_coupling_then_actnorm(backend, dtype, tol, channels, split
     )
     for name, g, w in zip(["out", "logdet", "d x", "d params", "d log_scale", "d bias"], got, want):
         torch.testing.assert_close(g.double(), w, atol=tol, rtol=tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fold_runs_in_the_fused_function(backend):
+    """The output comes straight out of the fused autograd Function: no multiply or add of an
+    unfolded ActNorm (a silent fall-back to the plain-PyTorch composition would pass the comparisons)."""
+    scale = SCALES["tanh"]
+    x, params, log_scale, bias = make_inputs(4, scale, torch.float32, device=device(backend))
+    y, _ = fused(backend, "skip", "up", scale, False, False)(x, params, log_scale, bias)
+    names = autograd_node_names(y)
+    assert "AffineCouplingFunctionBackward" in names
+    assert not names & {"MulBackward0", "AddBackward0", "CatBackward0"}, names
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

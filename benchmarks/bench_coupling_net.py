@@ -5,7 +5,8 @@ backward on the CPU, in the formulations the torch backend could run, against th
 - ``nchw``: NCHW ``conv2d`` for the three convolutions with the extension's fused bias + ELU (the
   torch backend before the row formulation);
 - ``rows``: ``backend="torch"`` on the CPU: the convolutions as GEMMs over channels-last rows
-  (:mod:`fastflow.ops.conv_rows`), the ELUs written over the GEMM outputs.
+  in one autograd Function (:mod:`fastflow.ops.coupling_net_rows`), the ELUs written over the
+  GEMM outputs.
 
     python -m benchmarks.bench_coupling_net      # CIFAR-10 Wolf's 16x16, 8x8 and 4x4 nets, batch 16
 

@@ -1,7 +1,7 @@
 """A whole Wolf step (forward + backward) on the torch backend on the CPU with one of its CPU
 formulations switched off, against the same step with everything on, in one process:
 
-- ``rows``: the coupling networks as row GEMMs (:mod:`fastflow.ops.conv_rows`); off: ``conv2d``;
+- ``rows``: the coupling networks as row GEMMs (:mod:`fastflow.ops.coupling_net_rows`); off: ``conv2d``;
 - ``elu``: the C++ bias + ELU kernels (``csrc/cond_bias_elu.cpp``); off: torch's ``F.elu(h + bias)``;
 - ``coupling``: the C++ coupling kernels (``csrc/affine_coupling.cpp``); off: the plain-PyTorch
   coupling (slices, scale, ``torch.cat``);

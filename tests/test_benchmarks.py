@@ -152,7 +152,7 @@ def test_cpu_ab_switches_change_the_path() -> None:
             return autograd_node_names(layer(x, z)[0])
 
     for switch, node in (
-        ("rows", "Im2colConvFunctionBackward"),
+        ("rows", "CouplingNetRowsFunctionBackward"),
         ("elu", "CondBiasEluFunctionBackward"),
         ("coupling", "AffineCouplingFunctionBackward"),
     ):

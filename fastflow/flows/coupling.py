@@ -29,7 +29,8 @@ from fastflow.functional import (
 )
 from fastflow.nn import WeightNormConv2d, WeightNormLinear
 from fastflow.ops.affine_coupling import CouplingScale, as_scale
-from fastflow.ops.conv_rows import conv_col2im, conv_im2col, use_rows
+from fastflow.ops.conv_rows import use_rows
+from fastflow.ops.coupling_net_rows import coupling_net_rows
 
 TRANSFORMS = ("affine", "additive")
 
@@ -39,9 +40,9 @@ class CouplingNet2d(nn.Module):
 
     The middle three are one fused op (:func:`fastflow.functional.conv1x1_bias_elu`); ``conv_mid`` keeps
     its ``nn.Conv2d`` parameter (``[hidden, hidden, 1, 1]``) so the state dict is unchanged. On the CPU
-    with the torch backend the three convolutions run as GEMMs over channels-last rows
-    (:mod:`fastflow.ops.conv_rows`): the hidden activations stay channels-last from the first conv to
-    the last, which returns NCHW.
+    with the torch backend the whole network is one autograd Function over channels-last rows
+    (:func:`fastflow.ops.coupling_net_rows.coupling_net_rows`: three GEMMs, the ELUs written over
+    their outputs), which returns NCHW.
 
     ``[B, c_in, H, W]`` (and z ``[B, dz]``) -> ``[B, c_out, H, W]``; the last conv starts at zero.
     """
@@ -55,14 +56,13 @@ class CouplingNet2d(nn.Module):
         self.backend = "auto"
 
     def forward(self, x_a: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        rows = use_rows(self.backend, x_a)
-        h = conv_im2col(x_a, self.conv_in.weight, padding=1) if rows else self.conv_in(x_a)
-        h = cond_bias_elu(h, None, backend=self.backend, reuse_input=True)
         bias = self.z_proj(z) if self.z_proj is not None else None
-        h = conv1x1_bias_elu(h, self.conv_mid.weight.flatten(1), bias, backend=self.backend)
-        if rows:
-            return conv_col2im(h, self.conv_out.weight(), self.conv_out.bias, padding=self.conv_out.padding)
-        return self.conv_out(h)
+        w_mid = self.conv_mid.weight.flatten(1)
+        if use_rows(self.backend, x_a):
+            w_out = self.conv_out.weight()
+            return coupling_net_rows(x_a, self.conv_in.weight, w_mid, bias, w_out, self.conv_out.bias, padding_in=1)
+        h = cond_bias_elu(self.conv_in(x_a), None, backend=self.backend, reuse_input=True)
+        return self.conv_out(conv1x1_bias_elu(h, w_mid, bias, backend=self.backend))
 
 
 class CouplingNet1d(nn.Module):

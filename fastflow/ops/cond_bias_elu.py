@@ -137,6 +137,33 @@ def _use_cpu_kernels(h: torch.Tensor, bias: torch.Tensor | None) -> bool:
     )
 
 
+def elu_in_place(h: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """``h <- elu(h + bias[:, :, None, ...])`` over h ``[B, Hd, *S]`` stored as planes or channels-last
+    rows, outside autograd (for Functions with backwards of their own): the extension's kernel, else
+    torch's in-place ops."""
+    planes = h.view(h.shape[0], h.shape[1], -1)
+    if _use_cpu_kernels(h, bias) and _reusable(h):
+        torch.ops.fastflow.cond_bias_elu_(planes, None if bias is None else bias.contiguous())
+        return
+    if bias is not None:
+        planes.add_(bias.unsqueeze(-1))
+    torch.nn.functional.elu_(planes)
+
+
+def elu_backward_from_output(
+    out: torch.Tensor, grad_out: torch.Tensor, bias_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The gradients of h and of the bias (or None without ``bias_grad``) from the op's output
+    ``out [B, Hd, P]`` and ``grad_out`` of its shape, outside autograd: ``elu'`` is 1 where out > 0,
+    else out + 1. grad_h is stored as out is (planes or rows)."""
+    if _use_cpu_kernels(out, None):
+        grad_h, grad_bias = torch.ops.fastflow.cond_bias_elu_backward(out, _like(grad_out, out), bias_grad)
+    else:
+        grad_h = grad_out * out.clamp(max=0).add_(1)
+        grad_bias = grad_h.sum(2)
+    return grad_h, grad_bias if bias_grad else None
+
+
 def cond_bias_elu_fused(
     h: torch.Tensor, bias: torch.Tensor | None, kernels: str = "triton", reuse_input: bool = False
 ) -> torch.Tensor:

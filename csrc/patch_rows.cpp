@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace fastflow {
 namespace {
@@ -31,6 +32,22 @@ constexpr int64_t kGrain = 1 << 14;  // elements per thread chunk at least
 void check_geometry(int64_t kernel, int64_t padding, const char* op) {
   TORCH_CHECK_VALUE(kernel >= 1 && padding >= 0, "fastflow::", op, " expects kernel >= 1 and padding >= 0, got ",
                     kernel, " and ", padding);
+}
+
+// Calls body(std::integral_constant<int64_t, K>) with K = kernel for the kernel sizes the coupling
+// networks use, so that their inner loops unroll (about 3x faster than the run-time kernel loops,
+// benchmarks/RESULTS.md), else with K = 0, meaning "read kernel at run time". Rows and pixels whose
+// every term lies inside the image skip the per-term bounds checks.
+template <typename Body>
+void with_static_kernel(int64_t kernel, const Body& body) {
+  switch (kernel) {
+    case 1:
+      return body(std::integral_constant<int64_t, 1>{});
+    case 3:
+      return body(std::integral_constant<int64_t, 3>{});
+    default:
+      return body(std::integral_constant<int64_t, 0>{});
+  }
 }
 
 at::Tensor im2col_rows_cpu(const at::Tensor& x, int64_t kernel, int64_t padding) {
@@ -47,22 +64,31 @@ at::Tensor im2col_rows_cpu(const at::Tensor& x, int64_t kernel, int64_t padding)
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     scalar_t* dst = rows.mutable_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(columns, 1));
-    at::parallel_for(0, batch * out_h * out_w, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t b = row / (out_h * out_w), y = (row / out_w) % out_h, xo = row % out_w;
-        scalar_t* out = dst + row * columns;
-        for (int64_t c = 0; c < channels; ++c) {
-          const scalar_t* plane = src + b * sb + c * sc;
-          for (int64_t i = 0; i < kernel; ++i) {
-            const int64_t yy = y + i - padding;
-            const bool row_inside = yy >= 0 && yy < height;
-            for (int64_t j = 0; j < kernel; ++j) {
-              const int64_t xx = xo + j - padding;
-              *out++ = row_inside && xx >= 0 && xx < width ? plane[yy * sh + xx * sw] : scalar_t(0);
+    with_static_kernel(kernel, [&](auto static_kernel) {
+      const int64_t k = static_kernel() > 0 ? static_kernel() : kernel;
+      at::parallel_for(0, batch * out_h * out_w, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t b = row / (out_h * out_w), y0 = (row / out_w) % out_h - padding, x0 = row % out_w - padding;
+          const bool inside_x = x0 >= 0 && x0 + k <= width;  // every column j of this row reads inside
+          scalar_t* out = dst + row * columns;
+          for (int64_t c = 0; c < channels; ++c) {
+            const scalar_t* plane = src + b * sb + c * sc;
+            for (int64_t i = 0; i < k; ++i, out += k) {
+              const int64_t yy = y0 + i;
+              if (yy < 0 || yy >= height) {
+                for (int64_t j = 0; j < k; ++j) out[j] = scalar_t(0);
+              } else if (inside_x) {
+                for (int64_t j = 0; j < k; ++j) out[j] = plane[yy * sh + (x0 + j) * sw];
+              } else {
+                for (int64_t j = 0; j < k; ++j) {
+                  const int64_t xx = x0 + j;
+                  out[j] = xx >= 0 && xx < width ? plane[yy * sh + xx * sw] : scalar_t(0);
+                }
+              }
             }
           }
         }
-      }
+      });
     });
   });
   return rows;
@@ -83,25 +109,35 @@ at::Tensor col2im_rows_cpu(const at::Tensor& rows, int64_t height, int64_t width
     const scalar_t* src = rows.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(width * kernel * kernel, 1));
-    // One task per output image row (b, c, Y): it gathers every (i, j) term that lands on it.
-    at::parallel_for(0, batch * channels * height, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / (channels * height), c = (task / height) % channels, Y = task % height;
-        scalar_t* out_row = dst + task * width;
-        for (int64_t X = 0; X < width; ++X) {
-          acc_t sum = 0;
-          for (int64_t i = 0; i < kernel; ++i) {
-            const int64_t y = Y - i + padding;
-            if (y < 0 || y >= out_h) continue;
-            for (int64_t j = 0; j < kernel; ++j) {
-              const int64_t x = X - j + padding;
-              if (x < 0 || x >= out_w) continue;
-              sum += static_cast<acc_t>(src[((b * out_h + y) * out_w + x) * columns + (c * kernel + i) * kernel + j]);
+    with_static_kernel(kernel, [&](auto static_kernel) {
+      const int64_t k = static_kernel() > 0 ? static_kernel() : kernel;
+      // One task per output image row (b, c, Y): it gathers every (i, j) term that lands on it, the
+      // rows term (y, x) = (Y - i + p, X - j + p) at column (c, i, j).
+      at::parallel_for(0, batch * channels * height, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t b = task / (channels * height), c = (task / height) % channels, Y = task % height;
+          const scalar_t* image = src + b * out_h * out_w * columns + c * k * k;
+          scalar_t* out_row = dst + task * width;
+          for (int64_t X = 0; X < width; ++X) {
+            const bool inside_x = X + padding - k + 1 >= 0 && X + padding < out_w;  // every j lands inside
+            acc_t sum = 0;
+            for (int64_t i = 0; i < k; ++i) {
+              const int64_t y = Y - i + padding;
+              if (y < 0 || y >= out_h) continue;
+              const scalar_t* line = image + y * out_w * columns + i * k;
+              if (inside_x) {
+                for (int64_t j = 0; j < k; ++j) sum += static_cast<acc_t>(line[(X - j + padding) * columns + j]);
+              } else {
+                for (int64_t j = 0; j < k; ++j) {
+                  const int64_t x = X - j + padding;
+                  if (x >= 0 && x < out_w) sum += static_cast<acc_t>(line[x * columns + j]);
+                }
+              }
             }
+            out_row[X] = static_cast<scalar_t>(sum);
           }
-          out_row[X] = static_cast<scalar_t>(sum);
         }
-      }
+      });
     });
   });
   return out;

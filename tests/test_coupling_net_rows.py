@@ -166,3 +166,13 @@ def test_bad_input(change, message):
     tensors = {**net_inputs(torch.float32), **change}
     with pytest.raises(ValueError, match=message):
         coupling_net_rows(*(tensors[n] for n in NAMES), 1)
+
+
+def test_empty_batch():
+    tensors = {**net_inputs(torch.float32), "x": torch.zeros(0, 3, 6, 5), "bias": torch.zeros(0, 7)}
+    leaves = {n: t.requires_grad_() for n, t in tensors.items()}
+    out = coupling_net_rows(*(leaves[n] for n in NAMES), 1)
+    assert out.shape == (0, 4, 6, 5)
+    out.sum().backward()
+    assert leaves["x"].grad.shape == (0, 3, 6, 5) and leaves["bias"].grad.shape == (0, 7)
+    assert torch.equal(leaves["w_in"].grad, torch.zeros_like(leaves["w_in"]))

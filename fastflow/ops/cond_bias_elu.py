@@ -60,8 +60,8 @@ def _cpu_forward(h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
 def _cpu_backward(
     out: torch.Tensor, grad_out: torch.Tensor, bias_dtype: torch.dtype | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    grad_h, grad_bias = torch.ops.fastflow.cond_bias_elu_backward(out, _like(grad_out, out), bias_dtype is not None)
-    return grad_h, None if bias_dtype is None else grad_bias.to(bias_dtype)
+    grad_h, grad_bias = elu_backward_from_output(out, grad_out, bias_dtype is not None)
+    return grad_h, None if grad_bias is None else grad_bias.to(bias_dtype)
 
 
 KERNELS: dict[str, Callable[[], tuple[Callable, Callable]]] = {
@@ -82,7 +82,7 @@ class CondBiasEluFunction(torch.autograd.Function):
         forward_kernel, _ = KERNELS[kernels]()
         planes = h.reshape(h.shape[0], h.shape[1], math.prod(h.shape[2:]))
         if reuse_input and kernels == "cpu" and _reusable(h):
-            torch.ops.fastflow.cond_bias_elu_(planes, None if bias is None else bias.contiguous())
+            elu_in_place(h, bias)
             ctx.mark_dirty(h)
             out = h
         else:
@@ -141,7 +141,7 @@ def elu_in_place(h: torch.Tensor, bias: torch.Tensor | None) -> None:
     """``h <- elu(h + bias[:, :, None, ...])`` over h ``[B, Hd, *S]`` stored as planes or channels-last
     rows, outside autograd (for Functions with backwards of their own): the extension's kernel, else
     torch's in-place ops."""
-    planes = h.view(h.shape[0], h.shape[1], -1)
+    planes = h.view(h.shape[0], h.shape[1], math.prod(h.shape[2:]))
     if _use_cpu_kernels(h, bias) and _reusable(h):
         torch.ops.fastflow.cond_bias_elu_(planes, None if bias is None else bias.contiguous())
         return

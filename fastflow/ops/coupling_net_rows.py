@@ -47,9 +47,10 @@ def _elu_backward_rows(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`elu_backward_from_output` for a channels-last ``out [B, Hd, H, W]`` and the gradient as
     rows ``[B*H*W, Hd]``; returns the input's gradient as rows and the bias's ``[B, Hd]`` (or None)."""
-    batch, hidden = out.shape[:2]
+    batch, hidden, height, width = out.shape
+    pixels = height * width
     grad_h, grad_bias = elu_backward_from_output(
-        out.view(batch, hidden, -1), grad_rows.view(batch, -1, hidden).transpose(1, 2), bias_grad
+        out.view(batch, hidden, pixels), grad_rows.view(batch, pixels, hidden).transpose(1, 2), bias_grad
     )
     return grad_h.transpose(1, 2).reshape(-1, hidden), grad_bias
 

@@ -3,6 +3,8 @@ formulations switched off, against the same step with everything on, in one proc
 
 - ``rows``: the coupling networks as row GEMMs (:mod:`fastflow.ops.coupling_net_rows`); off: ``conv2d``;
 - ``elu``: the C++ bias + ELU kernels (``csrc/cond_bias_elu.cpp``); off: torch's ``F.elu(h + bias)``;
+- ``reuse_grad``: the CPU coupling network's ELU backwards writing over the GEMM output they read
+  (``cond_bias_elu_backward_``); off: into a new buffer;
 - ``coupling``: the C++ coupling kernels (``csrc/affine_coupling.cpp``); off: the plain-PyTorch
   coupling (slices, scale, ``torch.cat``);
 - ``inplace`` (with ``--no-grad``): no-grad flow sequences running their couplings in place
@@ -42,6 +44,7 @@ from fastflow.ops import cond_bias_elu as elu_ops
 SWITCHES: dict[str, tuple[object, str, object]] = {
     "rows": (coupling, "use_rows", lambda *args: False),
     "elu": (elu_ops, "_use_cpu_kernels", lambda *args: False),
+    "reuse_grad": (elu_ops, "_stored_alike", lambda *args: False),
     "coupling": (coupling_ops, "_use_cpu_kernels", lambda *args: False),
     "inplace": (coupling.AffineCoupling, "writes_in_place", False),
     "actnorm": (coupling.AffineCoupling, "folds_actnorm", lambda self: False),

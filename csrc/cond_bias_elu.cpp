@@ -9,6 +9,9 @@
 //   cond_bias_elu_backward(Tensor out, Tensor grad_out, bool bias_grad) -> (Tensor grad_h, Tensor grad_bias)
 //       grad_h = grad_out * elu'(.), with elu' = 1 where out > 0 and out + 1 (= e^v) elsewhere;
 //       grad_bias[b, c] = sum_p grad_h[b, c, p] (an empty [0] tensor without bias_grad)
+//   cond_bias_elu_backward_(Tensor out, Tensor(a!) grad, bool bias_grad) -> Tensor grad_bias
+//       the same, grad_h written over grad (for a gradient nobody needs afterwards: a GEMM's fresh
+//       output), which saves a buffer of h's size and the pass that fills its fresh pages
 //
 // h [B, C, P] is stored either as planes (contiguous: p fastest) or as rows (channels last: the
 // memory of a contiguous [B, P, C], which is what a channels_last [B, C, H, W] viewed as [B, C, H*W]
@@ -80,6 +83,31 @@ FASTFLOW_VECTOR_CLONES double elu_backward_plane(const scalar_t* __restrict out,
   return sum;
 }
 
+// elu_backward_plane in place: data[i] = grad_h[i], from data[i] = grad[i] (one pointer, so nothing aliases).
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+FASTFLOW_VECTOR_CLONES double elu_backward_plane_inplace(const scalar_t* __restrict out, int64_t n,
+                                                         scalar_t* __restrict data) {
+  acc_t lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const acc_t o = static_cast<acc_t>(out[i + l]);
+      const acc_t g = static_cast<acc_t>(data[i + l]) * (o > acc_t(0) ? acc_t(1) : o + acc_t(1));
+      data[i + l] = static_cast<scalar_t>(g);
+      lanes[l] += g;
+    }
+  }
+  double sum = 0.0;
+  for (; i < n; ++i) {
+    const acc_t o = static_cast<acc_t>(out[i]);
+    const acc_t g = static_cast<acc_t>(data[i]) * (o > acc_t(0) ? acc_t(1) : o + acc_t(1));
+    data[i] = static_cast<scalar_t>(g);
+    sum += g;
+  }
+  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
+  return sum;
+}
+
 // out[c] = elu(h[c] + bias[c]) over one row of n channels (bias: n values, zeros without a bias).
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 FASTFLOW_VECTOR_CLONES void elu_row(const scalar_t* __restrict h, const acc_t* __restrict bias, int64_t n,
@@ -108,6 +136,25 @@ FASTFLOW_VECTOR_CLONES void elu_backward_row(const scalar_t* __restrict out, con
   for (int64_t c = 0; c < n; ++c) {
     const acc_t g = grad_of(c);
     grad_h[c] = static_cast<scalar_t>(g);
+    sums[c] += g;
+  }
+}
+
+// elu_backward_row in place: data[c] = grad_h[c], from data[c] = grad[c].
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+FASTFLOW_VECTOR_CLONES void elu_backward_row_inplace(const scalar_t* __restrict out, int64_t n,
+                                                     scalar_t* __restrict data, double* __restrict sums) {
+  const auto grad_of = [&](int64_t c) {
+    const acc_t o = static_cast<acc_t>(out[c]);
+    return static_cast<acc_t>(data[c]) * (o > acc_t(0) ? acc_t(1) : o + acc_t(1));
+  };
+  if (sums == nullptr) {
+    for (int64_t c = 0; c < n; ++c) data[c] = static_cast<scalar_t>(grad_of(c));
+    return;
+  }
+  for (int64_t c = 0; c < n; ++c) {
+    const acc_t g = grad_of(c);
+    data[c] = static_cast<scalar_t>(g);
     sums[c] += g;
   }
 }
@@ -191,8 +238,10 @@ void cond_bias_elu_inplace_cpu(const at::Tensor& h, const std::optional<at::Tens
   cond_bias_elu_into(h, bias, h);
 }
 
-std::tuple<at::Tensor, at::Tensor> cond_bias_elu_backward_cpu(const at::Tensor& out, const at::Tensor& grad_out,
-                                                              bool bias_grad) {
+// grad_h = grad_out * elu'(out) into grad_h, a new tensor of out's layout or grad_out itself (then the
+// in-place loops run); returns grad_bias ([B, C], or [0] without bias_grad).
+at::Tensor cond_bias_elu_backward_into(const at::Tensor& out, const at::Tensor& grad_out, bool bias_grad,
+                                       const at::Tensor& grad_h) {
   check_planes(out, "out");
   check_planes(grad_out, "grad_out");
   TORCH_CHECK_VALUE(out.sizes() == grad_out.sizes() && out.scalar_type() == grad_out.scalar_type(),
@@ -201,18 +250,25 @@ std::tuple<at::Tensor, at::Tensor> cond_bias_elu_backward_cpu(const at::Tensor& 
   const int64_t batch = out.size(0), channels = out.size(1), pixels = out.size(2);
   TORCH_CHECK_VALUE(stored_as_rows(out) == stored_as_rows(grad_out),
                     "fastflow::cond_bias_elu_backward expects grad_out stored like out (both planes or both rows)");
-  at::Tensor grad_h = at::empty_like(out);  // keeps out's layout
+  const bool in_place = grad_h.is_same(grad_out);
   at::Tensor grad_bias = at::empty(bias_grad ? at::IntArrayRef({batch, channels}) : at::IntArrayRef({0}), out.options());
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, out.scalar_type(), "fastflow_cond_bias_elu_backward_cpu", [&] {
     const scalar_t* o = out.const_data_ptr<scalar_t>();
     const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
     scalar_t* dh = grad_h.mutable_data_ptr<scalar_t>();
     scalar_t* db = bias_grad ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr;
+    // grad_h over n values of one row (sums added into, when not null) at element offset `offset`
+    const auto row = [&](int64_t offset, int64_t n, double* sums) {
+      if (in_place) {
+        elu_backward_row_inplace<scalar_t>(o + offset, n, dh + offset, sums);
+      } else {
+        elu_backward_row<scalar_t>(o + offset, g + offset, n, dh + offset, sums);
+      }
+    };
     if (stored_as_rows(out)) {
       if (db == nullptr) {  // no sums: rows in contiguous chunks, as forward
         at::parallel_for(0, batch * pixels, planes_per_chunk(channels), [&](int64_t begin, int64_t end) {
-          const int64_t offset = begin * channels;
-          elu_backward_row<scalar_t>(o + offset, g + offset, (end - begin) * channels, dh + offset, nullptr);
+          row(begin * channels, (end - begin) * channels, nullptr);
         });
         return;
       }
@@ -227,10 +283,7 @@ std::tuple<at::Tensor, at::Tensor> cond_bias_elu_backward_cpu(const at::Tensor& 
           const int64_t sample = task / blocks, c0 = (task % blocks) * width;
           const int64_t n = std::min(width, channels - c0);
           std::fill(sums.begin(), sums.end(), 0.0);
-          for (int64_t p = 0; p < pixels; ++p) {
-            const int64_t offset = (sample * pixels + p) * channels + c0;
-            elu_backward_row<scalar_t>(o + offset, g + offset, n, dh + offset, sums.data());
-          }
+          for (int64_t p = 0; p < pixels; ++p) row((sample * pixels + p) * channels + c0, n, sums.data());
           for (int64_t c = 0; c < n; ++c) db[sample * channels + c0 + c] = static_cast<scalar_t>(sums[c]);
         }
       });
@@ -239,12 +292,24 @@ std::tuple<at::Tensor, at::Tensor> cond_bias_elu_backward_cpu(const at::Tensor& 
     at::parallel_for(0, batch * channels, planes_per_chunk(pixels), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t offset = plane * pixels;
-        const double sum = elu_backward_plane<scalar_t>(o + offset, g + offset, pixels, dh + offset);
+        const double sum = in_place ? elu_backward_plane_inplace<scalar_t>(o + offset, pixels, dh + offset)
+                                    : elu_backward_plane<scalar_t>(o + offset, g + offset, pixels, dh + offset);
         if (db != nullptr) db[plane] = static_cast<scalar_t>(sum);
       }
     });
   });
+  return grad_bias;
+}
+
+std::tuple<at::Tensor, at::Tensor> cond_bias_elu_backward_cpu(const at::Tensor& out, const at::Tensor& grad_out,
+                                                              bool bias_grad) {
+  at::Tensor grad_h = at::empty_like(out);  // keeps out's layout
+  at::Tensor grad_bias = cond_bias_elu_backward_into(out, grad_out, bias_grad, grad_h);
   return {grad_h, grad_bias};
+}
+
+at::Tensor cond_bias_elu_backward_inplace_cpu(const at::Tensor& out, const at::Tensor& grad, bool bias_grad) {
+  return cond_bias_elu_backward_into(out, grad, bias_grad, grad);
 }
 
 }  // namespace
@@ -254,10 +319,12 @@ TORCH_LIBRARY_FRAGMENT(fastflow, m) {
   m.def("cond_bias_elu(Tensor h, Tensor? bias) -> Tensor");
   m.def("cond_bias_elu_(Tensor(a!) h, Tensor? bias) -> ()");
   m.def("cond_bias_elu_backward(Tensor out, Tensor grad_out, bool bias_grad) -> (Tensor grad_h, Tensor grad_bias)");
+  m.def("cond_bias_elu_backward_(Tensor out, Tensor(a!) grad, bool bias_grad) -> Tensor grad_bias");
 }
 
 TORCH_LIBRARY_IMPL(fastflow, CPU, m) {
   m.impl("cond_bias_elu", &fastflow::cond_bias_elu_cpu);
   m.impl("cond_bias_elu_", &fastflow::cond_bias_elu_inplace_cpu);
   m.impl("cond_bias_elu_backward", &fastflow::cond_bias_elu_backward_cpu);
+  m.impl("cond_bias_elu_backward_", &fastflow::cond_bias_elu_backward_inplace_cpu);
 }

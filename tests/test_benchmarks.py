@@ -138,7 +138,7 @@ def test_cpu_ab_switches_change_the_path() -> None:
 
     from benchmarks.bench_cpu_ab import switched_off
     from fastflow.flows import image_coupling
-    from fastflow.ops.cond_bias_elu import cond_bias_elu
+    from fastflow.ops.cond_bias_elu import cond_bias_elu, elu_backward_from_output
 
     layer = image_coupling(6, 8, 3, "skip", "up")
     layer.backend = layer.net.backend = "torch"
@@ -164,6 +164,14 @@ def test_cpu_ab_switches_change_the_path() -> None:
     with switched_off("actnorm", True):  # what FlowSequence asks (tests/test_coupling_actnorm.py)
         assert not layer.folds_actnorm()
     assert layer.folds_actnorm()
+    out = torch.rand(2, 8, 16).transpose(1, 2).contiguous().transpose(1, 2)  # rows, as the network's
+
+    def reuses(off: bool) -> bool:
+        grad = torch.randn(out.shape).transpose(1, 2).contiguous().transpose(1, 2)
+        with switched_off("reuse_grad", off):
+            return elu_backward_from_output(out, grad, True, reuse_grad=True)[0].data_ptr() == grad.data_ptr()
+
+    assert reuses(False) and not reuses(True) and reuses(False)
 
 
 def test_cpu_ab_inplace_needs_no_grad() -> None:

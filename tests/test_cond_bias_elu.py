@@ -16,7 +16,13 @@ pytest.importorskip("triton")
 from kernel_checks import compile_for_gpus, poison_outputs, random_layout  # noqa: E402
 
 import fastflow.kernels.cond_bias_elu as kernels  # noqa: E402
-from fastflow.ops.cond_bias_elu import _cpu_kernels_loaded, cond_bias_elu, cond_bias_elu_reference  # noqa: E402
+import fastflow.ops.cond_bias_elu as cond_bias_elu_ops  # noqa: E402
+from fastflow.ops.cond_bias_elu import (  # noqa: E402
+    _cpu_kernels_loaded,
+    cond_bias_elu,
+    cond_bias_elu_reference,
+    elu_backward_from_output,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [(torch.float32, 1e-6, 1e-5), (torch.float64, 1e-12, 1e-12)]
@@ -296,3 +302,39 @@ def test_cpu_kernels_reuse_input_refused_where_h_is_still_needed():
         (out.sum() + square.sum()).backward()
     strided = (h * 1)[:, :, ::2]  # not stored as planes or rows: computed out of place
     assert cond_bias_elu(strided, None, backend="torch", reuse_input=True) is not strided
+
+
+@pytest.mark.parametrize("extension", [True, False])
+@pytest.mark.parametrize("bias_grad", [True, False])
+@pytest.mark.parametrize("rows", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_backward_from_output_reusing_the_gradient(monkeypatch, dtype, rows, bias_grad, extension):
+    """elu_backward_from_output(..., reuse_grad=True) writes grad_h over a gradient stored as out is
+    (the coupling network's GEMM output) with the same values as out of place, in the extension's
+    in-place kernel and in torch's fallback; a gradient stored otherwise is left as it was."""
+    if extension and not cond_bias_elu_ops._cpu_kernels_loaded():
+        pytest.skip("the C++ extension is not built")
+    monkeypatch.setattr(cond_bias_elu_ops, "_cpu_kernels_loaded", lambda: extension)
+    gen = torch.Generator().manual_seed(0)
+
+    def stored(t: torch.Tensor, as_rows: bool) -> torch.Tensor:  # a copy of [B, C, P] as planes or rows
+        return t.transpose(1, 2).contiguous().transpose(1, 2) if as_rows else t.clone()  # a copy either way
+
+    out = stored(
+        torch.nn.functional.elu(torch.randn(3, 70, 37, generator=gen, dtype=dtype)), rows
+    )  # 37: lanes and a tail
+    grad = torch.randn(3, 70, 37, generator=gen, dtype=dtype)
+    want_h, want_bias = elu_backward_from_output(out, stored(grad, rows), bias_grad)
+    torch.testing.assert_close(want_h, grad * torch.where(out > 0, 1.0, out + 1), atol=0, rtol=1e-15)
+    reusable = stored(grad, rows)
+    got_h, got_bias = elu_backward_from_output(out, reusable, bias_grad, reuse_grad=True)
+    assert got_h.data_ptr() == reusable.data_ptr() and got_h.stride() == out.stride()
+    assert torch.equal(got_h, want_h)
+    assert (got_bias is None) == (want_bias is None) == (not bias_grad)
+    if bias_grad:
+        assert torch.equal(got_bias, want_bias)
+        torch.testing.assert_close(got_bias, want_h.sum(2), atol=1e-5, rtol=1e-5)
+    if extension:  # a gradient stored unlike out is copied, not overwritten
+        unlike = stored(grad, not rows)
+        got_h, _ = elu_backward_from_output(out, unlike, bias_grad, reuse_grad=True)
+        assert torch.equal(unlike, grad) and torch.equal(got_h, want_h)

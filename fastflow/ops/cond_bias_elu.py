@@ -52,6 +52,12 @@ def _like(t: torch.Tensor, layout_of: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
+def _stored_alike(t: torch.Tensor, layout_of: torch.Tensor) -> bool:
+    """Whether ``t [B, C, P]`` is stored as ``layout_of`` is (both planes or both rows), densely."""
+    dense = t.is_contiguous() or t.transpose(1, 2).is_contiguous()
+    return dense and stored_as_rows(t) == stored_as_rows(layout_of)
+
+
 def _cpu_forward(h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The extension's kernel on h stored as planes or rows (the output is stored the same way)."""
     return torch.ops.fastflow.cond_bias_elu(_like(h, h), None if bias is None else bias.contiguous())
@@ -120,6 +126,7 @@ _CPU_FAKES = {
     "cond_bias_elu": _fake_forward,
     "cond_bias_elu_": lambda h, bias: None,
     "cond_bias_elu_backward": _fake_backward,
+    "cond_bias_elu_backward_": lambda out, grad, bias_grad: _fake_backward(out, grad, bias_grad)[1],
 }
 
 
@@ -151,15 +158,22 @@ def elu_in_place(h: torch.Tensor, bias: torch.Tensor | None) -> None:
 
 
 def elu_backward_from_output(
-    out: torch.Tensor, grad_out: torch.Tensor, bias_grad: bool
+    out: torch.Tensor, grad_out: torch.Tensor, bias_grad: bool, reuse_grad: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The gradients of h and of the bias (or None without ``bias_grad``) from the op's output
     ``out [B, Hd, P]`` and ``grad_out`` of its shape, outside autograd: ``elu'`` is 1 where out > 0,
-    else out + 1. grad_h is stored as out is (planes or rows)."""
+    else out + 1. grad_h is stored as out is (planes or rows).
+
+    ``reuse_grad=True`` writes grad_h over grad_out when it can (stored as out is, same dtype): pass it
+    for a gradient that nothing needs afterwards, such as a GEMM's fresh output, to save a buffer."""
     if _use_cpu_kernels(out, None):
+        if reuse_grad and grad_out.dtype == out.dtype and _stored_alike(grad_out, out):
+            grad_bias = torch.ops.fastflow.cond_bias_elu_backward_(out, grad_out, bias_grad)
+            return grad_out, grad_bias if bias_grad else None
         grad_h, grad_bias = torch.ops.fastflow.cond_bias_elu_backward(out, _like(grad_out, out), bias_grad)
     else:
-        grad_h = grad_out * out.clamp(max=0).add_(1)
+        derivative = out.clamp(max=0).add_(1)
+        grad_h = grad_out.mul_(derivative) if reuse_grad else grad_out * derivative
         grad_bias = grad_h.sum(2)
     return grad_h, grad_bias if bias_grad else None
 

@@ -46,11 +46,15 @@ def _elu_backward_rows(
     out: torch.Tensor, grad_rows: torch.Tensor, bias_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`elu_backward_from_output` for a channels-last ``out [B, Hd, H, W]`` and the gradient as
-    rows ``[B*H*W, Hd]``; returns the input's gradient as rows and the bias's ``[B, Hd]`` (or None)."""
+    rows ``[B*H*W, Hd]`` (a GEMM's fresh output, overwritten); returns the input's gradient as rows
+    and the bias's ``[B, Hd]`` (or None)."""
     batch, hidden, height, width = out.shape
     pixels = height * width
     grad_h, grad_bias = elu_backward_from_output(
-        out.view(batch, hidden, pixels), grad_rows.view(batch, pixels, hidden).transpose(1, 2), bias_grad
+        out.view(batch, hidden, pixels),
+        grad_rows.view(batch, pixels, hidden).transpose(1, 2),
+        bias_grad,
+        reuse_grad=True,
     )
     return grad_h.transpose(1, 2).reshape(-1, hidden), grad_bias
 

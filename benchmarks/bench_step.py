@@ -32,6 +32,7 @@ import torch
 from benchmarks._common import StepMemory, cpu_model, median, paired_ratio, time_interleaved
 from benchmarks.bench_models import VARIANTS, Case, Resolution, Trainable, fastflow_case, model_config
 from fastflow.models import build_model
+from fastflow.train.optimizer import adamw
 
 MIB = 2**20
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # CPU flags of native bfloat16 dot products
@@ -63,7 +64,7 @@ def build(config: str, batch: int, variants: list[str], seed: int = 0) -> list[C
     model.initialize(x, generator=torch.Generator().manual_seed(seed))
     cases = []
     for name in variants:
-        trainable = Trainable(model, torch.optim.AdamW(model.parameters(), lr=1e-5))
+        trainable = Trainable(model, adamw(model.parameters(), lr=1e-5))
         cases.append(fastflow_case(cfg.kind, trainable, VARIANTS[name], x, seed, sampled=False))
     return cases
 

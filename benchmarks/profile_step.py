@@ -25,6 +25,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from fastflow.models import build_model
+from fastflow.train.optimizer import adamw
 
 # class of op -> pattern of the profiler's op names (the first class that matches takes an op; what no
 # pattern matches is "other"). Classes group by what an op is, not who calls it: the weight norm's
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> str:
     size = model.config.image_size
     x = torch.randint(0, 256, (args.batch, model.config.in_channels, size, size), dtype=torch.uint8)
     model.initialize(x, generator=torch.Generator().manual_seed(0))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    opt = adamw(model.parameters(), lr=1e-5)
     load = os.getloadavg()
     samples: dict[str, list[dict]] = defaultdict(list)
     for backend in args.backends:  # warm-up

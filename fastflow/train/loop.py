@@ -44,6 +44,7 @@ from fastflow.train.checkpoint import (
 from fastflow.train.config import TrainConfig, run_config_dict
 from fastflow.train.evaluate import evaluate_bpd
 from fastflow.train.metrics import MetricsLog, plot_bpd
+from fastflow.train.optimizer import adamw
 from fastflow.train.schedule import warmup_exponential
 
 
@@ -150,7 +151,7 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         self.model = build_model(model_config).to(self.ctx.device)
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer = adamw(
             self.model.parameters(),
             lr=config.lr,
             betas=tuple(config.betas),

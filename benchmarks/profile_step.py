@@ -35,7 +35,7 @@ CLASSES: dict[str, str] = {
     r"|fastflow::(im2col_rows|col2im_rows)$",
     "ELU and bias + ELU": r"aten::elu(_backward)?$|fastflow::cond_bias_elu",
     "coupling": r"fastflow::coupling|aten::(softplus|softplus_backward|tanh|tanh_backward|sigmoid|log_sigmoid)",
-    "optimizer-only ops": r"Optimizer\.|aten::(lerp_|addcdiv_|addcmul_)$|aten::_foreach",
+    "optimizer-only ops": r"Optimizer\.|aten::(lerp_|addcdiv_|addcmul_|_fused_adamw?_)$|aten::_foreach",
     "views and allocation": r"aten::(view|_unsafe_view|as_strided|permute|slice|select|reshape|expand|t|transpose"
     r"|unsqueeze|squeeze|flatten|alias|detach|empty|empty_strided|empty_like|zeros|zeros_like|new_empty"
     r"|new_zeros|unbind|split|chunk|narrow|resize_)$",

@@ -89,8 +89,10 @@ def test_profile_classes_sort_ops_by_kind() -> None:
 
     assert op_class("aten::mm") == op_class("fastflow::im2col_rows") == "GEMM and convolution"
     assert op_class("aten::lerp_") == op_class("Optimizer.step#AdamW.step") == "optimizer-only ops"
+    assert op_class("aten::_fused_adamw_") == op_class("aten::_fused_adam_") == "optimizer-only ops"
     assert op_class("aten::sqrt") == op_class("aten::add_") == "elementwise and reductions"
     assert op_class("fastflow::cond_bias_elu_backward") == "ELU and bias + ELU"
+    assert op_class("fastflow::cond_bias_elu_backward_") == "ELU and bias + ELU"
     assert op_class("fastflow::coupling_backward") == "coupling"
     assert op_class("aten::permute") == "views and allocation" and op_class("aten::copy_") == "copies, casts, cat"
     assert op_class("AffineCouplingFunctionBackward") == "autograd and Python autograd Functions"

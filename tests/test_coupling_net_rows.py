@@ -176,3 +176,17 @@ def test_empty_batch():
     out.sum().backward()
     assert leaves["x"].grad.shape == (0, 3, 6, 5) and leaves["bias"].grad.shape == (0, 7)
     assert torch.equal(leaves["w_in"].grad, torch.zeros_like(leaves["w_in"]))
+
+
+def test_backward_runs_under_vmap():
+    """torch.autograd.functional.jacobian(vectorize=True) runs the backward under vmap (as the ELBO
+    tests' brute-force log-determinants do): the ELU backwards must not write over a batched
+    gradient, for which the in-place kernel has no batching rule. Rows of the Jacobian against a
+    loop of plain backwards."""
+    tensors = net_inputs(torch.float64, batch=1, c_in=2, hidden=3, c_out=2)
+    x = tensors.pop("x").contiguous()
+    rest = [tensors[n] for n in NAMES[1:]]
+    jac = torch.autograd.functional.jacobian(lambda x: coupling_net_rows(x, *rest, 1).flatten(), x, vectorize=True)
+    loop = torch.autograd.functional.jacobian(lambda x: coupling_net_rows(x, *rest, 1).flatten(), x)
+    assert jac.abs().max() > 0.1
+    torch.testing.assert_close(jac, loop, atol=1e-12, rtol=1e-12)

@@ -157,6 +157,12 @@ def elu_in_place(h: torch.Tensor, bias: torch.Tensor | None) -> None:
     torch.nn.functional.elu_(planes)
 
 
+def _under_vmap(t: torch.Tensor) -> bool:
+    """Whether t is a functorch-transformed tensor (torch.func.vmap, grad) or a batched tensor of the
+    legacy vmap that ``torch.autograd.functional.jacobian(vectorize=True)`` runs backwards under."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(t) or torch._C._functorch.is_legacy_batchedtensor(t)
+
+
 def elu_backward_from_output(
     out: torch.Tensor, grad_out: torch.Tensor, bias_grad: bool, reuse_grad: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -164,8 +170,11 @@ def elu_backward_from_output(
     ``out [B, Hd, P]`` and ``grad_out`` of its shape, outside autograd: ``elu'`` is 1 where out > 0,
     else out + 1. grad_h is stored as out is (planes or rows).
 
-    ``reuse_grad=True`` writes grad_h over grad_out when it can (stored as out is, same dtype): pass it
-    for a gradient that nothing needs afterwards, such as a GEMM's fresh output, to save a buffer."""
+    ``reuse_grad=True`` writes grad_h over grad_out when it can (a plain tensor stored as out is, of
+    its dtype: not under vmap, which a backward may run in and which has no batching rule for an op
+    that writes its input): pass it for a gradient that nothing needs afterwards, such as a GEMM's
+    fresh output, to save a buffer."""
+    reuse_grad = reuse_grad and not _under_vmap(grad_out)
     if _use_cpu_kernels(out, None):
         if reuse_grad and grad_out.dtype == out.dtype and _stored_alike(grad_out, out):
             grad_bias = torch.ops.fastflow.cond_bias_elu_backward_(out, grad_out, bias_grad)

@@ -159,7 +159,10 @@ def elu_in_place(h: torch.Tensor, bias: torch.Tensor | None) -> None:
 
 def _under_vmap(t: torch.Tensor) -> bool:
     """Whether t is a functorch-transformed tensor (torch.func.vmap, grad) or a batched tensor of the
-    legacy vmap that ``torch.autograd.functional.jacobian(vectorize=True)`` runs backwards under."""
+    legacy vmap that ``torch.autograd.functional.jacobian(vectorize=True)`` runs backwards under.
+    Never while torch.compile traces (dynamo cannot trace these checks, and vmap does not reach it)."""
+    if torch.compiler.is_compiling():
+        return False
     return torch._C._functorch.is_functorch_wrapped_tensor(t) or torch._C._functorch.is_legacy_batchedtensor(t)
 
 

@@ -186,7 +186,7 @@ def elu_backward_from_output(
     else:
         derivative = out.clamp(max=0).add_(1)
         grad_h = grad_out.mul_(derivative) if reuse_grad else grad_out * derivative
-        grad_bias = grad_h.sum(2)
+        grad_bias = grad_h.sum(2) if bias_grad else None
     return grad_h, grad_bias if bias_grad else None
 
 

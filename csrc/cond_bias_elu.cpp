@@ -58,50 +58,28 @@ FASTFLOW_VECTOR_CLONES void elu_plane_inplace(scalar_t* __restrict data, acc_t b
   for (int64_t i = 0; i < n; ++i) data[i] = static_cast<scalar_t>(elu(static_cast<acc_t>(data[i]) + beta));
 }
 
-// grad_h of one plane; returns its sum (in double).
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+// grad_h of one plane; returns its sum (in double). InPlace: grad_h holds the incoming gradient and
+// is overwritten (grad is unused; every access goes through grad_h, so __restrict still holds).
+template <bool InPlace, typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 FASTFLOW_VECTOR_CLONES double elu_backward_plane(const scalar_t* __restrict out, const scalar_t* __restrict grad,
                                                  int64_t n, scalar_t* __restrict grad_h) {
+  const auto grad_of = [&](int64_t i) {
+    const acc_t o = static_cast<acc_t>(out[i]);
+    return static_cast<acc_t>(InPlace ? grad_h[i] : grad[i]) * (o > acc_t(0) ? acc_t(1) : o + acc_t(1));
+  };
   acc_t lanes[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      const acc_t o = static_cast<acc_t>(out[i + l]);
-      const acc_t g = static_cast<acc_t>(grad[i + l]) * (o > acc_t(0) ? acc_t(1) : o + acc_t(1));
+      const acc_t g = grad_of(i + l);
       grad_h[i + l] = static_cast<scalar_t>(g);
       lanes[l] += g;
     }
   }
   double sum = 0.0;
   for (; i < n; ++i) {
-    const acc_t o = static_cast<acc_t>(out[i]);
-    const acc_t g = static_cast<acc_t>(grad[i]) * (o > acc_t(0) ? acc_t(1) : o + acc_t(1));
+    const acc_t g = grad_of(i);
     grad_h[i] = static_cast<scalar_t>(g);
-    sum += g;
-  }
-  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
-  return sum;
-}
-
-// elu_backward_plane in place: data[i] = grad_h[i], from data[i] = grad[i] (one pointer, so nothing aliases).
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-FASTFLOW_VECTOR_CLONES double elu_backward_plane_inplace(const scalar_t* __restrict out, int64_t n,
-                                                         scalar_t* __restrict data) {
-  acc_t lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const acc_t o = static_cast<acc_t>(out[i + l]);
-      const acc_t g = static_cast<acc_t>(data[i + l]) * (o > acc_t(0) ? acc_t(1) : o + acc_t(1));
-      data[i + l] = static_cast<scalar_t>(g);
-      lanes[l] += g;
-    }
-  }
-  double sum = 0.0;
-  for (; i < n; ++i) {
-    const acc_t o = static_cast<acc_t>(out[i]);
-    const acc_t g = static_cast<acc_t>(data[i]) * (o > acc_t(0) ? acc_t(1) : o + acc_t(1));
-    data[i] = static_cast<scalar_t>(g);
     sum += g;
   }
   for (int l = 0; l < kLanes; ++l) sum += lanes[l];
@@ -122,12 +100,13 @@ FASTFLOW_VECTOR_CLONES void elu_row_inplace(scalar_t* __restrict data, const acc
 }
 
 // grad_h of one row of n channels; adds it into sums[0:n] (in double, as the planes' sums) when sums is not null.
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+// InPlace as elu_backward_plane's.
+template <bool InPlace, typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 FASTFLOW_VECTOR_CLONES void elu_backward_row(const scalar_t* __restrict out, const scalar_t* __restrict grad, int64_t n,
                                              scalar_t* __restrict grad_h, double* __restrict sums) {
   const auto grad_of = [&](int64_t c) {
     const acc_t o = static_cast<acc_t>(out[c]);
-    return static_cast<acc_t>(grad[c]) * (o > acc_t(0) ? acc_t(1) : o + acc_t(1));
+    return static_cast<acc_t>(InPlace ? grad_h[c] : grad[c]) * (o > acc_t(0) ? acc_t(1) : o + acc_t(1));
   };
   if (sums == nullptr) {
     for (int64_t c = 0; c < n; ++c) grad_h[c] = static_cast<scalar_t>(grad_of(c));
@@ -136,25 +115,6 @@ FASTFLOW_VECTOR_CLONES void elu_backward_row(const scalar_t* __restrict out, con
   for (int64_t c = 0; c < n; ++c) {
     const acc_t g = grad_of(c);
     grad_h[c] = static_cast<scalar_t>(g);
-    sums[c] += g;
-  }
-}
-
-// elu_backward_row in place: data[c] = grad_h[c], from data[c] = grad[c].
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-FASTFLOW_VECTOR_CLONES void elu_backward_row_inplace(const scalar_t* __restrict out, int64_t n,
-                                                     scalar_t* __restrict data, double* __restrict sums) {
-  const auto grad_of = [&](int64_t c) {
-    const acc_t o = static_cast<acc_t>(out[c]);
-    return static_cast<acc_t>(data[c]) * (o > acc_t(0) ? acc_t(1) : o + acc_t(1));
-  };
-  if (sums == nullptr) {
-    for (int64_t c = 0; c < n; ++c) data[c] = static_cast<scalar_t>(grad_of(c));
-    return;
-  }
-  for (int64_t c = 0; c < n; ++c) {
-    const acc_t g = grad_of(c);
-    data[c] = static_cast<scalar_t>(g);
     sums[c] += g;
   }
 }
@@ -260,9 +220,9 @@ at::Tensor cond_bias_elu_backward_into(const at::Tensor& out, const at::Tensor& 
     // grad_h over n values of one row (sums added into, when not null) at element offset `offset`
     const auto row = [&](int64_t offset, int64_t n, double* sums) {
       if (in_place) {
-        elu_backward_row_inplace<scalar_t>(o + offset, n, dh + offset, sums);
+        elu_backward_row<true, scalar_t>(o + offset, nullptr, n, dh + offset, sums);
       } else {
-        elu_backward_row<scalar_t>(o + offset, g + offset, n, dh + offset, sums);
+        elu_backward_row<false, scalar_t>(o + offset, g + offset, n, dh + offset, sums);
       }
     };
     if (stored_as_rows(out)) {
@@ -292,8 +252,8 @@ at::Tensor cond_bias_elu_backward_into(const at::Tensor& out, const at::Tensor& 
     at::parallel_for(0, batch * channels, planes_per_chunk(pixels), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t offset = plane * pixels;
-        const double sum = in_place ? elu_backward_plane_inplace<scalar_t>(o + offset, pixels, dh + offset)
-                                    : elu_backward_plane<scalar_t>(o + offset, g + offset, pixels, dh + offset);
+        const double sum = in_place ? elu_backward_plane<true, scalar_t>(o + offset, nullptr, pixels, dh + offset)
+                                    : elu_backward_plane<false, scalar_t>(o + offset, g + offset, pixels, dh + offset);
         if (db != nullptr) db[plane] = static_cast<scalar_t>(sum);
       }
     });

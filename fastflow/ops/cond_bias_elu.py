@@ -86,13 +86,12 @@ class CondBiasEluFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, bias: torch.Tensor | None, kernels: str, reuse_input: bool) -> torch.Tensor:
         forward_kernel, _ = KERNELS[kernels]()
-        planes = h.reshape(h.shape[0], h.shape[1], math.prod(h.shape[2:]))
         if reuse_input and kernels == "cpu" and _reusable(h):
             elu_in_place(h, bias)
             ctx.mark_dirty(h)
             out = h
         else:
-            out = forward_kernel(planes, bias).view(h.shape)
+            out = forward_kernel(h.reshape(h.shape[0], h.shape[1], math.prod(h.shape[2:])), bias).view(h.shape)
         ctx.save_for_backward(out)
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.kernels = kernels

@@ -9,10 +9,11 @@ nothing is ever installed under that top-level name.
 fastflow installs beside the torch the user already has: ``install_requires`` takes a range (the oldest
 versions it supports, README "Install"); the Makefile pins exact versions for the reproducible dev
 venv. ``pip install --no-build-isolation --no-deps -e .`` installs it offline into any environment
-with torch. The extension ``fastflow._C`` (batched log-determinants) is built here when torch and a C++
+with torch. The extension ``fastflow._C`` (batched log-determinants and inverses on CPU and CUDA,
+and the C++ CPU kernels of the ``"cpu"`` backend) is built here when torch and a C++
 compiler are present; its CUDA sources join the build when nvcc and a CUDA build of torch are found
 (set ``FASTFLOW_BUILD_CUDA=0`` to skip them, ``=1`` to insist; the settings are ``fastflow/_build.py``).
-Without a built extension the op is compiled on first use (``fastflow/ops/_extension.py``).
+Without a built extension it is compiled on first use (``fastflow/ops/_extension.py``).
 """
 
 from __future__ import annotations

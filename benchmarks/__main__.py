@@ -3,10 +3,10 @@ fused ops and the batched log-determinant against their reference ops.
 
     python -m benchmarks                      # CPU: CIFAR-10 32, ImageNet 64, CelebA-HQ 256 (depth 1/8)
     python -m benchmarks --quick              # tiny configs, one repeat (the smoke test)
-    python -m benchmarks --device cuda        # GPU batch sizes: 64 / 32 / 8, backends torch and triton
+    python -m benchmarks --device cuda        # GPU batch sizes: 64 / 32 / 8, backends cpu and triton
     python -m benchmarks --rosinality /tmp/rosinality_glow.py   # add the public PyTorch Glow
-    python -m benchmarks --resolutions cifar10 --variants torch torch+bf16 --batch 8 --repeats 5
-    python -m benchmarks --resolutions cifar10 --models glow --variants torch torch+compile
+    python -m benchmarks --resolutions cifar10 --variants cpu cpu+bf16 --batch 8 --repeats 5
+    python -m benchmarks --resolutions cifar10 --models glow --variants cpu cpu+compile
 
 Writes ``RESULTS.md`` (only its own marked block; other sections are kept), ``results.csv`` and
 ``throughput.png`` into ``--out`` (default: this directory).
@@ -69,7 +69,7 @@ def make_plan(args: argparse.Namespace, device: str) -> tuple[Resolution, ...]:
     if args.resolutions:
         known = {r.name: r for r in plan}
         plan = tuple(
-            known.get(name, Resolution(name, batch=1, repeats=2, variants=("torch",))) for name in args.resolutions
+            known.get(name, Resolution(name, batch=1, repeats=2, variants=("cpu",))) for name in args.resolutions
         )
     overrides = {
         "variants": tuple(args.variants) if args.variants else None,

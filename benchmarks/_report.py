@@ -24,8 +24,8 @@ TRAIN_COLUMNS = [
     ("fwd GFLOP/img", "gflop_per_image", ".3g"),
     ("FLOPs vs Glow", "flops_vs_glow", ".2f"),
     ("train img/s", "train_img_s", ".3g"),
-    ("vs Glow torch", "vs_glow", ".2f"),
-    ("vs own torch", "vs_own_torch", ".2f"),
+    ("vs Glow cpu", "vs_glow", ".2f"),
+    ("vs own cpu", "vs_own_cpu", ".2f"),
     ("vs reference", "vs_reference", ".2f"),
     ("step memory MiB", "step_mem_mib", ".1f"),
     ("resident MiB", "state_mib", ".1f"),
@@ -76,7 +76,7 @@ def _settings(plan: tuple[Resolution, ...], rows: list[dict]) -> str:
         "FLOPs: `torch.utils.flop_counter.FlopCounterMode` over the forward of the loss (2 x multiply-adds, "
         "per image). Step memory: how far memory rises during one training step above what is resident "
         f"before it, measured as {method}; resident = parameters + gradients + AdamW state, counted from "
-        "the tensors. `vs Glow torch`: speed over stock Glow with the torch backend at the same resolution; "
+        "the tensors. `vs Glow cpu`: speed over stock Glow with the cpu backend at the same resolution; "
         "`vs own torch`: over the same model's torch row; `vs reference`: over the same model computed "
         "the paper's way (`backend=reference`: plain PyTorch ops, no extension, no fused op). "
         "Sampling: after one encode/decode round trip "
@@ -85,7 +85,7 @@ def _settings(plan: tuple[Resolution, ...], rows: list[dict]) -> str:
 
 
 def _rosinality(rows: list[dict]) -> str:
-    ours = {r["resolution"]: r for r in _ok(rows) if r["model"] == "glow" and r["variant"] == "torch"}
+    ours = {r["resolution"]: r for r in _ok(rows) if r["model"] == "glow" and r["variant"] == "cpu"}
     theirs = [r for r in _ok(rows) if r["model"] == ROSINALITY]
     if not theirs:
         return "Not run (pass `--rosinality PATH/TO/rosinality/glow-pytorch/model.py`)."
@@ -112,13 +112,13 @@ def _num(value: float | None) -> str:
 
 
 def _variants(rows: list[dict]) -> str:
-    """Each non-torch variant's speed-up over its own torch backend, per resolution and model."""
+    """Each non-cpu variant's speed-up over its own cpu backend, per resolution and model."""
     table: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     for r in _ok(rows):
-        if r["variant"] != "torch" and r["model"] != ROSINALITY and r.get("vs_own_torch"):
-            table[(r["variant"], r["resolution"])][r["model"]] = r["vs_own_torch"]
+        if r["variant"] != "cpu" and r["model"] != ROSINALITY and r.get("vs_own_cpu"):
+            table[(r["variant"], r["resolution"])][r["model"]] = r["vs_own_cpu"]
     if not table:
-        return "Only the torch backend ran."
+        return "Only the cpu backend ran."
     models = sorted({m for v in table.values() for m in v})
     lines = [
         "| variant | resolution | " + " | ".join(models) + f" | all >= {SPEEDUP_TARGET}x? |",
@@ -169,7 +169,7 @@ def render(
         "(the last column; variants of a model share its weights, except channels-last, which trains a copy).",
         "### fastflow's stock Glow against rosinality/glow-pytorch (same architecture, same loss)",
         _rosinality(rows),
-        f"### Variants against their own torch backend (target {SPEEDUP_TARGET}x)",
+        f"### Variants against their own cpu backend (target {SPEEDUP_TARGET}x)",
         _variants(rows),
         "### Op benchmarks run from here",
         *(_ops(name, result) for name, result in ops.items()),
@@ -179,10 +179,10 @@ def render(
 
 COLOURS = {"glow": "C0", "refined_glow": "C1", "wolf": "C2", ROSINALITY: "C3"}
 STYLES = {
-    "torch": "o-",
-    "torch+bf16": "s--",
-    "torch+channels_last": "^:",
-    "torch+compile": "v-.",
+    "cpu": "o-",
+    "cpu+bf16": "s--",
+    "cpu+channels_last": "^:",
+    "cpu+compile": "v-.",
     "triton": "D-",
     "triton+bf16": "P--",
 }

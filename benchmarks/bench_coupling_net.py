@@ -1,11 +1,11 @@
 """Wolf's coupling network (conv3x3 -> ELU -> conv1x1 + FC(z) -> ELU -> weight-normed conv3x3) forward +
-backward on the CPU, in the formulations the torch backend could run, against the reference backend:
+backward on the CPU, in the formulations the cpu backend could run, against the reference backend:
 
 - ``reference``: ``backend="reference"`` (NCHW ``conv2d``, ``h + bias``, ``F.elu``: the paper's way);
 - ``nchw``: NCHW ``conv2d`` for the three convolutions with the extension's fused bias + ELU (the
-  torch backend before the row formulation);
-- ``rows``: ``backend="torch"`` on the CPU: the convolutions as GEMMs over channels-last rows
-  in one autograd Function (:mod:`fastflow.ops.coupling_net_rows`), the ELUs written over the
+  cpu backend before the row formulation);
+- ``rows``: ``backend="cpu"`` on the CPU: the convolutions as GEMMs over channels-last rows
+  in one autograd Function (:mod:`fastflow.ops.cpu.coupling_net`), the ELUs written over the
   GEMM outputs.
 
     python -m benchmarks.bench_coupling_net      # CIFAR-10 Wolf's 16x16, 8x8 and 4x4 nets, batch 16
@@ -32,8 +32,8 @@ CIFAR10_NETS = [(16, 6, 12), (16, 5, 8), (8, 12, 24), (8, 9, 18), (4, 24, 48)]
 
 
 def nchw(net: CouplingNet2d, x_a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    h = cond_bias_elu(F.conv2d(x_a, net.conv_in.weight, padding=1), None, backend="torch", reuse_input=True)
-    h = conv1x1_bias_elu(h, net.conv_mid.weight.flatten(1), net.z_proj(z), backend="torch")
+    h = cond_bias_elu(F.conv2d(x_a, net.conv_in.weight, padding=1), None, backend="cpu", reuse_input=True)
+    h = conv1x1_bias_elu(h, net.conv_mid.weight.flatten(1), net.z_proj(z), backend="cpu")
     return net.conv_out(h)
 
 
@@ -45,7 +45,7 @@ def backend(name: str):
     return run
 
 
-FORMULATIONS = {"reference": backend("reference"), "nchw": nchw, "rows": backend("torch")}
+FORMULATIONS = {"reference": backend("reference"), "nchw": nchw, "rows": backend("cpu")}
 
 
 def time_net(side: int, c_in: int, c_out: int, batch: int, hidden: int, rounds: int) -> dict[str, list[float]]:

@@ -1,18 +1,19 @@
-"""A whole Wolf step (forward + backward) on the torch backend on the CPU with one of its CPU
-formulations switched off, against the same step with everything on, in one process:
+"""A whole Wolf step (forward + backward) on the cpu backend on the CPU with one of its CPU
+formulations switched off, against the same step with everything on, in one process. An op's switch
+runs its ``"reference"`` implementation instead (:func:`fastflow.ops.backends.replaced`):
 
-- ``rows``: the coupling networks as row GEMMs (:mod:`fastflow.ops.coupling_net_rows`); off: ``conv2d``;
-- ``elu``: the C++ bias + ELU kernels (``csrc/cond_bias_elu.cpp``); off: torch's ``F.elu(h + bias)``;
-- ``reuse_grad``: the CPU coupling network's ELU backwards writing over the GEMM output they read
-  (``cond_bias_elu_backward_``); off: into a new buffer;
-- ``coupling``: the C++ coupling kernels (``csrc/affine_coupling.cpp``); off: the plain-PyTorch
+- ``coupling_net``: the coupling networks as row GEMMs (:mod:`fastflow.ops.cpu.coupling_net`); off:
+  ``conv2d`` and the network's own ops;
+- ``cond_bias_elu``: the C++ bias + ELU kernels (``csrc/cond_bias_elu.cpp``); off: torch's
+  ``F.elu(h + bias)``;
+- ``affine_coupling``: the C++ coupling kernels (``csrc/affine_coupling.cpp``); off: the plain-PyTorch
   coupling (slices, scale, ``torch.cat``);
 - ``inplace`` (with ``--no-grad``): no-grad flow sequences running their couplings in place
   (``Flow.writes_in_place``); off: out of place;
 - ``actnorm``: the ActNorms that follow a coupling folded into its kernels (``Flow.folds_actnorm``);
   off: each ActNorm its own torch ops.
 
-    python -m benchmarks.bench_cpu_ab --switch rows       # CIFAR-10 Wolf, batch 16, 2 threads, 8 rounds
+    python -m benchmarks.bench_cpu_ab --switch coupling_net   # CIFAR-10 Wolf, batch 16, 2 threads, 8 rounds
     python -m benchmarks.bench_cpu_ab --switch inplace --no-grad   # the loss alone, under no_grad
 
 The two take one step each per round, the order reversed every other round; the speed-up is the
@@ -33,29 +34,30 @@ from collections.abc import Iterator
 
 import torch
 
-import fastflow.flows.coupling as coupling
 from benchmarks._common import StepMemory, cpu_model, median, paired_ratio
 from benchmarks.bench_models import Resolution, model_config
+from fastflow.flows.coupling import AffineCoupling
 from fastflow.models import build_model
-from fastflow.ops import affine_coupling as coupling_ops
-from fastflow.ops import cond_bias_elu as elu_ops
+from fastflow.ops import backends
 
-# switch -> (owner, attribute that chooses the formulation, its value when switched off)
-SWITCHES: dict[str, tuple[object, str, object]] = {
-    "rows": (coupling, "use_rows", lambda *args: False),
-    "elu": (elu_ops, "_use_cpu_kernels", lambda *args: False),
-    "reuse_grad": (elu_ops, "_stored_alike", lambda *args: False),
-    "coupling": (coupling_ops, "_use_cpu_kernels", lambda *args: False),
-    "inplace": (coupling.AffineCoupling, "writes_in_place", False),
-    "actnorm": (coupling.AffineCoupling, "folds_actnorm", lambda self: False),
+OP_SWITCHES = ("coupling_net", "cond_bias_elu", "affine_coupling")  # off: the op's reference implementation
+# switch -> (layer class, the attribute FlowSequence reads, its value when switched off)
+LAYER_SWITCHES: dict[str, tuple[type, str, object]] = {
+    "inplace": (AffineCoupling, "writes_in_place", False),
+    "actnorm": (AffineCoupling, "folds_actnorm", lambda self: False),
 }
+SWITCHES = (*OP_SWITCHES, *LAYER_SWITCHES)
 NO_GRAD_ONLY = ("inplace",)  # switches that change nothing while autograd records
 
 
 @contextlib.contextmanager
 def switched_off(switch: str, off: bool) -> Iterator[None]:
     """The formulation ``switch`` forced off while ``off`` is True."""
-    owner, name, off_value = SWITCHES[switch]
+    if switch in OP_SWITCHES:
+        with backends.replaced(switch, "reference") if off else contextlib.nullcontext():
+            yield
+        return
+    owner, name, off_value = LAYER_SWITCHES[switch]
     chosen = getattr(owner, name)
     if off:
         setattr(owner, name, off_value)
@@ -67,7 +69,7 @@ def switched_off(switch: str, off: bool) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_cpu_ab", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--switch", choices=sorted(SWITCHES), required=True, help="the formulation switched off")
+    parser.add_argument("--switch", choices=SWITCHES, required=True, help="the formulation switched off")
     parser.add_argument("--config", default="cifar10_wolf", help="a bundled config, {dataset}_{kind}")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
@@ -78,12 +80,12 @@ def main(argv: list[str] | None = None) -> float:
         parser.error(f"--switch {args.switch} changes only no-grad runs: add --no-grad")
     torch.set_num_threads(args.threads)
     dataset, kind = args.config.split("_", 1)
-    cfg = model_config(Resolution(dataset, batch=args.batch, repeats=1, variants=("torch",)), kind)
+    cfg = model_config(Resolution(dataset, batch=args.batch, repeats=1, variants=("cpu",)), kind)
     torch.manual_seed(0)
     model = build_model(cfg)
     x = torch.randint(0, 256, (args.batch, cfg.in_channels, cfg.image_size, cfg.image_size), dtype=torch.uint8)
     model.initialize(x, generator=torch.Generator().manual_seed(0))
-    model.set_backend("torch")
+    model.set_backend("cpu")
 
     def step(off: bool) -> tuple[float, int]:
         with switched_off(args.switch, off):

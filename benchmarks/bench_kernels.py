@@ -174,13 +174,13 @@ def bench_case(case: Case, device: str, dtype: torch.dtype, quick: bool) -> dict
     x = inputs[0]
     num_bytes = TRAFFIC[case.op] * x.numel() * x.element_size()
     if device == "cuda":
-        ref_ms = time_ms_gpu(make_step(case, inputs, "torch"), live)
+        ref_ms = time_ms_gpu(make_step(case, inputs, "cpu"), live)
         fused_ms = time_ms_gpu(make_step(case, inputs, "triton"), live)
         source = torch.empty(num_bytes // 2 // 4, device=device).normal_()  # float32: num_bytes read + written
         target = torch.empty_like(source)
         copy_ms = time_ms_gpu(lambda: target.copy_(source), [])
     else:
-        ref_ms = time_ms_cpu(make_step(case, inputs, "torch"), live, repeats=3 if quick else 10)
+        ref_ms = time_ms_cpu(make_step(case, inputs, "cpu"), live, repeats=3 if quick else 10)
         fused_ms = copy_ms = None
     copy_gbps = gbps(num_bytes, copy_ms)
     fused_gbps = gbps(num_bytes, fused_ms)

@@ -12,12 +12,12 @@ one seeded batch of random uint8 images and measures every (model, variant):
   (parameters, gradients, AdamW state), see :class:`benchmarks._common.StepMemory`; the resident
   state itself is counted from the tensors;
 - forward FLOPs per image: ``torch.utils.flop_counter.FlopCounterMode`` over the loss's forward in
-  that step (2 x multiply-adds; counted for the first variant, ``torch``, of each model);
+  that step (2 x multiply-adds; counted for the first variant, ``cpu``, of each model);
 - sampling throughput at temperature 0.7 (median, interleaved) and the round-trip error
   ``max |decode(encode(x)) - x|`` in 8-bit levels (0 = exact).
 
 Variants (:data:`VARIANTS`): the op backends ``reference`` (the paper's plain-PyTorch way, the yardstick
-of every speed claim), ``torch`` and ``triton`` (CUDA only), bfloat16 autocast
+of every speed claim), ``cpu`` and ``triton`` (CUDA only), bfloat16 autocast
 (the flows keep their main path in float32), channels-last weights and activations, and
 ``torch.compile`` of the loss (opt-in: minutes of compilation per model on a CPU).
 
@@ -62,7 +62,7 @@ class Variant:
     """How a model is run: op backend, bfloat16 autocast, channels-last layout, compiled loss."""
 
     name: str
-    backend: str = "torch"
+    backend: str = "cpu"
     bf16: bool = False
     channels_last: bool = False
     compile: bool = False
@@ -72,10 +72,10 @@ VARIANTS = {
     v.name: v
     for v in [
         Variant("reference", backend="reference"),
-        Variant("torch"),
-        Variant("torch+bf16", bf16=True),
-        Variant("torch+channels_last", channels_last=True),
-        Variant("torch+compile", compile=True),
+        Variant("cpu"),
+        Variant("cpu+bf16", bf16=True),
+        Variant("cpu+channels_last", channels_last=True),
+        Variant("cpu+compile", compile=True),
         Variant("triton", backend="triton"),
         Variant("triton+bf16", backend="triton", bf16=True),
     ]
@@ -106,19 +106,19 @@ class Resolution:
         return "full" if self.depth_divisor == 1 else f"1/{self.depth_divisor}"
 
 
-CPU_VARIANTS = ("reference", "torch", "torch+bf16", "torch+channels_last")
-CUDA_VARIANTS = ("reference", "torch", "triton", "triton+bf16")
+CPU_VARIANTS = ("reference", "cpu", "cpu+bf16", "cpu+channels_last")
+CUDA_VARIANTS = ("reference", "cpu", "triton", "triton+bf16")
 CPU_PLAN = (  # sized for about 10 minutes on 2 shared cores
     Resolution("cifar10", batch=2, repeats=5, variants=CPU_VARIANTS, rosinality=True),
     Resolution(
         "imagenet64",
         batch=1,
         repeats=3,
-        variants=("reference", "torch", "torch+bf16"),
+        variants=("reference", "cpu", "cpu+bf16"),
         sample_repeats=1,
-        sample_variants=("torch",),
+        sample_variants=("cpu",),
     ),
-    Resolution("celeba256", batch=1, repeats=1, variants=("torch",), depth_divisor=8, sample_repeats=1),
+    Resolution("celeba256", batch=1, repeats=1, variants=("cpu",), depth_divisor=8, sample_repeats=1),
 )
 CUDA_PLAN = (
     Resolution("cifar10", batch=64, repeats=5, variants=CUDA_VARIANTS, rosinality=True),
@@ -279,7 +279,7 @@ def rosinality_case(module: ModuleType, cfg: ModelConfig, x: torch.Tensor) -> Ca
         trainable.opt.step()
         trainable.steps += 1
 
-    return Case(ROSINALITY, VARIANTS["torch"], trainable, step)
+    return Case(ROSINALITY, VARIANTS["cpu"], trainable, step)
 
 
 def build_cases(res: Resolution, device: str, rosinality: str | None, seed: int) -> tuple[list[Case], torch.Tensor]:
@@ -393,19 +393,19 @@ def case_row(
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
-    """Per resolution: training speed and FLOPs against stock Glow's ``torch`` row, and each
-    variant's speed against the same model's ``torch`` and ``reference`` rows. Speed ratios pair the
+    """Per resolution: training speed and FLOPs against stock Glow's ``cpu`` row, and each
+    variant's speed against the same model's ``cpu`` and ``reference`` rows. Speed ratios pair the
     steps of each round (:func:`benchmarks._common.paired_ratio`)."""
-    torch_rows = {(r["resolution"], r["model"]): r for r in rows if r.get("variant") == "torch"}
+    cpu_rows = {(r["resolution"], r["model"]): r for r in rows if r.get("variant") == "cpu"}
     reference_rows = {(r["resolution"], r["model"]): r for r in rows if r.get("variant") == "reference"}
     for row in rows:
         if "error" in row:
             continue
-        glow = torch_rows.get((row["resolution"], "glow"))
-        own = torch_rows.get((row["resolution"], row["model"]))
+        glow = cpu_rows.get((row["resolution"], "glow"))
+        own = cpu_rows.get((row["resolution"], row["model"]))
         times = row["train_step_times_s"]
         row["vs_glow"] = paired_ratio(glow["train_step_times_s"], times) if glow else None
-        row["vs_own_torch"] = paired_ratio(own["train_step_times_s"], times) if own else None
+        row["vs_own_cpu"] = paired_ratio(own["train_step_times_s"], times) if own else None
         ref = reference_rows.get((row["resolution"], row["model"]))
         row["vs_reference"] = paired_ratio(ref["train_step_times_s"], times) if ref else None
         has_flops = glow and glow["gflop_per_image"] and row["gflop_per_image"]

@@ -1,5 +1,5 @@
 """normflows' multi-scale Glow against the same model after ``fastflow.integrations.normflows.fuse``:
-training-step images/s side by side in one process (CPU: fastflow's torch backend; CUDA: Triton).
+training-step images/s side by side in one process (CPU: fastflow's cpu backend; CUDA: Triton).
 
 The two models start from the same parameters; each takes one forward + backward + Adam step per
 round, the order reversed every other round, and the speed-up is the median of the paired per-round

@@ -5,8 +5,8 @@
 
 ``ops``: every case of ``benchmarks.bench_kernels`` (one list of ops and shapes: a new fused op joins
 by adding its case there), forward and forward + backward, for every backend of
-``fastflow.ops._backend.BACKENDS`` except "auto" (so a new backend joins by being listed there) and, at
-the first shape of each op, for ``torch.compile`` of the torch backend. Each is timed eagerly
+``fastflow.ops.backends.BACKENDS`` except "auto" (so a new backend joins by being listed there) and, at
+the first shape of each op, for ``torch.compile`` of the cpu backend. Each is timed eagerly
 (``triton.testing.do_bench``, median) and replayed from a CUDA graph (``do_bench_cudagraph``, median:
 device time without launch gaps); ``bytes`` is the least traffic of the fused op
 (``bench_kernels.TRAFFIC``), ``gbps`` = bytes / the better of the two times, ``pct_copy`` = that over
@@ -50,7 +50,7 @@ DRY_CASES = [dataclasses.replace(c, shape=(1, 8, 4, 4)) for c in bench_kernels.Q
 
 def op_backends() -> list[str]:
     """The backends to time: every one that ``backend=`` accepts, except "auto"."""
-    from fastflow.ops._backend import BACKENDS
+    from fastflow.ops.backends import BACKENDS
 
     return [b for b in BACKENDS if b != "auto"]
 
@@ -108,11 +108,11 @@ def run_ops(dry_run: bool, out: str) -> list[dict]:
     for case in DRY_CASES if dry_run else bench_kernels.FULL_CASES:
         inputs = bench_kernels.make_inputs(case, device, torch.float32)
         live = [t for t in inputs if t is not None]
-        reference64 = bench_kernels.make_forward(case, [t.detach().double() for t in inputs], "torch")
+        reference64 = bench_kernels.make_forward(case, [t.detach().double() for t in inputs], "cpu")
         variants = {b: bench_kernels.make_forward(case, inputs, b) for b in op_backends()}
         if case.op not in compiled_ops:  # compiling takes seconds: the first shape of each op only
             compiled_ops.add(case.op)
-            torch_forward = bench_kernels.make_forward(case, inputs, "torch")
+            torch_forward = bench_kernels.make_forward(case, inputs, "cpu")
             variants["compiled"] = torch.compile(torch_forward, backend=compile_backend)
         numel, size = inputs[0].numel(), inputs[0].element_size()
         for mode in ("fwd", "fwd+bwd"):

@@ -35,22 +35,22 @@ class StepCase:
 
 
 def _backends() -> list[str]:
-    from fastflow.ops._backend import BACKENDS
+    from fastflow.ops.backends import BACKENDS
 
     return [b for b in BACKENDS if b != "auto"]
 
 
 def cases(dry_run: bool) -> tuple[list[StepCase], str, tuple[int, ...]]:
     """(cases, the config of the largest-batch search, the batches it tries)."""
-    fused = [b for b in _backends() if b not in ("torch", "reference")]  # the backends with fused kernels
+    fused = [b for b in _backends() if b not in ("cpu", "reference")]  # the backends with fused kernels
     wolf = tuple(_backends()) + tuple(f"{b}+bf16" for b in fused) + tuple(f"{b}+graph" for b in fused)
-    if dry_run:  # one interpreted (slow) step with a fused backend, the rest on the torch backend
-        dry_wolf = ("torch",) + tuple(f"{b}+graph" for b in fused)
+    if dry_run:  # one interpreted (slow) step with a fused backend, the rest on the cpu backend
+        dry_wolf = ("cpu",) + tuple(f"{b}+graph" for b in fused)
         tiny = [
             StepCase("tiny_wolf", 1, False, dry_wolf),
             StepCase("tiny_glow", 1, False, tuple(f"{b}+bf16" for b in fused)),
         ]
-        return tiny + [StepCase("tiny_wolf", 1, True, ("torch",))], "tiny_wolf", (1,)
+        return tiny + [StepCase("tiny_wolf", 1, True, ("cpu",))], "tiny_wolf", (1,)
     return (
         [
             StepCase("cifar10_wolf", 64, False, wolf),
@@ -177,8 +177,8 @@ def time_variant(runner: Runner, variant: str, repeats: int, warmups: int = 2) -
 def largest_batch(config: str, batches: tuple[int, ...], device: str, budget_end: float) -> list[dict]:
     """Memory-efficient Wolf at growing batches with the first fused backend until one does not fit."""
     rows = []
-    fused = next((b for b in _backends() if b not in ("torch", "reference")), "torch")
-    variant = "torch" if device == "cpu" else fused  # the interpreter is too slow for a dry run
+    fused = next((b for b in _backends() if b not in ("cpu", "reference")), "cpu")
+    variant = "cpu" if device == "cpu" else fused  # the interpreter is too slow for a dry run
     for batch in batches:
         if time.perf_counter() > budget_end:
             break

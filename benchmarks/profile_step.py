@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--backends", nargs="+", default=["reference", "torch"])
+    parser.add_argument("--backends", nargs="+", default=["reference", "cpu"])
     parser.add_argument("--by-shape", action="store_true", help="one row per (op, input shapes)")
     parser.add_argument("--classes", action="store_true", help="also one row per class of op (CLASSES)")
     parser.add_argument("--top", type=int, default=20, help="rows shown (the rest summed in one row)")

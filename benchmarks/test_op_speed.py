@@ -7,7 +7,7 @@ Groups are one op at one shape; within a group:
 - ``unfused``: the op's plain-PyTorch reference (``*_reference`` in ``fastflow/ops/``: actnorm then
   ``conv2d``; slices and ``torch.cat`` for the coupling, then ActNorm's own ops for the folded one;
   ``elu(h + bias)``);
-- ``torch``: the op's ``backend="torch"`` (actnorm folded into one ``baddbmm``, and so on);
+- ``cpu``: the op's ``backend="cpu"`` (actnorm folded into one ``baddbmm``, and so on);
 - ``triton``: the fused kernels, on a CUDA device only;
 - for the batched log-determinant: ``torch.linalg.slogdet`` on each size group, one call per layer,
   and ``fastflow.ops.batched_slogdet``.
@@ -32,7 +32,7 @@ from fastflow.ops.conv1x1_bias_elu import conv1x1_bias_elu_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = [c for c in bench_kernels.FULL_CASES if DEVICE == "cuda" or c.label.startswith("cifar10")]
-BACKENDS = ["unfused", "torch"] + (["triton"] if DEVICE == "cuda" else [])
+BACKENDS = ["unfused", "cpu"] + (["triton"] if DEVICE == "cuda" else [])
 
 
 def unfused_step(case: bench_kernels.Case, inputs: list[torch.Tensor]) -> Callable[[], None]:

@@ -1,4 +1,4 @@
-// CPU kernels of the conditional affine coupling (fastflow/ops/affine_coupling.py, the torch backend on
+// CPU kernels of the conditional affine coupling (fastflow/ops/cpu/affine_coupling.py, the cpu backend on
 // CPU tensors). They compute the formulas of the Triton kernels (kernels/affine_coupling.py, whose
 // docstring defines them) one (sample, channel) plane at a time:
 //

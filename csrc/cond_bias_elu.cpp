@@ -1,4 +1,4 @@
-// CPU kernels of the coupling network's bias + ELU (fastflow/ops/cond_bias_elu.py; the GPU kernels are
+// CPU kernels of the coupling network's bias + ELU (fastflow/ops/cpu/cond_bias_elu.py; the GPU kernels are
 // Triton, kernels/cond_bias_elu.py):
 //
 //   cond_bias_elu(Tensor h, Tensor? bias) -> Tensor out

@@ -1,5 +1,5 @@
 // CPU kernels of the row formulation of the coupling network's 3x3 convolutions
-// (fastflow/ops/conv_rows.py): patches laid out as rows, and their adjoint.
+// (fastflow/ops/cpu/conv_rows.py): patches laid out as rows, and their adjoint.
 //
 //   im2col_rows(Tensor x, int kernel, int padding) -> Tensor rows
 //       x [B, C, H, W] (any strides) -> rows [B*H'*W', C*k*k] with H' = H + 2p - k + 1 (W' alike),

@@ -38,7 +38,7 @@ class FlowConfig:
     num_steps: list[int | list[int]] = setting(allowed=AT_LEAST_ONE)
     hidden_channels: list[int] = setting(allowed=AT_LEAST_ONE)
     factors: list[int] = setting(factory=list, allowed=Range(2))
-    alpha: float = setting(1.0, allowed=UNIT_INTERVAL)  # coupling scale s = 1 + alpha tanh(u / 2) stays > 0
+    alpha: float = setting(1.0, allowed=UNIT_INTERVAL)  # keeps Wolf's coupling scale > 0 (ops/affine_coupling.py)
     transform: str = "affine"  # "affine" or "additive"
     lu: bool = True  # glow only: LU-parameterised 1x1 convolution
 

@@ -3,11 +3,11 @@
     import fastflow.functional as FF
     y, logdet = FF.affine_coupling(x, mu, u, split="skip", order="up")
 
-Each op takes ``backend="auto" | "torch" | "triton" | "reference"``; "auto" runs the Triton kernels on
-CUDA tensors and the torch ops elsewhere; "reference" computes the op as the paper's code does. The
-ops themselves (reference, autograd Function, backend dispatch) live in the modules of
-:mod:`fastflow.ops` of the same names, and their kernels in ``fastflow.kernels``; this module only
-gathers the public entry points in one place.
+Each op takes ``backend="auto" | "reference" | "triton" | "cpu"`` (:mod:`fastflow.ops.backends`): "auto"
+runs the Triton kernels on CUDA tensors and the CPU implementation elsewhere; "reference" computes
+the op as the paper's code does. The ops themselves (reference, autograd Function, backend dispatch)
+live in the modules of :mod:`fastflow.ops` of the same names, and their kernels in
+``fastflow.kernels``; this module only gathers the public entry points in one place.
 """
 
 from fastflow.ops._deferred import raise_deferred_errors

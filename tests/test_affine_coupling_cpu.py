@@ -1,4 +1,4 @@
-"""The C++ CPU kernels of the affine coupling (csrc/affine_coupling.cpp, the torch backend on CPU
+"""The C++ CPU kernels of the affine coupling (csrc/affine_coupling.cpp, the cpu backend on CPU
 tensors) against the plain-PyTorch reference, in both directions, for every scale function.
 
 Every new tensor (the kernels' outputs too) is filled with NaN first (the ``poisoned_empty``
@@ -21,8 +21,9 @@ from fastflow.ops.affine_coupling import (
     affine_coupling_reference,
     split_params,
 )
+from fastflow.ops.cpu import affine_coupling as cpu_coupling
 
-pytestmark = pytest.mark.skipif(not coupling_ops._cpu_kernels_loaded(), reason="the C++ extension is not built")
+pytestmark = pytest.mark.skipif(not cpu_coupling.kernels_loaded(), reason="the C++ extension is not built")
 
 # Every kind of scale and each special case the kernels branch on, both orders of shift and scale.
 SCALES = [
@@ -102,9 +103,9 @@ def assert_matches(fn, ref, tensors, tol):
         torch.testing.assert_close(g, w, atol=tol, rtol=tol)
 
 
-def test_torch_backend_on_cpu_runs_the_cpu_kernels():
+def test_cpu_backend_runs_the_cpu_kernels():
     x, mu, u = inputs(4, CouplingScale("tanh"))
-    y, _ = affine_coupling(x, mu, u, "skip", "up", backend="torch")
+    y, _ = affine_coupling(x, mu, u, "skip", "up", backend="cpu")
     assert type(y.grad_fn).__name__ == "ViewBackward0"
     assert type(y.grad_fn.next_functions[0][0]).__name__ == "AffineCouplingFunctionBackward"
     y_ref, _ = affine_coupling(x, mu, u, "skip", "up", backend="reference")
@@ -117,7 +118,7 @@ def test_torch_backend_on_cpu_runs_the_cpu_kernels():
 def test_matches_reference_both_directions(scale, shift_first, channels, split, order, dtype, tol, poisoned_empty):
     """Output, logdet and every gradient, density and generation direction; the inverse undoes the forward."""
     x, mu, u = inputs(channels, scale, dtype)
-    fwd, inv = both_ways(scale, shift_first, split, order, "torch")
+    fwd, inv = both_ways(scale, shift_first, split, order, "cpu")
     fwd_ref, inv_ref = both_ways(scale, shift_first, split, order, "reference")
     assert_matches(fwd, fwd_ref, (x, mu, u), tol)
     y = fwd(x, mu, u)[0].detach().requires_grad_()
@@ -133,7 +134,7 @@ def test_strided_inputs(layout, scale, shift_first, poisoned_empty):
     """Channels-last x with mu, u halves of one tensor, and non-unit pixel strides everywhere."""
     x, mu, u = inputs(6, scale, layout=layout)
     for split, order in (("skip", "down"), ("continuous", "up")):
-        fwd, inv = both_ways(scale, shift_first, split, order, "torch")
+        fwd, inv = both_ways(scale, shift_first, split, order, "cpu")
         fwd_ref, inv_ref = both_ways(scale, shift_first, split, order, "reference")
         assert_matches(fwd, fwd_ref, (x, mu, u), 1e-12)
         assert_matches(inv, inv_ref, (x, mu, u), 1e-12)
@@ -143,7 +144,7 @@ def test_strided_inputs(layout, scale, shift_first, poisoned_empty):
 def test_bfloat16_computes_in_float32(scale, shift_first, poisoned_empty):
     """bfloat16 in and out: the float32 result on the same (bfloat16) values, rounded once."""
     x, mu, u = inputs(6, scale, torch.bfloat16)
-    fwd, _ = both_ways(scale, shift_first, "skip", "up", "torch")
+    fwd, _ = both_ways(scale, shift_first, "skip", "up", "cpu")
     fwd_ref, _ = both_ways(scale, shift_first, "skip", "up", "reference")
     y, logdet, grads = outputs_and_grads(fwd, (x, mu, u))
     as_float = [t.detach().float().requires_grad_() for t in (x, mu, u)]
@@ -161,7 +162,7 @@ def test_narrower_params_are_cast_up():
     and the gradients reach mu and u in bfloat16."""
     x, mu, u = inputs(4, CouplingScale("tanh"), torch.float32)
     mu16, u16 = (t.detach().bfloat16().requires_grad_() for t in (mu, u))
-    fwd, _ = both_ways(CouplingScale("tanh"), False, "skip", "up", "torch")
+    fwd, _ = both_ways(CouplingScale("tanh"), False, "skip", "up", "cpu")
     fwd_ref, _ = both_ways(CouplingScale("tanh"), False, "skip", "up", "reference")
     y, logdet, grads = outputs_and_grads(fwd, (x, mu16, u16))
     y_ref, logdet_ref, grads_ref = outputs_and_grads(fwd_ref, (x, mu16, u16))
@@ -176,7 +177,7 @@ def test_narrower_params_are_cast_up():
 @pytest.mark.parametrize("scale, shift_first", [SCALES[1], SCALES[4], SCALES[9], SCALES[10]], ids=lambda v: str(v))
 def test_gradcheck_float64(scale, shift_first, inverse):
     x, mu, u = inputs(4, scale, spatial=(2, 3), batch=2)
-    fwd, inv = both_ways(scale, shift_first, "skip", "down", "torch")
+    fwd, inv = both_ways(scale, shift_first, "skip", "down", "cpu")
     fn = inv if inverse else fwd
     tensors = tuple(t for t in (x, mu, u) if t is not None)
     assert torch.autograd.gradcheck(lambda *t: fn(*t) if len(t) == 3 else fn(*t, None), tensors)
@@ -195,7 +196,7 @@ def test_packed_params_one_gradient_buffer(layout, inverse, poisoned_empty):
     ref = affine_coupling_inverse_reference if inverse else affine_coupling_reference
 
     def packed(x, raw):
-        return op(x, split="skip", order="up", scale=scale, params=raw * 1.0, layout=layout, backend="torch")
+        return op(x, split="skip", order="up", scale=scale, params=raw * 1.0, layout=layout, backend="cpu")
 
     def separate(x, raw):
         return ref(x, *split_params(raw, layout, additive=False), "skip", "up", scale=scale)
@@ -220,7 +221,7 @@ def test_inplace_writes_the_transformed_channels_only(split, order, inverse):
     cond = coupling_ops.conditioning_channels(6, 3, split, order)
     buf[:, cond] = float("nan")  # the kernel must not read or rewrite these
     with torch.no_grad():
-        out, logdet = op(buf, mu, u, split, order, scale=scale, backend="torch", inplace=True)
+        out, logdet = op(buf, mu, u, split, order, scale=scale, backend="cpu", inplace=True)
     assert out is buf and torch.isnan(buf[:, cond]).all()
     trans = coupling_ops.transformed_channels(6, 3, split, order)
     torch.testing.assert_close(buf[:, trans], want[:, trans], atol=1e-12, rtol=1e-12)
@@ -234,7 +235,7 @@ def test_extreme_u(scale, shift_first, sign):
     wherever s itself is finite (not exp at +1e4 or 1 / sigmoid at -1e4, where s overflows in any code)."""
     x, mu, _ = inputs(4, scale, torch.float32)
     u = torch.full(mu.shape, sign * 1e4, requires_grad=True)
-    fwd, _ = both_ways(scale, shift_first, "continuous", "up", "torch")
+    fwd, _ = both_ways(scale, shift_first, "continuous", "up", "cpu")
     _, log_s = scale.terms(u.detach())
     y, logdet = fwd(x, mu, u)
     assert torch.isfinite(logdet).all()
@@ -251,7 +252,7 @@ def test_same_bits_on_one_and_two_threads():
     thread count (large enough that two threads get work)."""
     scale = CouplingScale("tanh", alpha=0.6)
     x, mu, u = inputs(8, scale, torch.float32, spatial=(32, 32), batch=4)
-    fwd, _ = both_ways(scale, False, "skip", "up", "torch")
+    fwd, _ = both_ways(scale, False, "skip", "up", "cpu")
     threads = torch.get_num_threads()
     try:
         results = []
@@ -266,21 +267,21 @@ def test_same_bits_on_one_and_two_threads():
 
 def test_empty_batch():
     x, mu, u = (t.detach()[:0].requires_grad_() for t in inputs(4, CouplingScale("tanh")))
-    y, logdet = affine_coupling(x, mu, u, "skip", "up", backend="torch")
+    y, logdet = affine_coupling(x, mu, u, "skip", "up", backend="cpu")
     assert y.shape == x.shape and logdet.shape == (0,)
     (y.sum() + logdet.sum()).backward()
     assert x.grad.shape == x.shape and u.grad.shape == u.shape
 
 
 def test_without_the_extension_the_reference_runs(monkeypatch):
-    monkeypatch.setattr(coupling_ops, "_cpu_kernels_loaded", lambda: False)
+    monkeypatch.setattr(cpu_coupling, "kernels_loaded", lambda: False)
     x, mu, u = inputs(4, CouplingScale("tanh"))
-    y, _ = affine_coupling(x, mu, u, "skip", "up", backend="torch")
+    y, _ = affine_coupling(x, mu, u, "skip", "up", backend="cpu")
     assert "AffineCouplingFunction" not in type(y.grad_fn).__name__
 
 
-def test_coupling_layer_on_the_torch_backend():
-    """A Wolf image coupling (net + coupling) on the torch backend: the reference backend's loss and
+def test_coupling_layer_on_the_cpu_backend():
+    """A Wolf image coupling (net + coupling) on the cpu backend: the reference backend's loss and
     gradients, and its graph holds the fused coupling with no cat, slice or split around it."""
     torch.manual_seed(0)
     layer = image_coupling(6, 8, 3, "skip", "up").double()
@@ -290,19 +291,19 @@ def test_coupling_layer_on_the_torch_backend():
     x = torch.randn(2, 6, 4, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     z = torch.randn(2, 3, generator=gen, dtype=torch.float64)
     results = {}
-    for backend in ("torch", "reference"):
+    for backend in ("cpu", "reference"):
         layer.backend = layer.net.backend = backend
         y, logdet = layer(x, z)
         loss = (y * y.detach().sin()).sum() + logdet.sum()
         results[backend] = (y, logdet, torch.autograd.grad(loss, [x, *layer.parameters()]))
-        if backend == "torch":
+        if backend == "cpu":
             assert type(y.grad_fn.next_functions[0][0]).__name__ == "AffineCouplingFunctionBackward"
             assert not any(
                 type(f).__name__.startswith(("Slice", "Cat", "Stack", "Split")) for f, _ in y.grad_fn.next_functions
             )
-    for got, want in zip(results["torch"][:2], results["reference"][:2]):
+    for got, want in zip(results["cpu"][:2], results["reference"][:2]):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
-    for got, want in zip(results["torch"][2], results["reference"][2]):
+    for got, want in zip(results["cpu"][2], results["reference"][2]):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
 
 
@@ -351,7 +352,7 @@ def test_nan_and_inf_propagate_as_in_the_reference(scale, shift_first):
     else:
         mu[1, 0, 2, 3] = float("nan")
     for fn, ref in zip(
-        both_ways(scale, shift_first, "continuous", "up", "torch"),
+        both_ways(scale, shift_first, "continuous", "up", "cpu"),
         both_ways(scale, shift_first, "continuous", "up", "reference"),
     ):
         (y, logdet), (y_ref, logdet_ref) = fn(x, mu, u), ref(x, mu, u)

@@ -1,5 +1,5 @@
 """Fused ELU(h + per-(sample, channel) bias) against the plain-PyTorch reference: the Triton kernels
-and the C++ CPU kernels of the extension (what ``backend="torch"`` runs on CPU tensors).
+and the C++ CPU kernels of the extension (what ``backend="cpu"`` runs on CPU tensors).
 
 On a machine without a GPU the Triton kernels run in the Triton interpreter (tests/conftest.py), so
 shapes are tiny. Every Triton kernel buffer is poisoned with NaN first, so an element a kernel fails
@@ -16,13 +16,9 @@ pytest.importorskip("triton")
 from kernel_checks import compile_for_gpus, poison_outputs, random_layout  # noqa: E402
 
 import fastflow.kernels.cond_bias_elu as kernels  # noqa: E402
-import fastflow.ops.cond_bias_elu as cond_bias_elu_ops  # noqa: E402
-from fastflow.ops.cond_bias_elu import (  # noqa: E402
-    _cpu_kernels_loaded,
-    cond_bias_elu,
-    cond_bias_elu_reference,
-    elu_backward_from_output,
-)
+import fastflow.ops.cpu.cond_bias_elu as cpu_elu  # noqa: E402
+from fastflow.ops.cond_bias_elu import cond_bias_elu, cond_bias_elu_reference  # noqa: E402
+from fastflow.ops.cpu.cond_bias_elu import elu_backward_from_output  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [(torch.float32, 1e-6, 1e-5), (torch.float64, 1e-12, 1e-12)]
@@ -103,7 +99,7 @@ def test_gradcheck_float64(with_bias):
     """Both backends against finite differences, in float64."""
     h, bias = make_inputs((2, 3, 2, 2), torch.float64, with_bias)
     inputs = (h, bias) if with_bias else (h,)
-    for backend in ("torch", "triton"):
+    for backend in ("cpu", "triton"):
 
         def fn(*t, backend=backend):
             return cond_bias_elu(*t, backend=backend)
@@ -150,15 +146,15 @@ def test_kernels_compile_for_a_gpu():
 
 # ---- the C++ CPU kernels (csrc/cond_bias_elu.cpp) ----
 
-needs_cpu_kernels = pytest.mark.skipif(not _cpu_kernels_loaded(), reason="the C++ extension is not built")
+needs_cpu_kernels = pytest.mark.skipif(not cpu_elu.kernels_loaded(), reason="the C++ extension is not built")
 
 
 @needs_cpu_kernels
-def test_torch_backend_on_cpu_runs_the_cpu_kernels():
+def test_cpu_backend_runs_the_cpu_kernels():
     h, bias = make_inputs((2, 4, 3, 3), device="cpu")
-    assert type(cond_bias_elu(h, bias, backend="torch").grad_fn).__name__ == "CondBiasEluFunctionBackward"
+    assert type(cond_bias_elu(h, bias, backend="cpu").grad_fn).__name__ == "CondBiasEluFunctionBackward"
     half = [t.detach().half().requires_grad_() for t in (h, bias)]  # float16: the reference
-    assert "Elu" in type(cond_bias_elu(*half, backend="torch").grad_fn).__name__
+    assert "Elu" in type(cond_bias_elu(*half, backend="cpu").grad_fn).__name__
 
 
 @needs_cpu_kernels
@@ -166,7 +162,7 @@ def test_cpu_kernels_bfloat16_compute_in_float32():
     """bfloat16 h and bias (autocast's conv outputs) give bfloat16 results equal to float32 math on
     the same values, rounded once (to one bfloat16 ulp: the two expm1s may round differently)."""
     h, bias = make_inputs((2, 6, 5, 7), torch.bfloat16, device="cpu")
-    out, grads = run(lambda *t: cond_bias_elu(*t, backend="torch"), h, bias)
+    out, grads = run(lambda *t: cond_bias_elu(*t, backend="cpu"), h, bias)
     assert out.dtype == torch.bfloat16 and [g.dtype for g in grads] == [torch.bfloat16, torch.bfloat16]
     wide = [t.detach().float().requires_grad_() for t in (h, bias)]
     out_ref, grads_ref = run(cond_bias_elu_reference, *wide)
@@ -180,13 +176,13 @@ def test_cpu_kernels_bfloat16_compute_in_float32():
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("shape", SHAPES + [(2, 3, 40, 41)])
 def test_cpu_kernels_match_reference(shape, with_bias, dtype, atol, rtol):
-    check(*make_inputs(shape, dtype, with_bias, device="cpu"), atol, rtol, backend="torch")
+    check(*make_inputs(shape, dtype, with_bias, device="cpu"), atol, rtol, backend="cpu")
 
 
 @needs_cpu_kernels
 @pytest.mark.parametrize("layout", ["strided", "sliced"])
 def test_cpu_kernels_non_contiguous_inputs(layout):
-    check(*make_inputs((2, 6, 3, 4), layout=layout, device="cpu"), 1e-6, 1e-5, backend="torch")
+    check(*make_inputs((2, 6, 3, 4), layout=layout, device="cpu"), 1e-6, 1e-5, backend="cpu")
 
 
 @needs_cpu_kernels
@@ -196,7 +192,7 @@ def test_cpu_expm1_within_two_float32_ulps():
     x = torch.cat(
         [-torch.logspace(-30, 2, 200_000, dtype=torch.float64), torch.linspace(-100, 5, 200_001, dtype=torch.float64)]
     ).float()
-    out = cond_bias_elu(x.view(1, 1, -1), backend="torch").view(-1).double()
+    out = cond_bias_elu(x.view(1, 1, -1), backend="cpu").view(-1).double()
     truth = torch.where(x > 0, x.double(), torch.expm1(x.double()))
     ulp = (torch.nextafter(truth.float().abs(), torch.tensor(math.inf)) - truth.float().abs()).double()
     assert ((out - truth).abs() / ulp).max().item() <= 2.0
@@ -205,16 +201,16 @@ def test_cpu_expm1_within_two_float32_ulps():
 @needs_cpu_kernels
 def test_cpu_kernels_extreme_values_and_gradcheck():
     h = torch.tensor([[[-1e30, -80.0, 0.0, 80.0, 1e30]]], requires_grad=True)
-    check(h, torch.zeros(1, 1, requires_grad=True), 1e-6, 1e-6, backend="torch")
+    check(h, torch.zeros(1, 1, requires_grad=True), 1e-6, 1e-6, backend="cpu")
     h, bias = make_inputs((2, 3, 2, 2), torch.float64, device="cpu")
-    assert torch.autograd.gradcheck(lambda *t: cond_bias_elu(*t, backend="torch"), (h, bias), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(lambda *t: cond_bias_elu(*t, backend="cpu"), (h, bias), eps=1e-6, atol=1e-7)
 
 
 @needs_cpu_kernels
 @pytest.mark.parametrize("shape", [(0, 4, 3, 3), (2, 4, 0, 3)])
 def test_cpu_kernels_empty_inputs(shape):
     h, bias = make_inputs(shape, device="cpu")
-    out = cond_bias_elu(h, bias, backend="torch")
+    out = cond_bias_elu(h, bias, backend="cpu")
     out.sum().backward()
     assert out.shape == h.shape and torch.equal(bias.grad, torch.zeros_like(bias))
 
@@ -246,7 +242,7 @@ def test_cpu_kernels_rows_layout(batch, with_bias, dtype, atol, rtol, poisoned_e
     try:
         h, bias = make_inputs((batch, 70, 5, 6), dtype, with_bias, device="cpu")
         h = h.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-        out = cond_bias_elu(h, bias, backend="torch")
+        out = cond_bias_elu(h, bias, backend="cpu")
         grad_out = torch.randn(out.shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
         grads = torch.autograd.grad(out, [t for t in (h, bias) if t is not None], grad_out)
     finally:
@@ -264,7 +260,7 @@ def test_cpu_kernels_rows_layout(batch, with_bias, dtype, atol, rtol, poisoned_e
 def test_cpu_kernels_rows_layout_gradcheck():
     h, bias = make_inputs((2, 3, 2, 3), torch.float64, device="cpu")
     h = h.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-    assert torch.autograd.gradcheck(lambda *t: cond_bias_elu(*t, backend="torch"), (h, bias), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(lambda *t: cond_bias_elu(*t, backend="cpu"), (h, bias), eps=1e-6, atol=1e-7)
 
 
 @needs_cpu_kernels
@@ -280,7 +276,7 @@ def test_cpu_kernels_reuse_input(with_bias, channels_last, dtype, atol, rtol):
     live = [t for t in (h, bias) if t is not None]
     grad_out = torch.randn(h.shape, dtype=dtype)
     pre = h * 1  # an intermediate the op may overwrite
-    out = cond_bias_elu(pre, bias, backend="torch", reuse_input=True)
+    out = cond_bias_elu(pre, bias, backend="cpu", reuse_input=True)
     assert out is pre and out.stride() == h.stride()
     grads = torch.autograd.grad(out, live, grad_out)
     out_ref = cond_bias_elu_reference(h, bias)
@@ -297,11 +293,11 @@ def test_cpu_kernels_reuse_input_refused_where_h_is_still_needed():
     h, _ = make_inputs((2, 3, 4, 4), torch.float64, device="cpu")
     pre = h * 1
     square = pre * pre
-    out = cond_bias_elu(pre, None, backend="torch", reuse_input=True)
+    out = cond_bias_elu(pre, None, backend="cpu", reuse_input=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         (out.sum() + square.sum()).backward()
     strided = (h * 1)[:, :, ::2]  # not stored as planes or rows: computed out of place
-    assert cond_bias_elu(strided, None, backend="torch", reuse_input=True) is not strided
+    assert cond_bias_elu(strided, None, backend="cpu", reuse_input=True) is not strided
 
 
 @pytest.mark.parametrize("extension", [True, False])
@@ -312,9 +308,9 @@ def test_backward_from_output_reusing_the_gradient(monkeypatch, dtype, rows, bia
     """elu_backward_from_output(..., reuse_grad=True) writes grad_h over a gradient stored as out is
     (the coupling network's GEMM output) with the same values as out of place, in the extension's
     in-place kernel and in torch's fallback; a gradient stored otherwise is left as it was."""
-    if extension and not cond_bias_elu_ops._cpu_kernels_loaded():
+    if extension and not cpu_elu.kernels_loaded():
         pytest.skip("the C++ extension is not built")
-    monkeypatch.setattr(cond_bias_elu_ops, "_cpu_kernels_loaded", lambda: extension)
+    monkeypatch.setattr(cpu_elu, "kernels_loaded", lambda: extension)
     gen = torch.Generator().manual_seed(0)
 
     def stored(t: torch.Tensor, as_rows: bool) -> torch.Tensor:  # a copy of [B, C, P] as planes or rows

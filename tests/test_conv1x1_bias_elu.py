@@ -1,5 +1,5 @@
 """Fused ``elu(conv1x1(h) + bias)`` (the coupling network's middle) against the plain-PyTorch reference:
-the Triton kernels (interpreter on a CPU-only machine, tiny shapes), the torch and reference backends.
+the Triton kernels (interpreter on a CPU-only machine, tiny shapes), the cpu and reference backends.
 
 Every Triton kernel buffer is poisoned with NaN first, so an element a kernel fails to write shows up
 as a mismatch. Shapes cover several tiles in every GEMM dimension (channels and pixels not multiples
@@ -74,7 +74,7 @@ def test_non_contiguous_inputs(layout):
     check(make_inputs((2, 6, 5, 3, 4), layout=layout), 1e-5, 1e-5)
 
 
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 def test_other_backends_match_reference(backend, dtype, atol, rtol):
     check(make_inputs((2, 6, 5, 3, 4), dtype), atol, rtol, backend=backend)
@@ -114,7 +114,7 @@ def test_extreme_values_stay_finite():
 def test_gradcheck_float64(with_bias):
     h, weight, bias = make_inputs((2, 3, 4, 2, 2), torch.float64, with_bias)
     inputs = (h, weight, bias) if with_bias else (h, weight)
-    for backend in ("triton", "torch"):
+    for backend in ("triton", "cpu"):
         assert torch.autograd.gradcheck(
             lambda *t, b=backend: conv1x1_bias_elu(*t, backend=b), inputs, eps=1e-6, atol=1e-7
         )
@@ -145,7 +145,7 @@ def test_empty_inputs(shape):
     [
         ((2, 4, 3), (5, 4), None, "triton", r"h must have shape \[B, C_in, H, W\]"),
         ((2, 4, 3, 3), (5, 3), None, "triton", r"weight must have shape \[C_out, 4\]"),
-        ((2, 4, 3, 3), (5, 4), (2, 4), "torch", r"bias must have shape \(2, 5\)"),
+        ((2, 4, 3, 3), (5, 4), (2, 4), "cpu", r"bias must have shape \(2, 5\)"),
         ((2, 4, 3, 3), (5, 4), None, "fused", "unknown backend"),
     ],
 )

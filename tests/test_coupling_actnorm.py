@@ -27,7 +27,7 @@ from fastflow.ops.affine_coupling import (  # noqa: E402
     affine_coupling_reference,
 )
 
-BACKENDS = ["triton", "torch"]  # the Triton kernels (on the GPU when there is one) and the C++ CPU kernels
+BACKENDS = ["triton", "cpu"]  # the Triton kernels (on the GPU when there is one) and the C++ CPU kernels
 GPU = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [(torch.float64, 1e-10), (torch.float32, 1e-5)]
 SCALES = {
@@ -256,7 +256,7 @@ def test_sequences_fold_actnorms_into_couplings(monkeypatch, name, backend):
 def test_hooked_pairs_are_not_folded(hooked):
     """A forward hook on the coupling or on the ActNorm (locate_nonfinite hooks every module) keeps
     both calls of their own, so the hook sees the layer's own output."""
-    step = perturbed(refined_step(4, 6, 0, "affine", 1.0).double(), "torch")
+    step = perturbed(refined_step(4, 6, 0, "affine", 1.0).double(), "cpu")
     seen = []
     step.layers[hooked].register_forward_hook(lambda module, inputs, output: seen.append(output[0]))
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
@@ -283,14 +283,14 @@ def test_fold_traces_under_torch_compile(inplace):
     gradient's shape."""
     scale = SCALES["tanh_alpha"]
     inputs = make_inputs(4, scale, torch.float32)
-    op = fused("torch", "skip", "up", scale, False, False)
+    op = fused("cpu", "skip", "up", scale, False, False)
     if inplace:
         x, params, log_scale, bias = (t.detach() for t in inputs)
 
         def write(target):
             with torch.no_grad():
                 return affine_coupling(
-                    target, params=params, split="skip", backend="torch", actnorm=(log_scale, bias), inplace=True
+                    target, params=params, split="skip", backend="cpu", actnorm=(log_scale, bias), inplace=True
                 )
 
         want = write(x.clone())

@@ -1,4 +1,4 @@
-"""The coupling network as one autograd Function over rows (fastflow/ops/coupling_net_rows.py)
+"""The coupling network as one autograd Function over rows (fastflow/ops/cpu/coupling_net.py)
 against the same network written here with ``F.conv2d`` and ``F.elu``: the output and the gradient
 of every input, in float64 (1e-12) and float32 (1e-5, relative to each tensor's scale), for several
 kernel sizes and paddings on a strided, non-square image; each subset of inputs that may need no
@@ -11,8 +11,8 @@ from kernel_checks import autograd_node_names
 from torch.nn import functional as F
 
 from fastflow.flows.coupling import CouplingNet2d
-from fastflow.ops import cond_bias_elu, conv_rows
-from fastflow.ops.coupling_net_rows import coupling_net_rows
+from fastflow.ops.cpu import cond_bias_elu, conv_rows
+from fastflow.ops.cpu.coupling_net import coupling_net_rows
 
 TOLERANCES = {torch.float64: 1e-12, torch.float32: 1e-5}
 NAMES = ("x", "w_in", "w_mid", "bias", "w_out", "b_out")
@@ -103,8 +103,8 @@ def test_gradcheck():
 def test_without_the_extension_the_same_through_torch_ops(monkeypatch, dtype):
     """Without the extension's patch and bias + ELU kernels the Function runs F.unfold/F.fold and
     torch's in-place ELU, with the same values and gradients."""
-    monkeypatch.setattr(conv_rows, "_patch_kernels_loaded", lambda: False)
-    monkeypatch.setattr(cond_bias_elu, "_cpu_kernels_loaded", lambda: False)
+    monkeypatch.setattr(conv_rows, "kernels_loaded", lambda: False)
+    monkeypatch.setattr(cond_bias_elu, "kernels_loaded", lambda: False)
     assert_matches_network(net_inputs(dtype), 1, dtype)
     assert_matches_network(net_inputs(dtype, k_in=5, k_out=5, with_bias=False), 2, dtype)
 
@@ -125,8 +125,8 @@ def test_cpu_autocast_runs_the_gemms_in_its_dtype():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_coupling_net_runs_it_on_the_cpu_torch_backend(dtype):
-    """CouplingNet2d on the torch backend (one CouplingNetRowsFunction node, no conv2d) against the
+def test_coupling_net_runs_it_on_the_cpu_backend(dtype):
+    """CouplingNet2d on the cpu backend (one CouplingNetRowsFunction node, no conv2d) against the
     same module on the reference backend: output and every parameter's gradient."""
     torch.manual_seed(0)
     net = CouplingNet2d(3, 4, 16, z_dim=5).to(dtype)
@@ -137,14 +137,14 @@ def test_coupling_net_runs_it_on_the_cpu_torch_backend(dtype):
     z = torch.randn(2, 5, dtype=dtype, requires_grad=True)
     probe = torch.randn(2, 4, 5, 4, dtype=dtype)
     results = {}
-    for backend in ("torch", "reference"):
+    for backend in ("cpu", "reference"):
         net.backend = backend
         out = net(x, z)
         results[backend] = (out, torch.autograd.grad((out * probe).sum(), [x, z, *net.parameters()]))
-    net.backend = "torch"
+    net.backend = "cpu"
     nodes = autograd_node_names(net(x, z))
     assert "CouplingNetRowsFunctionBackward" in nodes and "ConvolutionBackward0" not in nodes
-    (out, grads), (out_ref, grads_ref) = results["torch"], results["reference"]
+    (out, grads), (out_ref, grads_ref) = results["cpu"], results["reference"]
     for got, want in zip((out, *grads), (out_ref, *grads_ref)):
         scale = want.abs().max().item()
         torch.testing.assert_close(got, want, atol=TOLERANCES[dtype] * scale, rtol=TOLERANCES[dtype])

@@ -23,7 +23,7 @@ def images(n: int, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", [pytest.param("tiny_refined_glow", marks=pytest.mark.slow), "tiny_wolf", "tiny_glow"])
-def test_triton_backend_matches_torch(name: str) -> None:
+def test_triton_backend_matches_cpu(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name).to(DEVICE)
     model.initialize(images(16, 0), generator=torch.Generator().manual_seed(0))
@@ -32,7 +32,7 @@ def test_triton_backend_matches_torch(name: str) -> None:
             p.add_(0.05 * torch.randn(p.shape).to(p.device))
     x = images(3, 1)
     results = {}
-    for backend in ("torch", "triton"):
+    for backend in ("cpu", "triton"):
         model.set_backend(backend)
         model.zero_grad()
         out = model.loss(x, generator=torch.Generator().manual_seed(2))
@@ -44,7 +44,7 @@ def test_triton_backend_matches_torch(name: str) -> None:
             "decoded": model.decode(z, v),
             "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
         }
-    ref, fused = results["torch"], results["triton"]
+    ref, fused = results["cpu"], results["triton"]
     torch.testing.assert_close(fused["bpd"], ref["bpd"], atol=TOL["bpd"], rtol=TOL["bpd"])
     torch.testing.assert_close(fused["v"], ref["v"], atol=TOL["v"], rtol=TOL["v"])
     assert torch.equal(fused["decoded"], ref["decoded"]) and torch.equal(ref["decoded"], x)
@@ -60,18 +60,18 @@ def test_memory_efficient_with_triton_backend() -> None:
     model.initialize(images(16, 0))
     x = images(2, 3)
     grads = {}
-    for backend, efficient in (("torch", False), ("triton", True)):
+    for backend, efficient in (("cpu", False), ("triton", True)):
         model.set_backend(backend)
         model.set_memory_efficient(efficient)
         model.zero_grad()
         model.loss(x, generator=torch.Generator().manual_seed(4))["loss"].backward()
         grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    for key, g in grads["torch"].items():
+    for key, g in grads["cpu"].items():
         scale = g.abs().max().clamp_min(1e-12)
         torch.testing.assert_close(grads["triton"][key] / scale, g / scale, atol=TOL["grad"], rtol=0, msg=key)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_no_grad_in_place_couplings_change_nothing(monkeypatch, backend: str) -> None:
     """Evaluation and sampling run their couplings in place (no grad); v, the bits/dim and the samples
     are those of the out-of-place run, and the caller's images are left as they were."""

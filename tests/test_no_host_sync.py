@@ -7,7 +7,7 @@ error of memory-efficient backprop) stay on the device until ``model.read_device
 
 ``torch.compile(model.loss, fullgraph=True)`` must trace the loss without a graph break (on the CPU with
 the ``aot_eager`` backend, which traces forward and backward through AOTAutograd without compiling
-kernels): the Triton kernels are registered as custom ops (``fastflow/ops/_library.py``) so the tracer
+kernels): the Triton kernels are registered as custom ops (``fastflow/ops/_launcher.py``) so the tracer
 sees through them. On a GPU the device command (benchmarks/gpu_check.sh) runs the step under
 ``torch.cuda.set_sync_debug_mode("error")``, which also catches syncs inside C++.
 """
@@ -76,8 +76,8 @@ def step(model, x) -> torch.Tensor:
 @pytest.mark.parametrize(
     "backend, memory_efficient",
     [
-        pytest.param("torch", False, id="torch-standard"),
-        pytest.param("torch", True, id="torch-memory_efficient"),
+        pytest.param("cpu", False, id="cpu-standard"),
+        pytest.param("cpu", True, id="cpu-memory_efficient"),
         pytest.param("triton", False, id="triton-standard"),
         pytest.param("triton", True, id="triton-memory_efficient", marks=SLOW_ON_CPU),
     ],
@@ -94,14 +94,14 @@ def test_training_step_has_no_host_sync(forbid_syncs, backend, memory_efficient)
 
 
 def test_deferred_checks_are_read_by_the_model():
-    model, x = tiny_wolf("torch", True)
+    model, x = tiny_wolf("cpu", True)
     step(model, x)
     assert not model.recompute_monitor._max_error  # still on the device
     model.read_device_checks()
     assert 0 < model.recompute_monitor.max_error < 1e-3 and model.recompute_monitor.errors
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=SLOW_ON_CPU)])
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=SLOW_ON_CPU)])
 def test_compiled_loss_has_no_graph_break(backend):
     """The loss draws its noise from the global generator here (dynamo does not take Generator objects)."""
     model, x = tiny_wolf(backend, False)

@@ -3,13 +3,12 @@
 Density direction: the coupling reads the conditioning channels x_a (and the conditioning input,
 Wolf's z), computes ``params = net(x_a, cond)`` (``net(x_a)`` when cond is None, so any
 ``nn.Module`` works as conditioner), reads mu and u out of params without copies (``layout``) and
-maps the transformed channels x_b to ``s * x_b + mu`` (``shift_first``: ``s * (x_b + mu)``) with
-``s`` from the scale function (Wolf's ``1 + alpha * tanh(u / 2)`` by default, Glow's sigmoid,
-RealNVP's exp, or ``x_b + mu`` for the additive variant), all in one fused op
-(:mod:`fastflow.ops.affine_coupling`). Which channels are x_a and x_b is set by ``split``
-("continuous" or "skip") and ``order`` ("up" or "down"). A skip split over an odd channel count
-becomes continuous, as in the paper's code. The last layer of every stock net starts at zero, so
-every coupling starts as the identity.
+applies the coupling to the transformed channels x_b with a scale function (Wolf's tanh by default,
+Glow's sigmoid, RealNVP's exp, or the additive variant), all in one fused op
+(:mod:`fastflow.ops.affine_coupling`, whose docstring states the formulas). Which channels are x_a
+and x_b is set by ``split`` ("continuous" or "skip") and ``order`` ("up" or "down"). A skip split
+over an odd channel count becomes continuous, as in the paper's code. The last layer of every stock
+net starts at zero, so every coupling starts as the identity.
 """
 
 from __future__ import annotations
@@ -28,9 +27,9 @@ from fastflow.functional import (
     transformed_channels,
 )
 from fastflow.nn import WeightNormConv2d, WeightNormLinear
+from fastflow.ops import backends
 from fastflow.ops.affine_coupling import CouplingScale, as_scale
-from fastflow.ops.conv_rows import use_rows
-from fastflow.ops.coupling_net_rows import coupling_net_rows
+from fastflow.ops.cpu.coupling_net import coupling_net_rows
 
 TRANSFORMS = ("affine", "additive")
 
@@ -39,10 +38,10 @@ class CouplingNet2d(nn.Module):
     """conv3x3 -> ELU -> conv1x1 (+ FC(z) per channel) -> ELU -> weight-normed conv3x3.
 
     The middle three are one fused op (:func:`fastflow.functional.conv1x1_bias_elu`); ``conv_mid`` keeps
-    its ``nn.Conv2d`` parameter (``[hidden, hidden, 1, 1]``) so the state dict is unchanged. On the CPU
-    with the torch backend the whole network is one autograd Function over channels-last rows
-    (:func:`fastflow.ops.coupling_net_rows.coupling_net_rows`: three GEMMs, the ELUs written over
-    their outputs), which returns NCHW.
+    its ``nn.Conv2d`` parameter (``[hidden, hidden, 1, 1]``) so the state dict is unchanged. Where
+    :func:`fastflow.ops.backends.select` picks the ``"cpu"`` implementation of ``"coupling_net"`` (CPU
+    tensors) the whole network is one autograd Function over channels-last rows
+    (:func:`fastflow.ops.cpu.coupling_net.coupling_net_rows`), which returns NCHW.
 
     ``[B, c_in, H, W]`` (and z ``[B, dz]``) -> ``[B, c_out, H, W]``; the last conv starts at zero.
     """
@@ -58,7 +57,7 @@ class CouplingNet2d(nn.Module):
     def forward(self, x_a: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         bias = self.z_proj(z) if self.z_proj is not None else None
         w_mid = self.conv_mid.weight.flatten(1)
-        if use_rows(self.backend, x_a):
+        if backends.select("coupling_net", self.backend, x_a) == "cpu":
             w_out = self.conv_out.weight()
             return coupling_net_rows(x_a, self.conv_in.weight, w_mid, bias, w_out, self.conv_out.bias, padding_in=1)
         h = cond_bias_elu(self.conv_in(x_a), None, backend=self.backend, reuse_input=True)
@@ -91,8 +90,8 @@ class AffineCoupling(Flow):
     "shift_scale" (mu first, Wolf), "scale_shift" (u first, Glow) or "interleaved" (normflows).
     ``scale`` is a :class:`~fastflow.ops.affine_coupling.CouplingScale` or a kind name ("tanh"
     takes ``alpha``); ``transform="additive"`` is the scale "additive". ``reverse=True`` makes
-    ``forward`` apply the op's generation formula (``x_b = (y_b - mu) / s``) and ``inverse`` its
-    density formula, as libraries whose couplings are written in the generation direction need.
+    ``forward`` apply the op's generation direction and ``inverse`` its density direction, as
+    libraries whose couplings are written in the generation direction need.
     """
 
     def __init__(

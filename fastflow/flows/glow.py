@@ -4,7 +4,7 @@ The model of the widely used PyTorch port (rosinality/glow-pytorch): ActNorm, an
 (or dense) 1x1 conv, and an affine coupling with scale sigmoid(h + 2) applied as
 ``y_b = (x_b + t) * s``, a zero-initialised last conv. ActNorm + 1x1 conv run as the fused
 :class:`ActNormConv1x1` (analytic LU log-determinant), the coupling as the fused coupling with the
-sigmoid scale; ``set_backend("torch")`` gives the plain-PyTorch computation of the same model (the
+sigmoid scale; ``set_backend("reference")`` gives the plain-PyTorch computation of the same model (the
 ops' references), as for Wolf's flows. Each level squeezes first, and all levels
 but the last split half the channels off under a learned Gaussian conditioned on the other half
 (the last level uses a learned top prior). To share the model code with Wolf, each split-off half
@@ -50,7 +50,7 @@ class GlowCoupling(AffineCoupling):
     """Glow's affine coupling on ``[B, C, H, W]``: the first C - C//2 channels condition,
     ``y_b = (x_b + t) * sigmoid(h + 2)`` (shift first, as openai/glow and rosinality write it), with
     ``h, t = net(x_a).chunk(2)``: conv3x3 -> ReLU -> conv1x1 -> ReLU -> :class:`ZeroConv2d`.
-    Runs as the fused coupling (scale "sigmoid", layout "scale_shift"); backend "torch" is the
+    Runs as the fused coupling (scale "sigmoid", layout "scale_shift"); backend "reference" is the
     plain-PyTorch formula."""
 
     def __init__(self, channels: int, hidden: int) -> None:

@@ -15,9 +15,10 @@ normflows' generation order):
   ``y = W (exp(log_scale) x + bias)``, one fused op (analytic log|det W| = sum(log_S) for LU).
 - The AffineCouplingBlock with ``split_mode`` "channel" or "channel_inv" becomes a fastflow
   :class:`~fastflow.flows.AffineCoupling` with ``reverse=True`` (its forward runs the op's
-  ``x_b = (y_b - mu) / s``) and ``layout="interleaved"`` (shift = even, scale = odd outputs of
-  ``param_map``): scale_map "exp" is ``s = exp(u)``, "sigmoid" is ``s = 1 / sigmoid(u + 2)``,
-  "sigmoid_inv" is ``s = sigmoid(u + 2)``, and ``scale=False`` is the additive coupling.
+  generation direction, :mod:`fastflow.ops.affine_coupling`) and ``layout="interleaved"`` (shift =
+  even, scale = odd outputs of ``param_map``): scale_map "exp" is ``s = exp(u)``, "sigmoid" is
+  ``s = 1 / sigmoid(u + 2)``, "sigmoid_inv" is ``s = sigmoid(u + 2)``, and ``scale=False`` is the
+  additive coupling.
   Checkerboard splits stay as they were; so does a block without a 1x1 conv (one channel).
 
 The fused modules hold normflows' own parameter objects (the same ``nn.Parameter``\\s), and the

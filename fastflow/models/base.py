@@ -58,7 +58,8 @@ class ImageFlowModel(nn.Module):
 
     # -- backends -------------------------------------------------------------------------------
     def set_backend(self, backend: str) -> ImageFlowModel:
-        """Run the fused ops with ``backend`` ("auto", "torch" or "triton") in every layer."""
+        """Run every layer's ops with ``backend``: "auto", "reference", "triton" or "cpu"
+        (:mod:`fastflow.ops.backends`)."""
         for m in self.modules():
             if hasattr(m, "backend"):
                 m.backend = backend
@@ -146,7 +147,7 @@ class ImageFlowModel(nn.Module):
         return {"loss": bpd.mean(), "bpd": bpd.detach(), "nll": bin_nll.detach(), "kl": kl.detach()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean bits/dim of a batch (the training loss); what DDP wraps."""
+        """Mean bits/dim of a batch (the training loss)."""
         return self.loss(x)["loss"]
 
     # -- encode, decode, sample -----------------------------------------------------------------

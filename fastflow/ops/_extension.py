@@ -1,4 +1,6 @@
-"""Loading of the C++/CUDA extension ``fastflow._C``, which registers the ``torch.ops.fastflow`` operators.
+"""Loading of the C++/CUDA extension ``fastflow._C``, which registers the ``torch.ops.fastflow`` operators:
+the batched log-determinant and inverse (CPU and CUDA) and the C++ CPU kernels of the ``"cpu"``
+implementation (:mod:`fastflow.ops.cpu`: coupling, bias + ELU, patches).
 
 :func:`load_library` tries, once per process:
 
@@ -8,7 +10,8 @@
    ``torch.utils.cpp_extension.load`` with ninja, cached under torch's extension folder
    (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), with a message on stderr while
    it builds; the settings (CUDA or not, flags) are those of ``setup.py``, from ``fastflow._build``;
-3. nothing: one ``RuntimeWarning`` saying why, and the ops use their torch.linalg fallbacks.
+3. nothing: one ``RuntimeWarning`` saying why; the log-determinants fall back to torch.linalg and
+   the other ops to their references.
 """
 
 from __future__ import annotations
@@ -114,7 +117,8 @@ def _load() -> bool:
         return True
     warnings.warn(
         f"fastflow: the C++ extension is unavailable ({import_error}; {build_error}); "
-        "batched_slogdet and batched_inverse fall back to torch.linalg in float64, which is slower",
+        "batched_slogdet and batched_inverse fall back to torch.linalg in float64, and the cpu backend's "
+        "C++ kernels to the plain-PyTorch references, which is slower",
         RuntimeWarning,
         stacklevel=2,
     )

@@ -26,10 +26,10 @@ The channel partition is given by index arithmetic, never by split/cat copies:
 ``C // F`` for the split-prior coupling). A skip split needs ``Cb == C // 2`` and an even ``C``; for
 odd ``C`` the layers pass ``split="continuous"`` instead, as the paper's code does.
 
-``backend="reference"`` runs the plain-PyTorch references (slices, the scale, and ``torch.cat``, as
-the papers' code computes a coupling); ``"triton"`` the fused Triton kernels; ``"torch"`` the
-extension's C++ kernels on CPU tensors of float32, float64 or bfloat16 (``csrc/affine_coupling.cpp``,
-the same formulas and the same autograd Function), the references elsewhere.
+Implementations (:mod:`fastflow.ops.backends`): ``"reference"`` runs the plain-PyTorch references
+(slices, the scale, and ``torch.cat``, as the papers' code computes a coupling); ``"triton"`` the
+fused Triton kernels; ``"cpu"`` the extension's C++ kernels (:mod:`fastflow.ops.cpu.affine_coupling`:
+the same formulas and the same autograd Function) on CPU tensors of float32, float64 or bfloat16.
 
 Shapes: x, y ``[B, C, *S]`` (images ``[B, C, H, W]``, vectors ``[B, C]``); mu, u ``[B, Cb, *S]``;
 logdet ``[B]``. ``u=None`` gives the additive coupling (logdet 0). Instead of mu and u, the whole
@@ -66,10 +66,11 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from fastflow.ops import _extension, _library
-from fastflow.ops._backend import resolve_backend
+from fastflow.ops import backends
+from fastflow.ops._launcher import kept, launcher
 from fastflow.ops.actnorm import actnorm as actnorm_reference
-from fastflow.ops.actnorm import actnorm_logdet, logdet_dtype
+from fastflow.ops.actnorm import actnorm_logdet
+from fastflow.ops.cpu import affine_coupling as cpu
 
 SPLITS = ("continuous", "skip")
 ORDERS = ("up", "down")
@@ -176,11 +177,6 @@ def as_scale(scale: str | CouplingScale, alpha: float = 1.0) -> CouplingScale:
     if not isinstance(scale, str):
         raise TypeError(f"scale must be a str or CouplingScale, got {type(scale).__name__}")
     return CouplingScale(scale, alpha=alpha)
-
-
-def coupling_scale(u: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Wolf's ``s = 1 + alpha * tanh(u / 2)`` and ``log s``, computed in float32 or wider."""
-    return CouplingScale("tanh", alpha=alpha).terms(u)
 
 
 def split_params(params: torch.Tensor, layout: str, additive: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -290,32 +286,75 @@ def _as_bcp(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
 
 
-def _cpu_apply(x, mu, u, start: int, stride: int, form: tuple, inverse: bool, affine):
-    return torch.ops.fastflow.coupling_apply(x, mu, u, start, stride, *form, inverse, affine)
+def _acc(*tensors: torch.Tensor | None) -> torch.dtype:
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _cpu_backward(x, mu, u, grad_out, grad_logdet, start: int, stride: int, form: tuple, inverse: bool, affine):
-    """``(d x, d mu, d u, d affine)``: dmu and du are the halves of the kernel's one gradient buffer."""
-    d_in, d_params, d_affine = torch.ops.fastflow.coupling_backward(
-        x, mu, u, grad_out, grad_logdet, start, stride, *form, inverse, 0, affine
+def _fake_apply(x, mu, u, start, stride, scale, param, special, reciprocal, shift_first, inverse, affine):
+    return x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=_acc(x, mu, u))
+
+
+@launcher("coupling_apply", _fake_apply)
+def triton_apply(
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    u: torch.Tensor | None,
+    start: int,
+    stride: int,
+    scale: int,
+    param: float,
+    special: bool,
+    reciprocal: bool,
+    shift_first: bool,
+    inverse: bool,
+    affine: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, logdet)`` of x ``[B, C, P]`` in a new output (``fastflow.kernels.affine_coupling``); the
+    transformed channels are ``start + j * stride``; ``scale`` to ``shift_first`` are
+    :meth:`CouplingScale.kernel_form`."""
+    from fastflow.kernels.affine_coupling import coupling_apply
+
+    form = (scale, param, special, reciprocal, shift_first)
+    return coupling_apply(x, mu, u, start, stride, form, inverse, affine=affine)
+
+
+@launcher("coupling_backward", cpu.fake_backward)
+def triton_backward(
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    u: torch.Tensor | None,
+    grad_out: torch.Tensor,
+    grad_logdet: torch.Tensor,
+    start: int,
+    stride: int,
+    scale: int,
+    param: float,
+    special: bool,
+    reciprocal: bool,
+    shift_first: bool,
+    inverse: bool,
+    layout: int,
+    affine: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(d x, d params, d affine)`` (d affine empty without ``affine``): the kernels write dmu and du
+    into views of one new buffer, ordered as the params layout ``LAYOUTS[layout]`` orders mu and u
+    (no zeros + slice-copy assembly)."""
+    from fastflow.kernels import _common
+    from fastflow.kernels.affine_coupling import coupling_backward
+
+    d_params = _common.new_output((x.shape[0], mu.shape[1] * (1 if u is None else 2), x.shape[2]), mu.dtype, x.device)
+    d_mu, d_u = split_params(d_params, LAYOUTS[layout], additive=u is None)
+    form = (scale, param, special, reciprocal, shift_first)
+    d_in, _, _, d_affine = coupling_backward(
+        x, mu, u, grad_out, grad_logdet, start, stride, form, inverse, d_mu=d_mu, d_u=d_u, affine=affine
     )
-    cb = mu.shape[1]
-    return d_in, d_params[:, :cb], None if u is None else d_params[:, cb:], None if affine is None else d_affine
+    return d_in, d_params, d_affine if d_affine is not None else x.new_empty(0)
 
 
-def _cpu_backward_packed(x, params, grad_out, grad_logdet, layout: str, additive, start, stride, form, inverse, affine):
-    """``(d x, d params, d affine)``."""
-    mu, u = split_params(params, layout, additive)
-    d_in, d_params, d_affine = torch.ops.fastflow.coupling_backward(
-        x, mu, u, grad_out, grad_logdet, start, stride, *form, inverse, LAYOUTS.index(layout), affine
-    )
-    return d_in, d_params, None if affine is None else d_affine
-
-
-# kernels -> (apply, backward with separate mu and u, backward with packed params)
-KERNELS: dict[str, tuple[Callable, Callable, Callable]] = {
-    "triton": (_library.coupling_apply, _library.coupling_backward, _library.coupling_backward_packed),
-    "cpu": (_cpu_apply, _cpu_backward, _cpu_backward_packed),
+# implementation -> (apply, backward), with the arguments of triton_apply and triton_backward
+KERNELS: dict[str, tuple[Callable, Callable]] = {
+    "triton": (triton_apply, triton_backward),
+    "cpu": (cpu.coupling_apply, cpu.coupling_backward),
 }
 
 
@@ -338,97 +377,26 @@ class AffineCouplingFunction(torch.autograd.Function):
     ):
         if params is not None:
             mu, u = split_params(params, layout or "shift_scale", additive=layout is None)
-        out, logdet = KERNELS[kernels][0](x, mu, u, start, stride, form, inverse, affine)
+        out, logdet = KERNELS[kernels][0](x, mu, u, start, stride, *form, inverse, affine)
         ctx.save_for_backward(x, mu, u, params, affine)
-        ctx.layout = (start, stride, form, inverse, layout, kernels)
+        ctx.call = (start, stride, form, inverse, layout, kernels)
         return out, logdet
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_logdet):
         x, mu, u, params, affine = ctx.saved_tensors
-        start, stride, form, inverse, layout, kernels = ctx.layout
-        _, backward_separate, backward_packed = KERNELS[kernels]
+        start, stride, form, inverse, layout, kernels = ctx.call
+        order = 0 if params is None else LAYOUTS.index(layout or "shift_scale")
+        d_in, d_params, d_affine = KERNELS[kernels][1](  # dmu and du are views of one buffer
+            x, mu, u, grad_out, grad_logdet, start, stride, *form, inverse, order, affine
+        )
+        d_affine = kept(d_affine, affine is not None)
         none = (None,) * 6
         if params is None:
-            d_in, d_mu, d_u, d_affine = backward_separate(
-                x, mu, u, grad_out, grad_logdet, start, stride, form, inverse, affine
-            )
-            return d_in, d_mu, d_u, None, d_affine, *none
-        d_in, d_params, d_affine = backward_packed(  # dmu and du are halves of one buffer
-            x,
-            params,
-            grad_out,
-            grad_logdet,
-            layout or "shift_scale",
-            layout is None,
-            start,
-            stride,
-            form,
-            inverse,
-            affine,
-        )
+            cb = mu.shape[1]
+            return d_in, d_params[:, :cb], kept(d_params[:, cb:], u is not None), None, d_affine, *none
         return d_in, None, None, d_params, d_affine, *none
-
-
-CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
-
-
-def _fake_apply(x, mu, u, *form_direction_and_affine):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[0], dtype=logdet_dtype(x))
-
-
-def _fake_apply_inplace(x, mu, u, *form_direction_and_affine):
-    return x.new_empty(x.shape[0], dtype=logdet_dtype(x))
-
-
-def _fake_backward(
-    x,
-    mu,
-    u,
-    grad_out,
-    grad_logdet,
-    start,
-    stride,
-    scale,
-    param,
-    special,
-    reciprocal,
-    shift_first,
-    inverse,
-    layout,
-    affine=None,
-):
-    d_params = x.new_empty(x.shape[0], mu.shape[1] * (1 if u is None else 2), x.shape[2])
-    d_affine = affine.new_empty(affine.shape) if affine is not None else x.new_empty(0, dtype=logdet_dtype(x))
-    return torch.empty_like(x, memory_format=torch.contiguous_format), d_params, d_affine
-
-
-def _use_cpu_kernels(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
-    """Whether the C++ kernels take this call: CPU tensors of float32, float64 or bfloat16 whose mu and
-    u (or params) are no wider than x (they are cast to x's dtype)."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype in CPU_DTYPES
-        and all(_no_wider(t.dtype, x.dtype) for t in params if t is not None)
-        and _cpu_kernels_loaded()
-    )
-
-
-_CPU_FAKES = {
-    "coupling_apply": _fake_apply,
-    "coupling_apply_": _fake_apply_inplace,
-    "coupling_backward": _fake_backward,
-}
-
-
-def _cpu_kernels_loaded() -> bool:
-    """Whether the extension's coupling CPU kernels are loaded."""
-    return _extension.cpu_kernels_loaded(_CPU_FAKES)
-
-
-def _no_wider(dtype: torch.dtype, than: torch.dtype) -> bool:
-    return dtype in CPU_DTYPES and torch.promote_types(dtype, than) == than
 
 
 def _in_dtype(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -472,17 +440,12 @@ def _run(
     if inplace and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
         raise ValueError("inplace=True overwrites the input and records no graph; use it under torch.no_grad()")
     idx = transformed_channels(x.shape[1], mu_.shape[1], split, order)
-    resolved = resolve_backend(backend, x, mu_, u_)
-    if resolved == "triton":
-        kernels = "triton"
-    elif resolved == "torch" and _use_cpu_kernels(x, mu_, u_):
-        kernels = "cpu"
+    kernels = backends.select("affine_coupling", backend, x, mu_, u_)
+    if kernels == "cpu":
         if mu_.dtype != x.dtype or (u_ is not None and u_.dtype != x.dtype):  # narrower: cast up
             mu, u, params = _in_dtype(mu, x.dtype), _in_dtype(u, x.dtype), _in_dtype(params, x.dtype)
             mu_, u_ = _resolve_params(mu, u, params, layout, scale)
-    else:
-        kernels = None
-    if kernels is None:
+    if kernels == "reference":
         ref = affine_coupling_inverse_reference if inverse else affine_coupling_reference
         out, logdet = ref(x, mu_, u_, split, order, scale=scale, shift_first=shift_first)
         if actnorm is not None:
@@ -493,7 +456,7 @@ def _run(
     start, stride = idx.start, idx.step or 1
     affine = None
     if actnorm is not None:
-        acc = torch.float64 if torch.float64 in {t.dtype for t in (x, mu_, u_) if t is not None} else torch.float32
+        acc = _acc(x, mu_, u_)
         affine = torch.stack([actnorm[0].to(acc).exp(), actnorm[1].to(acc)])
     if inplace and _viewable(x):
         flat = x.view(x.shape[0], x.shape[1], -1)
@@ -525,7 +488,7 @@ def _apply_inplace(flat, mu, u, start: int, stride: int, form: tuple, inverse: b
     """The coupling written over ``flat [B, C, P]`` (transformed channels only without ``affine``);
     returns the logdet."""
     if kernels == "cpu":
-        return torch.ops.fastflow.coupling_apply_(flat, _as_bcp(mu), _as_bcp(u), start, stride, *form, inverse, affine)
+        return cpu.coupling_apply_inplace(flat, _as_bcp(mu), _as_bcp(u), start, stride, form, inverse, affine)
     from fastflow.kernels.affine_coupling import coupling_apply
 
     return coupling_apply(flat, _as_bcp(mu), _as_bcp(u), start, stride, form, inverse, out=flat, affine=affine)[1]

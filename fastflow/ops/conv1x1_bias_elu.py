@@ -4,17 +4,14 @@ h ``[B, C_in, H, W]``, weight ``[C_out, C_in]`` (a 1x1 convolution's kernel with
 dimensions), bias ``[B, C_out]`` (FC(z) per sample and channel) or None -> ``[B, C_out, H, W]`` in
 h's dtype. Direction-free (it sits inside the conditioning network, not in the flow).
 
-Backends:
+Implementations (:mod:`fastflow.ops.backends`):
 
 - ``"triton"``: :class:`Conv1x1BiasEluFunction`, one GEMM kernel with bias and ELU in its epilogue
   forward, and two backward GEMMs (input and weight gradient) that form ``g = dout * elu'`` from
   the saved output in their prologues, so neither the pre-activation nor g is ever written to
   memory (kernels in ``fastflow.kernels.conv1x1_bias_elu``). Saves h, the weight and the output.
-- ``"torch"``: the 1x1 convolution, then :func:`fastflow.ops.cond_bias_elu` (the extension's bias +
-  ELU on the CPU, one pass each way, keeping h's layout). A channels-last h (the coupling network's
-  CPU formulation, :mod:`fastflow.ops.conv_rows`) is one ``mm`` over its rows, no copies (10-15%
-  faster than ``conv2d`` at [16, 512, 16, 16] on the 2-core AMD EPYC); an NCHW h is ``conv2d``,
-  which beats the ``mm`` once the NCHW <-> NHWC copies around it are counted.
+- ``"cpu"``: ``conv2d``, then :func:`fastflow.ops.cond_bias_elu.cond_bias_elu` with the ``"cpu"``
+  backend (the extension's bias + ELU, one pass each way, written over the convolution's output).
 - ``"reference"``: ``conv2d``, then ``h + bias`` and ``F.elu`` (:func:`conv1x1_bias_elu_reference`).
 """
 
@@ -24,10 +21,11 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from fastflow.ops import _library
-from fastflow.ops._backend import resolve_backend
+from fastflow.ops import backends
+from fastflow.ops._launcher import absent, kept, launcher
 from fastflow.ops.cond_bias_elu import cond_bias_elu, cond_bias_elu_reference
-from fastflow.ops.conv_rows import conv1x1_rows, is_channels_last
+
+backends.register_cpu("conv1x1_bias_elu", lambda *tensors: True)  # conv2d, then cond_bias_elu's own choice
 
 
 def _check(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -51,6 +49,47 @@ def conv1x1_bias_elu_reference(h: torch.Tensor, weight: torch.Tensor, bias: torc
     return cond_bias_elu_reference(_conv(h, weight), bias)
 
 
+def _acc(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+@launcher("conv1x1_bias_elu", lambda h, weight, bias: h.new_empty((h.shape[0], weight.shape[0], h.shape[2])))
+def triton_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``fastflow.kernels.conv1x1_bias_elu.conv1x1_bias_elu_forward`` on h ``[B, C_in, P]``."""
+    from fastflow.kernels.conv1x1_bias_elu import conv1x1_bias_elu_forward
+
+    return conv1x1_bias_elu_forward(h, weight, bias)
+
+
+def _fake_grad_input(out, grad_out, weight, bias_grad):
+    grad_h = out.new_empty((out.shape[0], weight.shape[1], out.shape[2]))
+    grad_bias = out.new_empty(out.shape[:2], dtype=_acc(out, weight)) if bias_grad else absent(out)
+    return grad_h, grad_bias
+
+
+@launcher("conv1x1_bias_elu_grad_input", _fake_grad_input)
+def triton_grad_input(
+    out: torch.Tensor, grad_out: torch.Tensor, weight: torch.Tensor, bias_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fastflow.kernels.conv1x1_bias_elu.grad_input``: ``(grad_h, grad_bias)``, grad_bias empty
+    without ``bias_grad``."""
+    from fastflow.kernels.conv1x1_bias_elu import grad_input
+
+    grad_h, grad_bias = grad_input(out, grad_out, weight, bias_grad)
+    return grad_h, grad_bias if grad_bias is not None else absent(out)
+
+
+@launcher(
+    "conv1x1_bias_elu_grad_weight",
+    lambda out, grad_out, h: out.new_empty((out.shape[1], h.shape[1]), dtype=_acc(out, h)),
+)
+def triton_grad_weight(out: torch.Tensor, grad_out: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``fastflow.kernels.conv1x1_bias_elu.grad_weight``."""
+    from fastflow.kernels.conv1x1_bias_elu import grad_weight
+
+    return grad_weight(out, grad_out, h)
+
+
 class Conv1x1BiasEluFunction(torch.autograd.Function):
     """``elu(weight @ h[b] + bias[b, :, None])`` for h ``[B, C_in, P]``, weight ``[C_out, C_in]``,
     bias ``[B, C_out]`` or None, with the Triton kernels; returns a contiguous ``[B, C_out, P]``."""
@@ -58,7 +97,7 @@ class Conv1x1BiasEluFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         matrix = weight.to(h.dtype) if h.dtype in (torch.float16, torch.bfloat16) else weight
-        out = _library.conv1x1_bias_elu_forward(h, matrix, bias)
+        out = triton_forward(h, matrix, bias)
         ctx.save_for_backward(h, matrix, out)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return out
@@ -71,9 +110,10 @@ class Conv1x1BiasEluFunction(torch.autograd.Function):
         grad_h = grad_bias = grad_w = None
         bias_grad = bias_dtype is not None and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[0] or bias_grad:
-            grad_h, grad_bias = _library.conv1x1_bias_elu_grad_input(out, grad_out, matrix, bias_grad)
+            grad_h, grad_bias = triton_grad_input(out, grad_out, matrix, bias_grad)
+            grad_bias = kept(grad_bias, bias_grad)
         if ctx.needs_input_grad[1]:
-            grad_w = _library.conv1x1_bias_elu_grad_weight(out, grad_out, h).to(weight_dtype)
+            grad_w = triton_grad_weight(out, grad_out, h).to(weight_dtype)
         return (
             grad_h if ctx.needs_input_grad[0] else None,
             grad_w,
@@ -93,12 +133,12 @@ def conv1x1_bias_elu(
 ) -> torch.Tensor:
     """``elu(conv1x1(h, weight) + bias[:, :, None, None])``; see the module docstring."""
     _check(h, weight, bias)
-    resolved = resolve_backend(backend, h, weight, bias)
-    if resolved == "triton":
+    implementation = backends.select("conv1x1_bias_elu", backend, h, weight, bias)
+    if implementation == "triton":
         if torch.is_autocast_enabled(h.device.type):  # the conv's autocast rule: low-precision operands
             h = h.to(torch.get_autocast_dtype(h.device.type))
         return conv1x1_bias_elu_triton(h, weight, None if bias is None else bias.to(h.dtype))
-    if resolved == "reference":
+    if implementation == "reference":
         return conv1x1_bias_elu_reference(h, weight, bias)
-    pre = conv1x1_rows(h, weight) if is_channels_last(h) else _conv(h, weight)
-    return cond_bias_elu(pre, None if bias is None else bias.to(pre.dtype), backend="torch", reuse_input=True)
+    pre = _conv(h, weight)
+    return cond_bias_elu(pre, None if bias is None else bias.to(pre.dtype), backend="cpu", reuse_input=True)

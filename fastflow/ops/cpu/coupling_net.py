@@ -1,5 +1,5 @@
-"""Wolf's coupling network on the CPU as one autograd Function over channels-last rows: the torch
-backend's formulation of :class:`fastflow.flows.coupling.CouplingNet2d` on CPU tensors.
+"""Wolf's coupling network on the CPU as one autograd Function over channels-last rows: the ``"cpu"``
+implementation of :class:`fastflow.flows.coupling.CouplingNet2d` (op name ``"coupling_net"``).
 
 x ``[B, C_in, H, W]`` (any layout), weights as the modules hold them, bias ``[B, Hd]`` (FC(z)) or
 None -> ``[B, C_out, H', W']`` contiguous, where, with ``conv`` the stride-1 cross-correlation:
@@ -8,13 +8,11 @@ None -> ``[B, C_out, H', W']`` contiguous, where, with ``conv`` the stride-1 cro
     h2  = elu(h1 @ w_mid^T + bias[b])             the 1x1 conv_mid          [B*H'*W', Hd] rows
     out = conv(h2, w_out, 'same') + b_out         col2im(h2 @ flip(w_out)^T)
 
-The GEMMs, patches and ELUs are those of :mod:`fastflow.ops.conv_rows` and
-:mod:`fastflow.ops.cond_bias_elu`. :class:`CouplingNetRowsFunction` runs them with one hand-written
-backward, so that a network costs one autograd node and one Python call each way rather than five
-Functions and the mm, flip and bias-add nodes around them (the "small op classes" of issue 14:
-~0.8 ms of fixed cost per network on the 2-core AMD EPYC, benchmarks/RESULTS.md). The ELUs are
-written over the GEMMs' fresh outputs; the backward recovers ``elu'`` from them (1 where the output
-is > 0, else output + 1), so it saves x, h1, h2 and the weights, as the separate Functions did.
+The GEMMs and patches are those of :mod:`fastflow.ops.cpu.conv_rows`, the ELUs those of
+:mod:`fastflow.ops.cpu.cond_bias_elu`. :class:`CouplingNetRowsFunction` runs them with one
+hand-written backward, so that a network costs one autograd node and one Python call each way. The
+ELUs are written over the GEMMs' fresh outputs; the backward recovers ``elu'`` from them (1 where the
+output is > 0, else output + 1), so it saves x, h1, h2 and the weights.
 
 Under CPU autocast the GEMMs, and so the output, are in its dtype (as autocast runs ``conv2d``),
 and every gradient is returned in its input's dtype.
@@ -25,8 +23,12 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from fastflow.ops.cond_bias_elu import elu_backward_from_output, elu_in_place
-from fastflow.ops.conv_rows import patches, product_to_channels_last, same_padding, sum_patches, to_rows
+from fastflow.ops import backends
+from fastflow.ops.cpu.cond_bias_elu import elu_backward_from_output, elu_in_place
+from fastflow.ops.cpu.conv_rows import patches, product_to_channels_last, same_padding, sum_patches
+from fastflow.ops.cpu.layout import to_rows
+
+backends.register_cpu("coupling_net", lambda x, *rest: x.device.type == "cpu")
 
 
 def _flipped_rows(w_out: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import fastflow.ops.cpu.coupling_net  # noqa: F401  (registers the "coupling_net
 from fastflow.ops import backends
 from fastflow.ops.cpu import conv_rows
 from fastflow.ops.cpu.conv_rows import patches, same_padding, sum_patches
-from fastflow.ops.cpu.layout import is_channels_last
+from fastflow.ops.cpu.storage import is_channels_last
 
 
 @pytest.mark.parametrize("weight_shape", [(2, 3, 3, 1), (2, 3, 2, 2), (2, 3, 3), (2, 3, 4, 4)])

@@ -23,7 +23,7 @@ from torch.autograd.function import once_differentiable
 from fastflow.ops import backends
 from fastflow.ops._launcher import absent, kept, launcher
 from fastflow.ops.cpu import cond_bias_elu as cpu
-from fastflow.ops.cpu.layout import planes_or_rows
+from fastflow.ops.cpu.storage import planes_or_rows
 
 
 def cond_bias_elu_reference(h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -7,7 +7,7 @@ extension's C++ CPU kernels (``csrc/``) and the CPU formulations in torch ops.
   in-place ELU helpers that the hand-written backwards use;
 - :mod:`fastflow.ops.cpu.coupling_net`: Wolf's coupling network as one autograd Function of GEMMs over
   channels-last rows, built from :mod:`fastflow.ops.cpu.conv_rows` (patches, the extension's
-  ``csrc/patch_rows.cpp``) and :mod:`fastflow.ops.cpu.layout` (planes or rows).
+  ``csrc/patch_rows.cpp``) and :mod:`fastflow.ops.cpu.storage` (planes or rows).
 
 Each module registers, with :func:`fastflow.ops.backends.register_cpu`, which calls its implementation
 takes; :func:`fastflow.ops.backends.select` sends the others to the reference. The ops of

@@ -1,6 +1,6 @@
 """The CPU implementation of :func:`fastflow.ops.cond_bias_elu.cond_bias_elu`: the extension's C++
 kernels (``csrc/cond_bias_elu.cpp``; float32, float64 and bfloat16, computed in float32), which take
-h stored as planes or as rows (:mod:`fastflow.ops.cpu.layout`) and keep that layout, and the in-place
+h stored as planes or as rows (:mod:`fastflow.ops.cpu.storage`) and keep that layout, and the in-place
 helpers that hand-written backwards (:mod:`fastflow.ops.cpu.coupling_net`) call outside autograd.
 Without the extension, or for other dtypes, the helpers use torch's in-place ops."""
 
@@ -11,7 +11,7 @@ import math
 import torch
 
 from fastflow.ops import _extension, backends
-from fastflow.ops.cpu.layout import planes_or_rows, stored_alike, stored_like
+from fastflow.ops.cpu.storage import planes_or_rows, stored_alike, stored_like
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 

@@ -25,7 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from fastflow.ops import _extension
-from fastflow.ops.cpu.layout import to_rows
+from fastflow.ops.cpu.storage import to_rows
 
 
 def product_to_channels_last(

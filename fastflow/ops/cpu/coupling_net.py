@@ -26,7 +26,7 @@ from torch.autograd.function import once_differentiable
 from fastflow.ops import backends
 from fastflow.ops.cpu.cond_bias_elu import elu_backward_from_output, elu_in_place
 from fastflow.ops.cpu.conv_rows import patches, product_to_channels_last, same_padding, sum_patches
-from fastflow.ops.cpu.layout import to_rows
+from fastflow.ops.cpu.storage import to_rows
 
 backends.register_cpu("coupling_net", lambda x, *rest: x.device.type == "cpu")
 

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo lint test test-all bench bench-ops clean
+.PHONY: install demo lint test test-all bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,10 +35,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
-	$(PY) -m benchmarks
-
-bench-ops: $(STAMP)
-	$(PY) -m pytest -q benchmarks/test_op_speed.py --benchmark-enable --benchmark-columns=min,median,mean,rounds
+	$(PY) -m benchmarks suite
 
 clean:
 	rm -rf build *.egg-info fastflow/_C*.so demo_out

@@ -88,7 +88,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark", "ruff==0.17.6", "normflows==1.7.3"],
+        "dev": ["pytest", "ruff==0.17.6", "normflows==1.7.3"],
         "normflows": ["normflows>=1.7"],
     },
     entry_points={"console_scripts": ["fastflow=fastflow.cli:main"]},

@@ -1,1 +1,2 @@
-"""Benchmarks of fastflow: models side by side (``python -m benchmarks``) and one script per op."""
+"""Benchmarks of fastflow: timing scripts run as ``python -m benchmarks NAME`` (``benchmarks/__main__.py``
+lists them), and the device check for a lent CUDA machine in :mod:`benchmarks.device`."""

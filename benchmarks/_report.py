@@ -1,4 +1,4 @@
-"""The result files of ``python -m benchmarks``: RESULTS.md (our block only), results.csv, throughput.png.
+"""The result files of ``python -m benchmarks suite``: RESULTS.md (our block only), results.csv, throughput.png.
 
 Everything written here comes from the rows a run measured; the text around the numbers only says how
 they were measured.
@@ -156,8 +156,9 @@ def render(
     """Our block of RESULTS.md."""
     shown = [{**r, "params_m": r["params"] / 1e6} for r in _ok(rows)]
     failed = [f"- {r['resolution']}: FAILED ({r['error']})" for r in rows if "error" in r]
+    where = "GPU" if info["device"] != "cpu" else "CPU"
     parts = [
-        f"## Models against stock Glow on the {'GPU' if info['device'] != 'cpu' else 'CPU'} (`python -m benchmarks`)",
+        f"## Models against stock Glow on the {where} (`python -m benchmarks suite`)",
         _header(info, command),
         _settings(plan, rows),
         "### Training step",

@@ -8,7 +8,7 @@ backward on the CPU, in the formulations the cpu backend could run, against the 
   in one autograd Function (:mod:`fastflow.ops.cpu.coupling_net`), the ELUs written over the
   GEMM outputs.
 
-    python -m benchmarks.bench_coupling_net      # CIFAR-10 Wolf's 16x16, 8x8 and 4x4 nets, batch 16
+    python -m benchmarks coupling_net      # CIFAR-10 Wolf's 16x16, 8x8 and 4x4 nets, batch 16
 
 Interleaved rounds, the order reversed every other round; each ratio is the median of the paired
 per-round ratios (reference time / formulation time).
@@ -76,7 +76,7 @@ def time_net(side: int, c_in: int, c_out: int, batch: int, hidden: int, rounds: 
 
 
 def main(argv: list[str] | None = None) -> dict[tuple[int, int, int], dict[str, float]]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_coupling_net", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks coupling_net", description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)

@@ -13,8 +13,8 @@ runs its ``"reference"`` implementation instead (:func:`fastflow.ops.backends.re
 - ``actnorm``: the ActNorms that follow a coupling folded into its kernels (``Flow.folds_actnorm``);
   off: each ActNorm its own torch ops.
 
-    python -m benchmarks.bench_cpu_ab --switch coupling_net   # CIFAR-10 Wolf, batch 16, 2 threads, 8 rounds
-    python -m benchmarks.bench_cpu_ab --switch inplace --no-grad   # the loss alone, under no_grad
+    python -m benchmarks cpu_ab --switch coupling_net   # CIFAR-10 Wolf, batch 16, 2 threads, 8 rounds
+    python -m benchmarks cpu_ab --switch inplace --no-grad   # the loss alone, under no_grad
 
 The two take one step each per round, the order reversed every other round; the speed-up is the
 median of the paired per-round ratios (off time / on time). Minor page faults per step
@@ -68,7 +68,7 @@ def switched_off(switch: str, off: bool) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> float:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_cpu_ab", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks cpu_ab", description=__doc__.split("\n\n")[0])
     parser.add_argument("--switch", choices=SWITCHES, required=True, help="the formulation switched off")
     parser.add_argument("--config", default="cifar10_wolf", help="a bundled config, {dataset}_{kind}")
     parser.add_argument("--batch", type=int, default=16)

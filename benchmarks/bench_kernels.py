@@ -1,19 +1,22 @@
-"""Fused flow ops against their plain-PyTorch references: forward + backward time and bandwidth.
+"""Fused flow ops against their plain-PyTorch references: forward + backward time and bandwidth, the
+one way to time an op.
 
-    python benchmarks/bench_kernels.py            # CIFAR-10 and CelebA-HQ 256 shapes
-    python benchmarks/bench_kernels.py --quick    # a few small shapes (a smoke run)
+    python -m benchmarks kernels            # CIFAR-10 and CelebA-HQ 256 shapes (CPU: CIFAR-10 only)
+    python -m benchmarks kernels --quick    # a few small shapes (a smoke run)
 
-On a CUDA machine each op runs forward + backward with ``triton.testing.do_bench``, fused and
-reference, beside a copy baseline: a device-to-device copy that reads and writes the same number of
+Each op runs forward + backward with fixed output gradients, its ``"reference"`` implementation
+against the fused one: ``"triton"`` on a CUDA machine, ``"cpu"`` (the C++ kernels and CPU
+formulations) without one. On a CUDA machine both are timed with ``triton.testing.do_bench``, beside
+a copy baseline: a device-to-device copy that reads and writes the same number of
 bytes as the fused op must move (half of them read, half written). ``actnorm_conv1x1`` gets its
 log|det W| passed in, as the models do (one batched call per step), so no call times a log-determinant
 or waits for the host. Each row
 gives the minimal bytes a fused forward + backward must move, the effective GB/s of both backends,
 the speed-up over the reference and the fused bandwidth as a percentage of the copy bandwidth.
-Without a GPU only the reference ops are timed, with ``time.perf_counter`` (the Triton interpreter
-says nothing about speed); the fused columns are then None. No number here is ever estimated.
+Without a GPU both are timed with ``time.perf_counter`` (median after a warm-up; the Triton
+interpreter says nothing about speed) and the copy columns are None. No number here is ever estimated.
 
-``main(quick) -> list[dict]`` returns the rows for a later ``python -m benchmarks`` entry point.
+``main(quick) -> list[dict]`` returns the rows (``python -m benchmarks suite`` reports them).
 """
 
 from __future__ import annotations
@@ -168,20 +171,22 @@ def gbps(num_bytes: int, ms: float | None) -> float | None:
 
 
 def bench_case(case: Case, device: str, dtype: torch.dtype, quick: bool) -> dict:
-    """One row: reference always, fused and the copy baseline on a GPU only."""
+    """One row: the reference and the fused implementation, and the copy baseline on a GPU."""
     inputs = make_inputs(case, device, dtype)
     live = [t for t in inputs if t is not None]
     x = inputs[0]
     num_bytes = TRAFFIC[case.op] * x.numel() * x.element_size()
     if device == "cuda":
-        ref_ms = time_ms_gpu(make_step(case, inputs, "cpu"), live)
+        ref_ms = time_ms_gpu(make_step(case, inputs, "reference"), live)
         fused_ms = time_ms_gpu(make_step(case, inputs, "triton"), live)
         source = torch.empty(num_bytes // 2 // 4, device=device).normal_()  # float32: num_bytes read + written
         target = torch.empty_like(source)
         copy_ms = time_ms_gpu(lambda: target.copy_(source), [])
     else:
-        ref_ms = time_ms_cpu(make_step(case, inputs, "cpu"), live, repeats=3 if quick else 10)
-        fused_ms = copy_ms = None
+        repeats = 3 if quick else 10
+        ref_ms = time_ms_cpu(make_step(case, inputs, "reference"), live, repeats)
+        fused_ms = time_ms_cpu(make_step(case, inputs, "cpu"), live, repeats)
+        copy_ms = None
     copy_gbps = gbps(num_bytes, copy_ms)
     fused_gbps = gbps(num_bytes, fused_ms)
     return {
@@ -197,7 +202,7 @@ def bench_case(case: Case, device: str, dtype: torch.dtype, quick: bool) -> dict
         "fused_gbps": fused_gbps,
         "speedup": None if fused_ms is None else ref_ms / fused_ms,
         "copy_gbps": copy_gbps,
-        "fused_pct_of_copy": None if fused_gbps is None else 100 * fused_gbps / copy_gbps,
+        "fused_pct_of_copy": None if copy_gbps is None else 100 * fused_gbps / copy_gbps,
     }
 
 
@@ -231,17 +236,18 @@ def main(quick: bool = False) -> list[dict]:
     divide that same count by the measured time, so they compare as speed, not as traffic.
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cases = QUICK_CASES if quick else FULL_CASES
+    cases = QUICK_CASES if quick else [c for c in FULL_CASES if device == "cuda" or c.label.startswith("cifar10")]
     rows = [bench_case(case, device, torch.float32, quick) for case in cases]
     print(
         f"device: {rows[0]['device'] if rows else device}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} CPU threads, float32, forward + backward"
+        f"{torch.get_num_threads()} CPU threads, float32, forward + backward, fused = "
+        f"{'triton' if device == 'cuda' else 'cpu'} backend"
     )
     print_rows(rows)
     return rows
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks kernels", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few small shapes")
     main(parser.parse_args().quick)

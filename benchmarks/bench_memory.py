@@ -6,7 +6,7 @@ whole process: parameters, optimiser state, activations, allocator slack) is its
 peak is ``torch.cuda.max_memory_allocated``. The step is forward + backward + AdamW on random uint8
 images, timed after ``warmup`` untimed steps (median of ``repeats``).
 
-    python -m benchmarks.bench_memory --config celeba256_wolf --batch 1 4 --repeats 1
+    python -m benchmarks memory --config celeba256_wolf --batch 1 4 --repeats 1
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ of every speed claim), ``cpu`` and ``triton`` (CUDA only), bfloat16 autocast
 (the flows keep their main path in float32), channels-last weights and activations, and
 ``torch.compile`` of the loss (opt-in: minutes of compilation per model on a CPU).
 
-Run it through ``python -m benchmarks`` (which also writes the result files); this module's own
+Run it through ``python -m benchmarks suite`` (which also writes the result files); this module's own
 command line is the worker that :func:`run_isolated` starts.
 """
 

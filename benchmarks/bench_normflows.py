@@ -5,7 +5,7 @@ The two models start from the same parameters; each takes one forward + backward
 round, the order reversed every other round, and the speed-up is the median of the paired per-round
 ratios, so that load from other processes falls on both alike.
 
-    python -m benchmarks.bench_normflows --size 32 --levels 3 --steps 8 --hidden 256 --batch 16 --rounds 6
+    python -m benchmarks normflows --size 32 --levels 3 --steps 8 --hidden 256 --batch 16 --rounds 6
 """
 
 from __future__ import annotations

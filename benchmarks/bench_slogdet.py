@@ -15,7 +15,7 @@ time instead of wall time, which on a busy shared machine with ``--threads 1`` i
 itself took. The error columns are max |log|det W| - float64 truth| over all matrices; a method that
 raises is timed as nan.
 
-    python -m benchmarks.bench_slogdet [--quick] [--threads N] [--device cpu|cuda] [--clock wall|cpu]
+    python -m benchmarks slogdet [--quick] [--threads N] [--device cpu|cuda] [--clock wall|cpu]
 """
 
 from __future__ import annotations

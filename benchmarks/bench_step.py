@@ -1,9 +1,9 @@
 """The step-speed targets of issue 14, in one command: a Wolf training step (forward + backward + AdamW)
 with fastflow's ops against the same model on ``backend="reference"`` (the paper's plain-PyTorch way).
 
-    python -m benchmarks.bench_step                      # CIFAR-10 Wolf, batch 16, 2 threads (~5 min)
-    python -m benchmarks.bench_step --rounds 3 --batch 4 # shorter
-    python -m benchmarks.bench_step --processes          # a fresh process per variant and round
+    python -m benchmarks step                      # CIFAR-10 Wolf, batch 16, 2 threads (~5 min)
+    python -m benchmarks step --rounds 3 --batch 4 # shorter
+    python -m benchmarks step --processes          # a fresh process per variant and round
 
 One process, one model (its parameters shared by the variants, one AdamW each), random uint8 images.
 The variants take one step each per round, the order reversed every other round; each speed ratio is
@@ -145,7 +145,7 @@ def report(results: dict[str, dict], batch: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_step", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks step", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="cifar10_wolf", help="a bundled config, {dataset}_{kind}")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)

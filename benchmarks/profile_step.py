@@ -2,9 +2,9 @@
 per backend, as a markdown table of CPU time by op (and optionally by op and input shape), the
 backends side by side.
 
-    python -m benchmarks.profile_step                       # CIFAR-10 Wolf, batch 16, 2 threads
-    python -m benchmarks.profile_step --by-shape --top 25   # split by input shapes
-    python -m benchmarks.profile_step --classes --rounds 4  # summed by class of op (CLASSES)
+    python -m benchmarks profile_step                       # CIFAR-10 Wolf, batch 16, 2 threads
+    python -m benchmarks profile_step --by-shape --top 25   # split by input shapes
+    python -m benchmarks profile_step --classes --rounds 4  # summed by class of op (CLASSES)
 
 Each backend takes one warm-up step, then one profiled step; the backends alternate over
 ``--rounds`` rounds and each op's time is the median over them. Self CPU time is counted (an op's
@@ -63,7 +63,7 @@ def profiled_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.T
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_step", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks profile_step", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="cifar10_wolf")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)

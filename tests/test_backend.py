@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import fastflow.functional  # noqa: F401  (imports every op, which registers its CPU implementation)
+import fastflow.ops.cpu  # noqa: F401  (registers every CPU implementation)
 from fastflow.ops import backends
 
 

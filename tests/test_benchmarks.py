@@ -1,4 +1,4 @@
-"""Smoke test of ``python -m benchmarks --quick`` (tiny configs, one repeat), so the benchmarks do not rot,
+"""Smoke test of ``python -m benchmarks suite --quick`` (tiny configs, one repeat), so the benchmarks do not rot,
 and of the one piece of file handling that must not lose other engineers' work."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 from kernel_checks import autograd_node_names
 
 from benchmarks._common import replace_block
+from benchmarks.bench_kernels import TRAFFIC
 
 REPO = Path(__file__).resolve().parent.parent
 OTHER_SECTION = "## Batched log-determinant\n\nwritten by someone else\n"
@@ -37,7 +38,7 @@ def test_replace_block_keeps_everything_outside_it(tmp_path: Path) -> None:
 @pytest.mark.slow  # `make bench` end to end, 20 s: in `make test-all`
 def test_quick_benchmark_writes_every_result(tmp_path: Path) -> None:
     (tmp_path / "RESULTS.md").write_text("# fastflow benchmarks\n\n" + OTHER_SECTION)
-    run_python("-m", "benchmarks", "--quick", "--out", str(tmp_path))
+    run_python("-m", "benchmarks", "suite", "--quick", "--out", str(tmp_path))
 
     text = (tmp_path / "RESULTS.md").read_text()
     assert OTHER_SECTION in text and "## Models against stock Glow on the CPU" in text
@@ -60,25 +61,25 @@ def test_quick_benchmark_writes_every_result(tmp_path: Path) -> None:
     assert all(float(r["vs_reference"]) > 0 for r in rows if r["variant"] == "cpu")
 
 
-def test_op_speed_benchmarks_run_once() -> None:
-    """``make bench-ops`` (pytest-benchmark) with benchmarking disabled: every case runs once."""
-    proc = run_python(
-        "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable", "benchmarks/test_op_speed.py"
-    )
-    assert " passed" in proc.stdout and "failed" not in proc.stdout
+def test_op_benchmark_times_reference_and_cpu() -> None:
+    """``python -m benchmarks kernels --quick``: every op timed as its reference and its cpu backend."""
+    proc = run_python("-m", "benchmarks", "kernels", "--quick")
+    rows = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] and line.split()[0] in TRAFFIC]
+    assert {r[0] for r in rows} == set(TRAFFIC) and "fused = cpu backend" in proc.stdout
+    assert all(float(r[-7]) > 0 and float(r[-5]) > 0 for r in rows), proc.stdout  # ref ms, fused ms
 
 
 @pytest.mark.slow
 def test_step_targets_benchmark_runs() -> None:
-    """``python -m benchmarks.bench_step`` (the issue-14 targets) on a tiny config: a ratio per variant
+    """``python -m benchmarks step`` (the speed targets) on a tiny config: a ratio per variant
     and a verdict per target."""
     proc = run_python(
-        "-m", "benchmarks.bench_step", "--config", "tiny_wolf", "--batch", "2", "--rounds", "1", "--threads", "1"
+        "-m", "benchmarks", "step", "--config", "tiny_wolf", "--batch", "2", "--rounds", "1", "--threads", "1"
     )
     verdicts = proc.stdout.count("-> MET") + proc.stdout.count("-> NOT MET") + proc.stdout.count("NOT MEASURED")
     assert proc.stdout.count("x reference speed") >= 2 and verdicts == 3
     args = ["--config", "tiny_wolf", "--batch", "2", "--rounds", "2", "--steps", "1", "--threads", "1"]
-    proc = run_python("-m", "benchmarks.bench_step", *args, "--processes", "--variants", "reference", "cpu")
+    proc = run_python("-m", "benchmarks", "step", *args, "--processes", "--variants", "reference", "cpu")
     assert "in fresh processes" in proc.stdout and proc.stdout.count("x reference speed;") == 2
 
 
@@ -100,10 +101,11 @@ def test_profile_classes_sort_ops_by_kind() -> None:
 
 
 @pytest.mark.slow
-def test_profile_conv_mid_and_coupling_net_benchmarks_run() -> None:
+def test_profile_and_coupling_net_benchmarks_run() -> None:
     proc = run_python(
         "-m",
-        "benchmarks.profile_step",
+        "benchmarks",
+        "profile_step",
         "--config",
         "tiny_wolf",
         "--batch",
@@ -115,7 +117,7 @@ def test_profile_conv_mid_and_coupling_net_benchmarks_run() -> None:
         "--classes",
     )
     assert "**step total**" in proc.stdout and "| GEMM and convolution |" in proc.stdout
-    proc = run_python("-m", "benchmarks.bench_coupling_net", "--batch", "2", "--hidden", "16", "--rounds", "1")
+    proc = run_python("-m", "benchmarks", "coupling_net", "--batch", "2", "--hidden", "16", "--rounds", "1")
     assert proc.stdout.count("rows") == 5 and "nchw" in proc.stdout  # its values checked against the reference
 
 
@@ -124,9 +126,9 @@ def test_profile_conv_mid_and_coupling_net_benchmarks_run() -> None:
     [("coupling_net", []), ("cond_bias_elu", []), ("affine_coupling", []), ("inplace", ["--no-grad"]), ("actnorm", [])],
 )
 def test_cpu_ab_benchmark_runs(switch, extra) -> None:
-    """``python -m benchmarks.bench_cpu_ab`` (one CPU formulation on and off in whole steps) on a tiny config."""
+    """``python -m benchmarks cpu_ab`` (one CPU formulation on and off in whole steps) on a tiny config."""
     args = ["--config", "tiny_wolf", "--batch", "2", "--rounds", "2", "--threads", "1", *extra]
-    proc = run_python("-m", "benchmarks.bench_cpu_ab", "--switch", switch, *args)
+    proc = run_python("-m", "benchmarks", "cpu_ab", "--switch", switch, *args)
     for name in ("off", "on"):
         assert f"{switch} {name}: step" in proc.stdout and "peak memory rise" in proc.stdout
     assert f"{switch} on vs off:" in proc.stdout
@@ -169,7 +171,7 @@ def test_cpu_ab_switches_change_the_path() -> None:
 
 def test_cpu_ab_inplace_needs_no_grad() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_cpu_ab", "--switch", "inplace"],
+        [sys.executable, "-m", "benchmarks", "cpu_ab", "--switch", "inplace"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import fastflow.ops.cpu.coupling_net  # noqa: F401  (registers the "coupling_net" CPU implementation)
 from fastflow.ops import backends
 from fastflow.ops.cpu import conv_rows
 from fastflow.ops.cpu.conv_rows import patches, same_padding, sum_patches

@@ -4,7 +4,7 @@ Triton kernels (the interpreter here) and the C++ CPU kernels, and the flows tha
 The independent computation is the plain-PyTorch coupling followed by ``out * exp(log_scale) + bias``
 written out here, with logdet ``+ H W sum(log_scale)``. Tolerances: float64 1e-10, float32 1e-5
 (absolute and relative); kernel buffers start as NaN, so a channel the fold forgets to write fails.
-The "triton" cases run on the GPU when there is one (benchmarks/gpu_check.py lists this file).
+The "triton" cases run on the GPU when there is one (benchmarks/device/gpu_check.py lists this file).
 """
 
 from __future__ import annotations

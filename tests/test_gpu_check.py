@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_kernels, gpu_check
-from benchmarks.device_ops import op_backends
+from benchmarks import bench_kernels
+from benchmarks.device import gpu_check
+from benchmarks.device.ops import op_backends
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
     results_before = gpu_check.RESULTS.read_text()
-    command = [sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--out", str(out)]
+    command = [sys.executable, "-m", "benchmarks.device.gpu_check", "--dry-run", "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert gpu_check.RESULTS.read_text() == results_before  # a dry run never rewrites RESULTS.md
     return out, done

@@ -25,8 +25,6 @@ from fastflow.ops import backends
 from fastflow.ops._launcher import absent, kept, launcher
 from fastflow.ops.cond_bias_elu import cond_bias_elu, cond_bias_elu_reference
 
-backends.register_cpu("conv1x1_bias_elu", lambda *tensors: True)  # conv2d, then cond_bias_elu's own choice
-
 
 def _check(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     if h.dim() != 4:

@@ -5,6 +5,7 @@ extension's C++ CPU kernels (``csrc/``) and the CPU formulations in torch ops.
 - :mod:`fastflow.ops.cpu.affine_coupling`: the C++ coupling kernels (``csrc/affine_coupling.cpp``);
 - :mod:`fastflow.ops.cpu.cond_bias_elu`: the C++ bias + ELU kernels (``csrc/cond_bias_elu.cpp``) and the
   in-place ELU helpers that the hand-written backwards use;
+- ``conv1x1_bias_elu``: ``conv2d``, then the bias + ELU above (in :mod:`fastflow.ops.conv1x1_bias_elu`);
 - :mod:`fastflow.ops.cpu.coupling_net`: Wolf's coupling network as one autograd Function of GEMMs over
   channels-last rows, built from :mod:`fastflow.ops.cpu.conv_rows` (patches, the extension's
   ``csrc/patch_rows.cpp``) and :mod:`fastflow.ops.cpu.storage` (planes or rows).
@@ -15,3 +16,8 @@ takes; :func:`fastflow.ops.backends.select` sends the others to the reference. T
 ``benchmarks/RESULTS.md`` measured is named there; no new CPU kernels or formulations are added until
 a GPU figure exists.
 """
+
+from fastflow.ops import backends
+from fastflow.ops.cpu import actnorm_conv1x1, affine_coupling, cond_bias_elu, coupling_net  # noqa: F401  (register)
+
+backends.register_cpu("conv1x1_bias_elu", lambda *tensors: True)

@@ -1,7 +1,7 @@
 """Driver for ``compute-sanitizer --tool racecheck`` over the Gauss-Jordan kernel (csrc/cuda/gauss_jordan.cu).
 
-    compute-sanitizer --tool racecheck python -m benchmarks.racecheck_gj        # on a CUDA machine
-    python -m benchmarks.racecheck_gj --dry-run                                  # CPU kernel, same checks
+    compute-sanitizer --tool racecheck python -m benchmarks.device.racecheck_gj        # on a CUDA machine
+    python -m benchmarks.device.racecheck_gj --dry-run                                  # CPU kernel, same checks
 
 Runs ``fastflow::slogdet_inverse`` with the inverse on batches of n x n float64 and float32 matrices,
 n = 6..64 (the one-block-per-matrix kernel's range, including warp-size edges), whose rows are
@@ -52,7 +52,9 @@ def check(n: int, dtype: torch.dtype, device: str, generator: torch.Generator) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.racecheck_gj", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.device.racecheck_gj", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--dry-run", action="store_true", help="the CPU kernel, two sizes (checks the plumbing)")
     args = parser.parse_args(argv)
     device = "cpu" if args.dry_run else "cuda"

@@ -1,17 +1,17 @@
-"""Device-check stages for the ops (run by ``python -m benchmarks.gpu_check``; see there).
+"""Device-check stages for the ops (run by ``python -m benchmarks.device.gpu_check``; see there).
 
-    python -m benchmarks.device_ops ops     --out ops.csv     [--dry-run]
-    python -m benchmarks.device_ops slogdet --out slogdet.csv [--dry-run]
+    python -m benchmarks.device.ops ops     --out ops.csv     [--dry-run]
+    python -m benchmarks.device.ops slogdet --out slogdet.csv [--dry-run]
 
 ``ops``: every case of ``benchmarks.bench_kernels`` (one list of ops and shapes: a new fused op joins
 by adding its case there), forward and forward + backward, for every backend of
 ``fastflow.ops.backends.BACKENDS`` except "auto" (so a new backend joins by being listed there) and, at
-the first shape of each op, for ``torch.compile`` of the cpu backend. Each is timed eagerly
+the first shape of each op, for ``torch.compile`` of the reference. Each is timed eagerly
 (``triton.testing.do_bench``, median) and replayed from a CUDA graph (``do_bench_cudagraph``, median:
 device time without launch gaps); ``bytes`` is the least traffic of the fused op
 (``bench_kernels.TRAFFIC``), ``gbps`` = bytes / the better of the two times, ``pct_copy`` = that over
 a device-to-device copy of the same bytes timed beside it.
-``err`` = max |out - float64 torch-backend out| / max |ref| of the forward outputs.
+``err`` = max |out - float64 reference out| / max |ref| of the forward outputs.
 
 ``slogdet``: ``fastflow.ops.batched_slogdet`` (forward + backward) against ``torch.linalg.slogdet`` in
 float32 and float64, at the (n, batch) of the 1x1 convolutions of each model config.
@@ -108,12 +108,12 @@ def run_ops(dry_run: bool, out: str) -> list[dict]:
     for case in DRY_CASES if dry_run else bench_kernels.FULL_CASES:
         inputs = bench_kernels.make_inputs(case, device, torch.float32)
         live = [t for t in inputs if t is not None]
-        reference64 = bench_kernels.make_forward(case, [t.detach().double() for t in inputs], "cpu")
+        reference64 = bench_kernels.make_forward(case, [t.detach().double() for t in inputs], "reference")
         variants = {b: bench_kernels.make_forward(case, inputs, b) for b in op_backends()}
         if case.op not in compiled_ops:  # compiling takes seconds: the first shape of each op only
             compiled_ops.add(case.op)
-            torch_forward = bench_kernels.make_forward(case, inputs, "cpu")
-            variants["compiled"] = torch.compile(torch_forward, backend=compile_backend)
+            reference = bench_kernels.make_forward(case, inputs, "reference")
+            variants["compiled"] = torch.compile(reference, backend=compile_backend)
         numel, size = inputs[0].numel(), inputs[0].element_size()
         for mode in ("fwd", "fwd+bwd"):
             traffic = FORWARD_TRAFFIC[case.op] if mode == "fwd" else bench_kernels.TRAFFIC[case.op]
@@ -196,7 +196,7 @@ def run_slogdet(dry_run: bool, out: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.device_ops", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.device.ops", description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=["ops", "slogdet"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--dry-run", action="store_true")

@@ -1,6 +1,6 @@
-"""Device-check stage: whole training steps (run by ``python -m benchmarks.gpu_check``; see there).
+"""Device-check stage: whole training steps (run by ``python -m benchmarks.device.gpu_check``; see there).
 
-    python -m benchmarks.device_steps --out steps.csv [--budget S] [--dry-run]
+    python -m benchmarks.device.steps --out steps.csv [--budget S] [--dry-run]
 
 Cases in priority order (CASES): CIFAR-10 Wolf batch 64, stock Glow batch 64, CelebA-HQ 256 Wolf batch 8
 with memory-efficient backprop, then the largest CelebA-HQ 256 Wolf batch that fits (the paper trains
@@ -205,7 +205,7 @@ def _line(row: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.device_steps", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.device.steps", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--budget", type=float, default=200.0, help="seconds; later cases are skipped")
     parser.add_argument("--dry-run", action="store_true")

@@ -1,6 +1,6 @@
 """The device command: one call on a lent CUDA machine that checks and times fastflow's GPU path.
 
-    bash benchmarks/gpu_check.sh                 # = python -m benchmarks.gpu_check: $OUT, else ./gpu_check_out
+    bash benchmarks/gpu_check.sh                 # = python -m benchmarks.device.gpu_check: $OUT, else ./gpu_check_out
     bash benchmarks/gpu_check.sh --dry-run       # every stage's plumbing on the CPU (tiny shapes), temp folder
 
 Runs on any CUDA machine with the torch it has (never pip-installs torch), in at most ``--budget``
@@ -13,10 +13,10 @@ stage cannot eat the rest. Stages, in priority order (STAGES):
    back to /usr/local/cuda when nvcc is not on PATH);
 3. ``tests``: the GPU-relevant tests, in parallel (``pytest -n``) when pytest-xdist is there;
 4. ``racecheck``: ``compute-sanitizer --tool racecheck`` over the Gauss-Jordan kernel
-   (benchmarks/racecheck_gj.py);
-5. ``ops``: each fused op against the torch backend and torch.compile of it (benchmarks/device_ops.py);
+   (benchmarks/device/racecheck_gj.py);
+5. ``ops``: each fused op per backend, and torch.compile of the reference (benchmarks/device/ops.py);
 6. ``slogdet``: the batched log-determinant against torch.linalg.slogdet per config size;
-7. ``steps``: whole training steps (benchmarks/device_steps.py), with what budget is left.
+7. ``steps``: whole training steps (benchmarks/device/steps.py), with what budget is left.
 
 Everything goes to one folder (``--out``, else ``$OUT``, else ./gpu_check_out; a new temporary folder
 for ``--dry-run``), flat and at most 8 files (the device tool's limits): log.txt, build.log, tests.txt,
@@ -40,7 +40,7 @@ from pathlib import Path
 
 from benchmarks._common import markdown_table, replace_block
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 BLOCK = "gpu_check"
 GPU_TESTS = [
@@ -116,14 +116,14 @@ def stage_command(stage: str, out: Path, dry_run: bool, steps_budget: int) -> li
         tests = DRY_TESTS if dry_run else GPU_TESTS
         return [py, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", "-rfE", *parallel, *tests]
     if stage == "racecheck":
-        driver = [py, "-m", "benchmarks.racecheck_gj", *flag]
+        driver = [py, "-m", "benchmarks.device.racecheck_gj", *flag]
         tool = sanitizer()
         if dry_run or tool is None:
             return driver
         return [tool, "--tool", "racecheck", "--racecheck-report", "all", "--error-exitcode", "3", *driver]
     if stage in ("ops", "slogdet"):
-        return [py, "-m", "benchmarks.device_ops", stage, "--out", str(out / f"{stage}.csv"), *flag]
-    return [py, "-m", "benchmarks.device_steps", "--out", str(out / "steps.csv"), "--budget", str(steps_budget), *flag]
+        return [py, "-m", "benchmarks.device.ops", stage, "--out", str(out / f"{stage}.csv"), *flag]
+    return [py, "-m", "benchmarks.device.steps", "--out", str(out / "steps.csv"), "--budget", str(steps_budget), *flag]
 
 
 def _has_xdist() -> bool:
@@ -256,7 +256,7 @@ def summary(out: Path, stages: list[dict], dry_run: bool, command: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.device.gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="the CPU, tiny shapes, a temporary folder")
     parser.add_argument("--out", type=Path, default=None, help="default: $OUT, else ./gpu_check_out")
     parser.add_argument("--budget", type=int, default=470, help="seconds for all stages together")

@@ -12,9 +12,7 @@ extension's C++ CPU kernels (``csrc/``) and the CPU formulations in torch ops.
 
 Each module registers, with :func:`fastflow.ops.backends.register_cpu`, which calls its implementation
 takes; :func:`fastflow.ops.backends.select` sends the others to the reference. The ops of
-:mod:`fastflow.ops` import these modules, never the other way round. Which formulation a figure in
-``benchmarks/RESULTS.md`` measured is named there; no new CPU kernels or formulations are added until
-a GPU figure exists.
+:mod:`fastflow.ops` import these modules, never the other way round.
 """
 
 from fastflow.ops import backends

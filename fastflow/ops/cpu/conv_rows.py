@@ -16,7 +16,7 @@ with stride 1 is one matrix product over those rows plus a cheap rearrangement o
 
 The patches (im2col) and their adjoint (col2im) are the extension's ``im2col_rows`` and
 ``col2im_rows`` (``csrc/patch_rows.cpp``: one parallel pass straight to and from rows), else
-``F.unfold``/``F.fold``. Why rows at all: ``benchmarks/RESULTS.md``, "The coupling network as row GEMMs".
+``F.unfold``/``F.fold``. Why rows at all: ``benchmarks/RESULTS.md`` (``cpu_ab --switch coupling_net``).
 """
 
 from __future__ import annotations

@@ -36,6 +36,11 @@ def launcher(name: str, fake: Callable) -> Callable[[Launcher], Launcher]:
     return register
 
 
+def accumulation_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """The dtype the kernels accumulate in (and give sums in): float64 if any input is, else float32."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 def absent(like: torch.Tensor) -> torch.Tensor:
     """The empty tensor an operator returns for an absent (None) output."""
     return like.new_empty(0)

@@ -33,7 +33,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from fastflow.ops import backends
-from fastflow.ops._launcher import launcher
+from fastflow.ops._launcher import accumulation_dtype, launcher
 from fastflow.ops.cpu import actnorm_conv1x1 as cpu
 from fastflow.ops.slogdet import batched_inverse, batched_slogdet
 
@@ -89,7 +89,7 @@ def triton_pixel_affine(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tenso
 
 
 def _fake_outer_sum(dy, x):
-    acc = torch.float64 if torch.float64 in (dy.dtype, x.dtype) else torch.float32
+    acc = accumulation_dtype(dy, x)
     return dy.new_empty((dy.shape[1], x.shape[1]), dtype=acc), dy.new_empty(dy.shape[1], dtype=acc)
 
 

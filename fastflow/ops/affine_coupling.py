@@ -67,7 +67,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from fastflow.ops import backends
-from fastflow.ops._launcher import kept, launcher
+from fastflow.ops._launcher import accumulation_dtype, kept, launcher
 from fastflow.ops.actnorm import actnorm as actnorm_reference
 from fastflow.ops.actnorm import actnorm_logdet
 from fastflow.ops.cpu import affine_coupling as cpu
@@ -286,12 +286,8 @@ def _as_bcp(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
 
 
-def _acc(*tensors: torch.Tensor | None) -> torch.dtype:
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
 def _fake_apply(x, mu, u, start, stride, scale, param, special, reciprocal, shift_first, inverse, affine):
-    return x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=_acc(x, mu, u))
+    return x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=accumulation_dtype(x, mu, u))
 
 
 @launcher("coupling_apply", _fake_apply)
@@ -456,7 +452,7 @@ def _run(
     start, stride = idx.start, idx.step or 1
     affine = None
     if actnorm is not None:
-        acc = _acc(x, mu_, u_)
+        acc = accumulation_dtype(x, mu_, u_)
         affine = torch.stack([actnorm[0].to(acc).exp(), actnorm[1].to(acc)])
     if inplace and _viewable(x):
         flat = x.view(x.shape[0], x.shape[1], -1)

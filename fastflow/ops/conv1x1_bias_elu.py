@@ -22,7 +22,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from fastflow.ops import backends
-from fastflow.ops._launcher import absent, kept, launcher
+from fastflow.ops._launcher import absent, accumulation_dtype, kept, launcher
 from fastflow.ops.cond_bias_elu import cond_bias_elu, cond_bias_elu_reference
 
 
@@ -47,10 +47,6 @@ def conv1x1_bias_elu_reference(h: torch.Tensor, weight: torch.Tensor, bias: torc
     return cond_bias_elu_reference(_conv(h, weight), bias)
 
 
-def _acc(*tensors: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
 @launcher("conv1x1_bias_elu", lambda h, weight, bias: h.new_empty((h.shape[0], weight.shape[0], h.shape[2])))
 def triton_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``fastflow.kernels.conv1x1_bias_elu.conv1x1_bias_elu_forward`` on h ``[B, C_in, P]``."""
@@ -61,7 +57,7 @@ def triton_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 def _fake_grad_input(out, grad_out, weight, bias_grad):
     grad_h = out.new_empty((out.shape[0], weight.shape[1], out.shape[2]))
-    grad_bias = out.new_empty(out.shape[:2], dtype=_acc(out, weight)) if bias_grad else absent(out)
+    grad_bias = out.new_empty(out.shape[:2], dtype=accumulation_dtype(out, weight)) if bias_grad else absent(out)
     return grad_h, grad_bias
 
 
@@ -79,7 +75,7 @@ def triton_grad_input(
 
 @launcher(
     "conv1x1_bias_elu_grad_weight",
-    lambda out, grad_out, h: out.new_empty((out.shape[1], h.shape[1]), dtype=_acc(out, h)),
+    lambda out, grad_out, h: out.new_empty((out.shape[1], h.shape[1]), dtype=accumulation_dtype(out, h)),
 )
 def triton_grad_weight(out: torch.Tensor, grad_out: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """``fastflow.kernels.conv1x1_bias_elu.grad_weight``."""

@@ -83,14 +83,21 @@ def assert_same_parameters(a: Path, b: Path) -> None:
         assert torch.equal(value, right["model"][key]), key
 
 
-def stop_a_run(out: Path, signum: int) -> int:
+def stop_a_run(out: Path, signum: int, whole_job: bool = False) -> int:
     """Start a 200-step run in ``out``, send ``signum`` once it has logged step 2, and check how it
     stopped: exit code 128 + signum, checkpoint.pt of the last logged step, one line on how to resume,
-    no temporary file left. Returns that step."""
-    proc = start(train_command(out, 200))
+    no temporary file left. Returns that step. ``whole_job``: the run has 2 data-loader workers and the
+    signal goes to its whole process group, as Ctrl-C in a terminal and SLURM send it."""
+    argv = train_command(out, 200) + (["--set", "workers=2"] if whole_job else [])
+    proc = subprocess.Popen(
+        argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=whole_job
+    )
     try:
         wait_for_step([proc], out, 2)
-        proc.send_signal(signum)
+        if whole_job:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
         _, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
@@ -118,6 +125,13 @@ def test_sigterm_stops_at_a_step_and_resume_continues_bit_exactly(tmp_path):
 
 def test_ctrl_c_stops_at_a_step_with_a_checkpoint(tmp_path):
     stop_a_run(tmp_path / "run", signal.SIGINT)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_every_process_of_the_job_with_data_workers(tmp_path, signum):
+    """The data-loader workers get the signal too and ignore it (a worker killed by SIGTERM would fail
+    the main process's next batch)."""
+    stop_a_run(tmp_path / "run", signum, whole_job=True)
 
 
 def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):

@@ -46,7 +46,7 @@ from fastflow.train.evaluate import evaluate_bpd
 from fastflow.train.metrics import MetricsLog, plot_bpd
 from fastflow.train.optimizer import adamw
 from fastflow.train.schedule import warmup_exponential
-from fastflow.train.stop import StopOnSignal
+from fastflow.train.stop import StopOnSignal, ignore_stop_signals
 
 
 class LossModule(nn.Module):
@@ -290,6 +290,7 @@ class Trainer:
             batch_sampler=self.sampler,
             num_workers=self.config.workers,
             pin_memory=self.ctx.device.type == "cuda",
+            worker_init_fn=ignore_stop_signals,
         )
 
     def _out_of_time(self, deadline: float | None) -> bool:

@@ -123,14 +123,10 @@ def test_sigterm_stops_at_a_step_and_resume_continues_bit_exactly(tmp_path):
     assert_same_parameters(stopped / "checkpoint.pt", straight / "checkpoint.pt")
 
 
-def test_ctrl_c_stops_at_a_step_with_a_checkpoint(tmp_path):
-    stop_a_run(tmp_path / "run", signal.SIGINT)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_to_every_process_of_the_job_with_data_workers(tmp_path, signum):
-    """The data-loader workers get the signal too and ignore it (a worker killed by SIGTERM would fail
-    the main process's next batch)."""
+    """Ctrl-C in a terminal (SIGINT) and SLURM (SIGTERM) signal every process of the job: the data-loader
+    workers get it too and ignore it (a worker killed by SIGTERM would fail the main process's next batch)."""
     stop_a_run(tmp_path / "run", signum, whole_job=True)
 
 

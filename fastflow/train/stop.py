@@ -2,7 +2,8 @@
 
 The first SIGTERM (what SLURM and Kubernetes send before they kill a job) or SIGINT (Ctrl-C) is only
 recorded; the step under way finishes, every rank agrees at the step boundary to stop there (one
-all-reduce of one number per step when distributed, as for ``--time-limit``), rank 0 writes
+all-reduce of one number per step when distributed, on the CPU through gloo, so that a GPU run does not
+wait for its device at every step), rank 0 writes
 ``checkpoint.pt`` atomically and :class:`TrainingStopped` says where and how to ``--resume``; the
 command exits with 128 + the signal number. The first signal also restores the default action of
 both signals, so a second one stops the process at once (``checkpoint.pt`` is then the previous one,
@@ -62,6 +63,8 @@ class StopOnSignal:
         self.ctx, self.save, self.checkpoint = ctx, save, checkpoint
         self.signum = 0  # the first signal received, 0 for none
         self._previous: dict[int, object] = {}
+        # Every rank builds this object (a collective call): a gloo group beside NCCL, for a CPU flag.
+        self._group = dist.new_group(backend="gloo") if ctx.distributed and ctx.device.type != "cpu" else None
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
@@ -82,8 +85,8 @@ class StopOnSignal:
         """The signal every rank stops on at this boundary (the largest number any rank received), or 0."""
         if not self.ctx.distributed:
             return self.signum
-        received = torch.tensor([float(self.signum)], device=self.ctx.device)
-        dist.all_reduce(received, op=dist.ReduceOp.MAX)
+        received = torch.tensor([float(self.signum)])
+        dist.all_reduce(received, op=dist.ReduceOp.MAX, group=self._group)
         return int(received.item())
 
     def at_step_boundary(self, step: int) -> None:

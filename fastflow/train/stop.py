@@ -27,10 +27,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """``worker_init_fn`` of the training data loader. Ctrl-C in a terminal and SLURM signal every process
-    of the job, data workers too: a worker killed by SIGTERM fails the main process's next batch, so
-    workers ignore both signals and keep serving batches until the main process shuts them down at its
-    step boundary (or, if it is killed, torch's watchdog in each worker sees it gone)."""
+    """``worker_init_fn`` of the training and validation data loaders. Ctrl-C in a terminal and SLURM
+    signal every process of the job, data workers too: a worker killed by SIGTERM fails the main
+    process's next batch, so workers ignore both signals and keep serving batches until the main
+    process shuts them down at its step boundary (or, if it is killed, torch's watchdog in each worker
+    sees it gone)."""
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
 

@@ -34,6 +34,17 @@ test: lint
 test-all: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# The suite on the code paths of other CPUs (docs/testing.md): ATen, oneDNN and MKL held to AVX2 (an AMD
+# EPYC without AVX-512: no native bfloat16 dot products, no AMX) on 2 threads, then everything on 1
+# thread. TESTS=... narrows it to some files.
+.PHONY: test-portable
+AVX2_ONLY := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 FASTFLOW_TEST_THREADS=1
+TESTS ?= tests
+test-portable: $(STAMP)
+	$(AVX2_ONLY) FASTFLOW_TEST_THREADS=2 $(PY) -m pytest -q -m "not slow" $(TESTS)
+	$(ONE_THREAD) $(PY) -m pytest -q -m "not slow" $(TESTS)
+
 bench: $(STAMP)
 	$(PY) -m benchmarks suite
 

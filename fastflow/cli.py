@@ -20,6 +20,7 @@ from fastflow.errors import UsageError
 from fastflow.flows.debug import NonFiniteError
 from fastflow.train.checkpoint import CheckpointError
 from fastflow.train.distributed import MainRankFailed
+from fastflow.train.stop import TrainingStopped
 
 # What a command reports in one line (exit 2): bad input (UsageError, which includes config and data
 # errors), a missing, corrupt or unwritable checkpoint, a model whose inverse overflows (NonFiniteError,
@@ -332,10 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (0, or 2 with a one-line error for bad input)."""
+    """Run one command; returns the exit status (0; 2 with a one-line error for bad input; 128 + the
+    signal number for a training run stopped by SIGTERM or SIGINT, with one line on how to resume)."""
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
+    except TrainingStopped as stopped:  # SIGTERM or SIGINT: checkpoint.pt written at a step boundary
+        if stopped.rank == 0:
+            print(f"fastflow {args.command}: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except EXPECTED_ERRORS as err:
         print(f"fastflow {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -12,8 +12,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# One thread: the suite runs on 2 shared cores, where 2 threads make small ops far slower.
-torch.set_num_threads(1)
+# One thread by default: the suite runs on 2 shared cores, where 2 threads make small ops far slower.
+# FASTFLOW_TEST_THREADS=2 (`make test-portable`) runs it on two, as a user's machine may.
+torch.set_num_threads(int(os.environ.get("FASTFLOW_TEST_THREADS", "1")))
 
 
 @pytest.fixture

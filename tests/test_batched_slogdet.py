@@ -16,6 +16,7 @@ off by tens, sometimes "Parameter 6 was incorrect on entry to DLASWP").
 """
 
 import contextlib
+import math
 import warnings
 
 import mpmath
@@ -237,14 +238,41 @@ def assert_singular(sign, logabsdet, inverse) -> None:
 
 
 @pytest.mark.parametrize("n", [2, 7, 40, 100])
-def test_exactly_singular(path, n):
-    """Exactly singular matrices: sign 0, log|det| -inf and an all-NaN inverse; the rest unaffected.
-    n = 2 makes the integer rank-1 matrix [[2, 3], [4, 6]]."""
-    slogdet, inverse = path
+def test_exactly_singular(n):
+    """fastflow's kernel on exactly singular matrices: sign 0, log|det| -inf and an all-NaN inverse; the
+    rest unaffected, through the LU-only path (no grad) and the Gauss-Jordan one (the inverse). n = 2
+    makes the integer rank-1 matrix [[2, 3], [4, 6]]."""
     w = singular_batch(n)
-    sign, logabsdet = slogdet(w)
-    inv = inverse(w)
+    sign, logabsdet = batched_slogdet(w)
+    inv = batched_inverse(w)
     assert_singular(sign[:3], logabsdet[:3], inv[:3])
+    assert_slogdet(sign[3:], logabsdet[3:], w[3:])
+    assert_inverse(inv[3:], w[3:])
+
+
+@pytest.mark.parametrize("n", [2, 7, 40, 100])
+def test_exactly_singular_reference(n):
+    """The torch.linalg fallback on the same matrices, held to what IEEE arithmetic allows, not to one
+    LAPACK's rounding: which LU torch runs depends on the CPU (MKL on Intel leaves a pivot of order
+    eps instead of an exact zero for the rank-1 matrix: sign -1, log|det| -34.9 at n = 2; OpenBLAS or
+    MKL on AMD gives the exact zero). So a singular matrix gets either sign 0 and log|det| -inf, or
+    |det| below n * eps * the product of its row norms (Hadamard's bound, times the backward error
+    of LU); and either an all-NaN inverse or one that is not finite or has a condition number
+    (Frobenius) of at least 1 / (n * eps). The regular matrix must be right as in every other test."""
+    w = singular_batch(n)
+    with single_thread():
+        sign, logabsdet = batched_slogdet_reference(w)
+        inv = batched_inverse_reference(w)
+    eps = torch.finfo(torch.float64).eps
+    for b in range(3):
+        if sign[b] == 0:
+            assert torch.isneginf(logabsdet[b])
+        else:
+            bound = math.log(n * eps) + torch.linalg.vector_norm(w[b], dim=1).log().sum().item()
+            assert logabsdet[b].item() <= bound, (b, logabsdet[b].item(), bound)
+        if not torch.isnan(inv[b]).all() and torch.isfinite(inv[b]).all():
+            condition = torch.linalg.matrix_norm(w[b]) * torch.linalg.matrix_norm(inv[b])
+            assert condition.item() >= 1.0 / (n * eps), (b, condition.item())
     assert_slogdet(sign[3:], logabsdet[3:], w[3:])
     assert_inverse(inv[3:], w[3:])
 

@@ -9,7 +9,7 @@ the number of processes, and a resumed run can start inside an epoch at any batc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
@@ -60,6 +60,19 @@ def subset_indices(total: int, limit: int, seed: int = 0) -> list[int]:
     return sorted(torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:limit].tolist())
 
 
-def image_loader(dataset: Dataset, batch_size: int, indices: range | list[int], workers: int = 0) -> DataLoader:
-    """Batches ``(images uint8 [b, 3, H, W], labels [b])`` of ``dataset[indices]`` in order."""
-    return DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=workers)
+def image_loader(
+    dataset: Dataset,
+    batch_size: int,
+    indices: range | list[int],
+    workers: int = 0,
+    worker_init_fn: Callable[[int], None] | None = None,
+) -> DataLoader:
+    """Batches ``(images uint8 [b, 3, H, W], labels [b])`` of ``dataset[indices]`` in order; ``worker_init_fn``
+    runs in each of the ``workers`` processes (DataLoader's argument)."""
+    return DataLoader(
+        Subset(dataset, list(indices)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        worker_init_fn=worker_init_fn,
+    )

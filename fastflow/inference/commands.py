@@ -7,6 +7,7 @@ the paths it wrote; by default outputs go into the run folder.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,14 @@ from fastflow.analysis.visualize import (
     interpolation_grid,
     reconstruction_grid,
     sample_grid,
+    save_grid,
     switch_grid,
 )
 from fastflow.data import build_datasets
 from fastflow.errors import UsageError
 from fastflow.inference.rundir import LoadedRun
+from fastflow.inference.sampling import OVERFLOW_REASON, finite_samples
+from fastflow.models.base import NONFINITE_POLICIES
 from fastflow.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check
 from fastflow.seeding import INTERPOLATE_IMAGES, RECONSTRUCT_IMAGES, SWITCH_IMAGES, mix_seed
 from fastflow.train.checkpoint import atomic_write
@@ -105,15 +109,33 @@ def sample(
     out_dir: Path | None = None,
     nonfinite: str = "raise",
 ) -> dict[str, Any]:
-    """One grid of ``n`` samples per temperature: ``samples/sample_t<T>.png``. ``nonfinite`` as in
-    ``ImageFlowModel.decode``: "raise" (the CLI) or "warn" (the demo shows what a short run gives)."""
+    """One grid of ``n`` samples per temperature: ``samples/sample_t<T>.png``. ``nonfinite``: "raise" (the
+    CLI) or "warn" as in ``ImageFlowModel.decode``, or "redraw": draws whose decode overflows are drawn
+    again (:func:`~fastflow.inference.sampling.finite_samples`), with a warning saying how many and why;
+    ``redrawn`` counts them per temperature (0 unless "redraw")."""
     for t in temperatures:  # every one before any grid is written
         check("temperature", t, float, NON_NEGATIVE)
     check("n", n, int, AT_LEAST_ONE)
     check("seed", seed, int, NON_NEGATIVE)
+    if nonfinite not in (*NONFINITE_POLICIES, "redraw"):
+        raise UsageError(f"nonfinite must be one of {(*NONFINITE_POLICIES, 'redraw')}, got {nonfinite!r}")
     folder = out_dir or run.files.samples
-    paths = [str(sample_grid(run.model, n, t, folder / f"sample_t{t:g}.png", seed, nonfinite)) for t in temperatures]
-    return {"temperatures": temperatures, "n": n, "paths": paths}
+    paths, redrawn = [], []
+    for t in temperatures:
+        path = folder / f"sample_t{t:g}.png"
+        if nonfinite != "redraw":
+            paths.append(str(sample_grid(run.model, n, t, path, seed, nonfinite)))
+            redrawn.append(0)
+            continue
+        generator = torch.Generator(device=_device(run)).manual_seed(seed)
+        images, count = finite_samples(run.model, n, t, generator)
+        if count:
+            warnings.warn(
+                f"{count} of the {n} samples at temperature {t:g} were drawn again: {OVERFLOW_REASON}", stacklevel=2
+            )
+        paths.append(str(save_grid(images, path, nrow=max(1, round(n**0.5)))))
+        redrawn.append(count)
+    return {"temperatures": temperatures, "n": n, "paths": paths, "redrawn": redrawn}
 
 
 def switch(

@@ -12,6 +12,7 @@ from fastflow.data.order import image_loader, subset_indices
 from fastflow.errors import UsageError
 from fastflow.seeding import EVAL_STREAM, mix_seed
 from fastflow.train.distributed import Context, all_reduce_sum
+from fastflow.train.stop import ignore_stop_signals
 
 
 @torch.no_grad()
@@ -39,7 +40,9 @@ def evaluate_bpd(
     generator = torch.Generator(device=ctx.device).manual_seed(mix_seed(seed, ctx.rank, EVAL_STREAM))
     totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)
     try:
-        for images, _ in image_loader(dataset, batch_size, indices[ctx.rank :: ctx.world_size], workers):
+        for images, _ in image_loader(
+            dataset, batch_size, indices[ctx.rank :: ctx.world_size], workers, ignore_stop_signals
+        ):
             out = model.loss(images.to(ctx.device), num_samples=k, generator=generator)
             totals[0] += out["bpd"].double().sum()
             totals[1] += out["kl"].double().sum() / (model.num_dims * math.log(2))

@@ -46,6 +46,7 @@ from fastflow.train.evaluate import evaluate_bpd
 from fastflow.train.metrics import MetricsLog, plot_bpd
 from fastflow.train.optimizer import adamw
 from fastflow.train.schedule import warmup_exponential
+from fastflow.train.stop import StopOnSignal, ignore_stop_signals
 
 
 class LossModule(nn.Module):
@@ -289,6 +290,7 @@ class Trainer:
             batch_sampler=self.sampler,
             num_workers=self.config.workers,
             pin_memory=self.ctx.device.type == "cuda",
+            worker_init_fn=ignore_stop_signals,
         )
 
     def _out_of_time(self, deadline: float | None) -> bool:
@@ -411,12 +413,21 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume from ``<checkpoint>.pt``) a run in ``out_dir``, joining the torchrun process
     group if there is one; returns the summary of :meth:`Trainer.run`. See :class:`Trainer` for
-    ``overwrite``; ``max_seconds`` (> 0) limits the wall time."""
+    ``overwrite``; ``max_seconds`` (> 0) limits the wall time. SIGTERM or SIGINT stops the run at the
+    next step boundary with ``checkpoint.pt`` written (:class:`fastflow.train.stop.TrainingStopped`)."""
     if max_seconds is not None:
         check("max_seconds (--time-limit)", max_seconds, float, POSITIVE)
     ctx = D.setup(device)
     try:
         trainer = Trainer(model_config, config, out_dir, ctx, resume, progress, checkpoint, overwrite)
-        return trainer.run(on_step, max_seconds)
+        with StopOnSignal(ctx, trainer.save, trainer.files.checkpoint) as stopper:
+
+            def at_step(step: int) -> None:
+                if on_step is not None:
+                    on_step(step)
+                if step < trainer.total:  # a signal during the last step: the run ends as planned
+                    stopper.at_step_boundary(step)
+
+            return trainer.run(at_step, max_seconds)
     finally:
         D.teardown(ctx)

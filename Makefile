@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo lint test test-all bench bench-ops clean
+.PHONY: install demo lint test test-all test-oldest bench bench-ops clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,30 @@ test: lint
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The oldest stack fastflow claims (README "Supported versions"), installed as a GPU image installs
+# fastflow beside its own torch: torch, torchvision (Triton comes with torch) and the test tools first,
+# then fastflow with --no-deps --no-build-isolation. Python 3.12 (the GPU machine's), so that its
+# extension (_C.cpython-312-*.so) and build folder never clash with the dev venv's (Python 3.11).
+# pip is upgraded first: pip 23.2 (a fresh venv's) with setuptools 81 runs `setup.py develop`, which
+# builds no extension (fastflow then compiles it on first use, and says so). A pre-release check, not
+# in CI: the torch 2.11 wheels (several GB) come from PyPI, the dev stack from this machine's disk.
+OLDEST_VENV := .venv-oldest
+OLDEST_PY := $(OLDEST_VENV)/bin/python
+OLDEST_STAMP := $(OLDEST_VENV)/.installed
+PYTHON_OLDEST ?= python3.12
+OLDEST_STACK := torch==2.11.0 torchvision==0.26.0 triton==3.6.0 numpy==2.2.6
+
+$(OLDEST_STAMP): setup.py fastflow/_build.py $(wildcard csrc/* csrc/cuda/*)
+	test -x $(OLDEST_PY) || $(PYTHON_OLDEST) -m venv $(OLDEST_VENV)
+	$(OLDEST_PY) -m pip install --quiet --upgrade pip
+	$(OLDEST_PY) -m pip install --quiet $(OLDEST_STACK) ninja wheel pytest pytest-benchmark tqdm scikit-learn \
+		matplotlib normflows==1.7.3
+	$(OLDEST_PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(OLDEST_STAMP)
+
+test-oldest: $(OLDEST_STAMP)
+	$(OLDEST_PY) -m pytest -q -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

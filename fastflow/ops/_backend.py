@@ -19,6 +19,8 @@ import warnings
 
 import torch
 
+from fastflow import _versions
+
 BACKENDS = ("auto", "torch", "triton", "reference")
 MIN_TRITON_CAPABILITY = (8, 0)  # oldest compute capability the Triton kernels are built and tested for
 
@@ -36,6 +38,23 @@ def triton_available() -> bool:
 
 def interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_interpreter_checked = False  # a plain global: torch.compile reads it
+
+
+def check_interpreter() -> None:
+    """Raise when Triton's interpreter cannot run the kernels with this numpy (README "Supported
+    versions"); checked once."""
+    global _interpreter_checked
+    if not _interpreter_checked:
+        import numpy
+        import triton
+
+        conflict = _versions.interpreter_conflict(triton.__version__, numpy.__version__)
+        if conflict is not None:
+            raise RuntimeError(conflict)
+        _interpreter_checked = True
 
 
 def _check_card(index: int) -> bool:
@@ -80,4 +99,6 @@ def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
             "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before fastflow.kernels "
             "is imported; use backend='torch' or move the tensors to a CUDA device"
         )
+    if not on_cuda:
+        check_interpreter()
     return "triton"

@@ -26,17 +26,16 @@ from setuptools import find_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def _build_settings():
-    """``fastflow/_build.py``, loaded by path: fastflow itself is not importable before it is installed."""
-    spec = importlib.util.spec_from_file_location(
-        "fastflow_build_settings", os.path.join(ROOT, "fastflow", "_build.py")
-    )
+def _load(name: str):
+    """``fastflow/<name>.py``, loaded by path: fastflow itself is not importable before it is installed."""
+    spec = importlib.util.spec_from_file_location(f"fastflow_{name}", os.path.join(ROOT, "fastflow", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-BUILD = _build_settings()
+BUILD = _load("_build")
+VERSIONS = _load("_versions")  # the tested ranges (README "Supported versions")
 
 
 def extension_modules() -> tuple[list, dict]:
@@ -68,20 +67,20 @@ setup(
     description="Fast, exact flow-based generative models (Wolf, refined Glow, Glow) with fused kernels",
     long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=f">={VERSIONS.PYTHON[0]}",
     packages=find_packages(include=["fastflow", "fastflow.*"])
     + ["fastflow.kernels", "fastflow.configs", "fastflow.csrc"],
     package_dir={"fastflow.kernels": "kernels", "fastflow.configs": "configs", "fastflow.csrc": "csrc"},
     package_data={"fastflow.configs": ["*.json"], "fastflow.csrc": BUILD.SOURCE_FILES},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    # Ranges, not pins: fastflow goes into the user's environment beside their torch. The floor is
-    # the oldest release checked (torch 2.11 with Triton 3.6 on the GPU machine; the kernels compile
-    # under Triton 3.6, tests/test_triton_versions.py); the dev venv pins torch 2.14.1 (Makefile).
+    # Floors, not pins: fastflow goes into the user's environment beside their torch. Each floor is the
+    # oldest release the whole suite runs on (`make test-oldest`: torch 2.11 with Triton 3.6); a newer
+    # torch than the tested range installs, and says so once at import (fastflow/_versions.py).
     install_requires=[
-        "torch>=2.10",
-        "torchvision>=0.25",
-        "numpy",
+        f"torch>={VERSIONS.TORCH[0]}",
+        f"torchvision>={VERSIONS.TORCHVISION_FLOOR}",
+        f"numpy>={VERSIONS.NUMPY[0]}",
         "ninja",
         "tqdm",
         "scikit-learn",

@@ -12,6 +12,19 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+try:
+    import triton  # noqa: F401
+except ImportError:  # the Triton tests skip themselves
+    pass
+else:
+    from fastflow.ops.backends import check_interpreter, interpreter_on
+
+    if interpreter_on():
+        try:
+            check_interpreter()  # a Triton/numpy pair the interpreter cannot run: one line, no 60 failures
+        except RuntimeError as exc:
+            pytest.exit(str(exc), returncode=2)
+
 # One thread by default: the suite runs on 2 shared cores, where 2 threads make small ops far slower.
 # FASTFLOW_TEST_THREADS=2 (`make test-portable`) runs it on two, as a user's machine may.
 torch.set_num_threads(int(os.environ.get("FASTFLOW_TEST_THREADS", "1")))

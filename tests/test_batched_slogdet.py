@@ -455,7 +455,7 @@ def test_torch_compile_forward_and_backward():
 def test_fallback_warns_once(monkeypatch):
     """Without the extension (no module, no build) the ops fall back with one RuntimeWarning."""
     monkeypatch.setattr(_extension, "_import_built", lambda: "not built")
-    monkeypatch.setattr(_extension, "_build_just_in_time", lambda: "no compiler")
+    monkeypatch.setattr(_extension, "_build_just_in_time", lambda import_error: "no compiler")
     monkeypatch.setattr(_extension, "_loaded", None)  # restored (loaded) by monkeypatch afterwards
     with pytest.warns(RuntimeWarning, match="fall back to torch.linalg"):
         assert not _extension.load_library()

@@ -1,5 +1,5 @@
 """Every Triton kernel compiles for sm_80 and sm_90 under Triton 3.6, the oldest Triton that fastflow
-supports (what torch 2.10/2.11 bring; the GPU machine of this project has it), as well as under the
+supports (what torch 2.11 brings; the GPU machine of this project has it), as well as under the
 Triton of the dev venv (the ``test_kernels_compile_for_a_gpu`` tests themselves).
 
 Slow: it installs ``triton==3.6.0`` with pip into a folder of its own (``--target``, no dependencies;

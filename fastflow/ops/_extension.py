@@ -61,8 +61,9 @@ def build_module() -> ModuleType | None:
     return _build if sources_root() is not None else None
 
 
-def _build_just_in_time() -> str | None:
-    """Compile and load ``csrc/`` with ninja; None on success, else why it failed."""
+def _build_just_in_time(import_error: str) -> str | None:
+    """Compile and load ``csrc/`` with ninja, saying on stderr why (``import_error``: an install that
+    built no extension, or one built against another torch); None on success, else why it failed."""
     root = sources_root()
     if root is None:
         return "no csrc/ sources installed with the package"
@@ -73,8 +74,8 @@ def _build_just_in_time() -> str | None:
     flags = settings["ext"]["extra_compile_args"]
     kind = "C++/CUDA" if settings["with_cuda"] else "C++"
     print(
-        f"fastflow: fastflow._C does not import; loading the {kind} extension with ninja "
-        "(compiled on first use, up to a minute, then cached) ...",
+        f"fastflow: {import_error}; loading the {kind} extension with ninja (compiled on first use, up to "
+        "a minute, then cached) ...",
         file=sys.stderr,
         flush=True,
     )
@@ -112,7 +113,7 @@ def _load() -> bool:
     import_error = _import_built()
     if import_error is None:
         return True
-    build_error = _build_just_in_time()
+    build_error = _build_just_in_time(import_error)
     if build_error is None:
         return True
     warnings.warn(

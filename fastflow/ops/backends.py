@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from fastflow import _versions
+
 IMPLEMENTATIONS = ("reference", "triton", "cpu")
 BACKENDS = ("auto", *IMPLEMENTATIONS)
 MIN_TRITON_CAPABILITY = (8, 0)  # oldest compute capability the Triton kernels are built and tested for
@@ -84,6 +86,23 @@ def interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+_interpreter_checked = False  # a plain global: torch.compile reads it
+
+
+def check_interpreter() -> None:
+    """Raise when Triton's interpreter cannot run the kernels with this numpy (README "Supported
+    versions"); checked once."""
+    global _interpreter_checked
+    if not _interpreter_checked:
+        import numpy
+        import triton
+
+        conflict = _versions.interpreter_conflict(triton.__version__, numpy.__version__)
+        if conflict is not None:
+            raise RuntimeError(conflict)
+        _interpreter_checked = True
+
+
 def _check_card(index: int) -> bool:
     """Whether Triton supports CUDA device ``index``; warns once for a card it does not."""
     capability = torch.cuda.get_device_capability(index)
@@ -125,6 +144,8 @@ def _check_triton(on_cuda: bool) -> None:
             "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before fastflow.kernels "
             "is imported; use backend='cpu' or move the tensors to a CUDA device"
         )
+    if not on_cuda:
+        check_interpreter()
 
 
 def select(op: str, backend: str, *tensors: torch.Tensor | None) -> str:

@@ -86,8 +86,9 @@ class CouplingNetRowsFunction(torch.autograd.Function):
         elu_in_place(h2, None if bias is None else bias.to(h2.dtype))
         flipped = _flipped_rows(w_out)
         out = sum_patches(to_rows(h2) @ flipped.t(), batch, (out_h, out_w), k_out, k_out // 2)
-        if b_out is not None:
-            out.add_(b_out.to(out.dtype).view(1, -1, 1, 1))
+        if b_out is not None:  # out of place: torch 2.11's torch.compile zeroes every gradient of a
+            # Function whose forward writes in place over the tensor it returns (eager and torch 2.14 do not)
+            out = out + b_out.to(out.dtype).view(1, -1, 1, 1)
         ctx.save_for_backward(x, w_in, w_mid, h1, h2, flipped)
         ctx.geometry = (padding_in, w_out.shape, None if bias is None else bias.dtype, b_out is not None)
         return out

@@ -263,7 +263,8 @@ class Trainer:
         if skipped:
             self.skipped += skipped
             self.scheduler.last_epoch -= skipped
-            lrs = self.scheduler.get_lr()
+            s = self.scheduler
+            lrs = [base * rule(s.last_epoch) for rule, base in zip(s.lr_lambdas, s.base_lrs)]
             for group, lr in zip(self.optimizer.param_groups, lrs):
                 group["lr"] = lr
             self.scheduler._last_lr = lrs

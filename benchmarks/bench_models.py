@@ -114,6 +114,9 @@ class Resolution:
 
 CPU_VARIANTS = ("reference", "torch", "torch+bf16", "torch+channels_last")
 CUDA_VARIANTS = ("reference", "torch", "triton", "triton+bf16")
+# the strongest plain-PyTorch baselines; on a CPU they cost minutes of compilation per model (opt-in there:
+# --variants reference+compile reference+bf16+compile ...)
+COMPILED_BASELINES = ("reference+compile", "reference+bf16+compile")
 CPU_PLAN = (  # sized for about 10 minutes on 2 shared cores
     Resolution("cifar10", batch=2, repeats=5, variants=CPU_VARIANTS, rosinality=True),
     Resolution(
@@ -127,9 +130,9 @@ CPU_PLAN = (  # sized for about 10 minutes on 2 shared cores
     Resolution("celeba256", batch=1, repeats=1, variants=("torch",), depth_divisor=8, sample_repeats=1),
 )
 CUDA_PLAN = (
-    Resolution("cifar10", batch=64, repeats=5, variants=CUDA_VARIANTS, rosinality=True),
-    Resolution("imagenet64", batch=32, repeats=5, variants=CUDA_VARIANTS, rosinality=True),
-    Resolution("celeba256", batch=8, repeats=3, variants=CUDA_VARIANTS),
+    Resolution("cifar10", batch=64, repeats=5, variants=CUDA_VARIANTS + COMPILED_BASELINES, rosinality=True),
+    Resolution("imagenet64", batch=32, repeats=5, variants=CUDA_VARIANTS + COMPILED_BASELINES, rosinality=True),
+    Resolution("celeba256", batch=8, repeats=3, variants=CUDA_VARIANTS + COMPILED_BASELINES),
 )
 QUICK_PLAN = (Resolution("tiny", batch=2, repeats=1, variants=CPU_VARIANTS, sample_repeats=1),)
 

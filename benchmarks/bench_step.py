@@ -170,11 +170,11 @@ def report(results: dict[str, dict], batch: int) -> list[str]:
                 r[f"peak_vs_{base}"] = _peak(r) / _peak(results[base])
         if r["step_mem_mib"] is not None and ref["step_mem_mib"] is not None:
             r["step_mem_vs_reference"] = r["step_mem_mib"] / ref["step_mem_mib"]
-        speeds = ", ".join(f"{r[f'vs_{b}']:.2f}x {b}" for b in baselines)
+        speeds = ", ".join(f"{r[f'vs_{b}']:.2f}x {b} speed" for b in baselines)
         peaks = ", ".join(f"{r.get(f'peak_vs_{b}', float('nan')):.2f}x {b}" for b in baselines)
         lines.append(
             f"{name:>22}: {batch / r['step_s']:6.2f} img/s, step {r['step_s']:6.2f} s (first step "
-            f"{r['first_step_s']:6.1f} s); speed {speeds}; peak memory {_peak(r) or float('nan'):6.0f} MiB "
+            f"{r['first_step_s']:6.1f} s); {speeds}; peak memory {_peak(r) or float('nan'):6.0f} MiB "
             f"= {peaks}"
         )
     for name, target in SPEED_TARGETS.items():

@@ -72,9 +72,8 @@ def test_op_speed_benchmarks_run_once() -> None:
 def test_step_targets_benchmark_runs() -> None:
     """``python -m benchmarks.bench_step`` (the issue-14 targets) on a tiny config: a ratio per variant
     and a verdict per target."""
-    proc = run_python(
-        "-m", "benchmarks.bench_step", "--config", "tiny_wolf", "--batch", "2", "--rounds", "1", "--threads", "1"
-    )
+    args = ["--config", "tiny_wolf", "--batch", "2", "--rounds", "1", "--threads", "1"]
+    proc = run_python("-m", "benchmarks.bench_step", *args, "--variants", "reference", "torch", "torch+bf16")
     verdicts = proc.stdout.count("-> MET") + proc.stdout.count("-> NOT MET") + proc.stdout.count("NOT MEASURED")
     assert proc.stdout.count("x reference speed") >= 2 and verdicts == 3
     args = ["--config", "tiny_wolf", "--batch", "2", "--rounds", "2", "--steps", "1", "--threads", "1"]

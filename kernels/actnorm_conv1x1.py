@@ -18,8 +18,9 @@ Backward of ``y = M x + c``: ``dx[b] = M^T dy[b]`` (the same GEMM kernel with M^
   (deterministic, no atomics).
 
 float16/bfloat16 inputs are converted to float32 before the dot; float64 inputs use float64 dots.
-float32 dots follow ``torch.get_float32_matmul_precision()``: "highest" (PyTorch's default) runs
-them in IEEE float32, "high"/"medium" allows TF32 on GPUs that have it.
+float32 dots are IEEE unless ``torch.get_float32_matmul_precision()`` is "high"/"medium" (an explicit
+opt-in to TF32): the flow's main path must stay invertible to float32 accuracy, so unlike the
+coupling network's 1x1 convolutions it does not follow cuDNN's TF32 default (``_common.flow_dot_precision``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def _pixel_affine_kernel(
     C_OUT,
     P,
     N_PBLOCKS,
+    N_OBLOCKS,
     s_xb,
     s_xc,
     s_xp,
@@ -60,11 +62,13 @@ def _pixel_affine_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """``Y[b, o, p] = sum_k M[o, k] X[b, k, p] + BIAS[o]`` for one (sample, pixel block, out block)."""
+    """``Y[b, o, p] = sum_k M[o, k] X[b, k, p] + BIAS[o]`` for one (sample, pixel block, out block), the
+    out block fastest over programs (those reading one x tile run together)."""
     pid = tl.program_id(0)
-    b = (pid // N_PBLOCKS).to(tl.int64)
-    offs_p = (pid % N_PBLOCKS) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    item = pid // N_OBLOCKS
+    b = (item // N_PBLOCKS).to(tl.int64)
+    offs_p = (item % N_PBLOCKS) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_o = (pid % N_OBLOCKS) * BLOCK_O + tl.arange(0, BLOCK_O)
     mask_p = offs_p < P
     mask_o = offs_o < C_OUT
     acc = tl.zeros((BLOCK_O, BLOCK_P), dtype=ACC)
@@ -160,9 +164,8 @@ def pixel_affine(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | Non
         return y
     acc = _common.acc_dtype(x, matrix)
     block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), PIXEL_AFFINE_TILES)
-    n_pblocks = triton.cdiv(pixels, block_p)
-    grid = (batch * n_pblocks, triton.cdiv(c_out, block_o))
-    _pixel_affine_kernel[grid](
+    n_pblocks, n_oblocks = triton.cdiv(pixels, block_p), triton.cdiv(c_out, block_o)
+    _pixel_affine_kernel[(batch * n_pblocks * n_oblocks,)](
         x,
         matrix,
         bias if bias is not None else matrix,
@@ -171,12 +174,13 @@ def pixel_affine(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | Non
         c_out,
         pixels,
         n_pblocks,
+        n_oblocks,
         *x.stride(),
         *matrix.stride(),
         *y.stride(),
         HAS_BIAS=bias is not None,
         ACC=_common.tl_dtype(acc),
-        PRECISION=_common.dot_precision(acc),
+        PRECISION=_common.flow_dot_precision(acc),
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,
@@ -199,7 +203,8 @@ def outer_sum(dy: torch.Tensor, x: torch.Tensor, splits: int | None = None) -> t
     n_pblocks = triton.cdiv(pixels, block_p)
     items = batch * n_pblocks
     tiles = (triton.cdiv(c_out, block_o), triton.cdiv(c_in, block_k))
-    splits, per_split = _common.reduction_chunks(items, tiles[0] * tiles[1], splits)
+    max_splits = (dy.numel() + x.numel()) // (c_out * c_in + c_out)  # partials no larger than the input
+    splits, per_split = _common.reduction_chunks(items, tiles[0] * tiles[1], splits, max_splits)
     g_part = _common.new_output((splits, c_out, c_in), acc, x.device)
     r_part = _common.new_output((splits, c_out), acc, x.device)
     _outer_sum_kernel[(splits, *tiles)](
@@ -216,7 +221,7 @@ def outer_sum(dy: torch.Tensor, x: torch.Tensor, splits: int | None = None) -> t
         *dy.stride(),
         *x.stride(),
         ACC=_common.tl_dtype(acc),
-        PRECISION=_common.dot_precision(acc),
+        PRECISION=_common.flow_dot_precision(acc),
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,

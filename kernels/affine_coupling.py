@@ -463,13 +463,14 @@ def coupling_apply(
     b_only = out is not None and affine is None
     if out is None:
         out = _common.new_output((batch, channels, pixels), x.dtype, x.device)
-    zeros = torch.zeros(batch, dtype=acc, device=x.device)
-    if out.numel() == 0:
-        return out, zeros
+    if out.numel() == 0 or u is None:  # the logdet is zero (an empty or additive coupling)
+        logdet = torch.zeros(batch, dtype=acc, device=x.device)
+        if out.numel() == 0:
+            return out, logdet
     plane = (cb if b_only else channels) * pixels
     block = _block_size(plane)
     n_blocks, grid = _grid(batch, plane, block)
-    partial = _common.new_output((batch, n_blocks), acc, x.device) if u is not None else zeros
+    partial = _common.new_output((batch, n_blocks), acc, x.device) if u is not None else logdet
     param, constexprs = _form_constexprs(form)
     _coupling_kernel[grid](
         x,
@@ -497,7 +498,7 @@ def coupling_apply(
         BLOCK=block,
         **constexprs,
     )
-    return out, (partial.sum(1) if u is not None else zeros)
+    return out, (partial.sum(1) if u is not None else logdet)
 
 
 def coupling_backward(
@@ -531,9 +532,8 @@ def coupling_backward(
         d_mu = _common.new_output((batch, cb, pixels), mu.dtype, x.device)
     if d_u is None and u is not None:
         d_u = _common.new_output((batch, cb, pixels), u.dtype, x.device)
-    d_affine = None if affine is None else torch.zeros_like(affine)
     if d_in.numel() == 0:
-        return d_in, d_mu, d_u, d_affine
+        return d_in, d_mu, d_u, None if affine is None else torch.zeros_like(affine)
     if affine is None:  # programs over blocks of a sample's [C, P] plane
         block = _block_size(channels * pixels)
         n_blocks, grid = _grid(batch, channels * pixels, block)
@@ -578,6 +578,4 @@ def coupling_backward(
         BLOCK=block,
         **constexprs,
     )
-    if affine is not None:
-        d_affine = partial.sum((1, 3)).to(affine.dtype)
-    return d_in, d_mu, d_u, d_affine
+    return d_in, d_mu, d_u, None if affine is None else partial.sum((1, 3)).to(affine.dtype)

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo lint test test-all bench bench-ops clean
+.PHONY: install demo lint test test-all test-kernels bench bench-ops clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: lint
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Machine code of every Triton kernel at benchmark shapes, compiled for sm_80/sm_90 without a GPU.
+test-kernels: $(STAMP)
+	$(PY) -m pytest -q tests/test_kernel_machine_code.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -71,6 +71,19 @@ def flow_dot_precision(acc: torch.dtype) -> str:
     return "ieee"
 
 
+def gemm_options(operands: torch.dtype) -> dict[str, int]:
+    """``num_warps`` and ``num_stages`` of a ``tl.dot`` kernel whose operands have dtype ``operands``,
+    chosen from the compiled code (``python -m benchmarks.kernel_report``): float32 (TF32 or FFMA)
+    tiles take 8 warps and 2 stages, so that the accumulators fit the registers without spills and
+    the pipelined tiles leave room for 2 blocks (16 warps) per SM; 16-bit operands, half the bytes,
+    keep 4 warps and 3 stages; float64 (tests only) Triton's defaults."""
+    if operands in (torch.float16, torch.bfloat16):
+        return {"num_warps": 4, "num_stages": 3}
+    if operands == torch.float32:
+        return {"num_warps": 8, "num_stages": 2}
+    return {}
+
+
 def reduction_chunks(
     items: int, programs_per_chunk: int, splits: int | None = None, max_splits: int | None = None
 ) -> tuple[int, int]:

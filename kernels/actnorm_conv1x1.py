@@ -33,7 +33,7 @@ from fastflow.kernels import _common
 
 # Largest tiles (BLOCK_O, BLOCK_K, BLOCK_P) over output channels, input channels and pixels.
 PIXEL_AFFINE_TILES = (64, 32, 128)
-OUTER_SUM_TILES = (64, 64, 128)
+OUTER_SUM_TILES = (64, 64, 64)
 
 
 @triton.jit
@@ -184,6 +184,7 @@ def pixel_affine(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | Non
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,
+        **_common.gemm_options(acc),
     )
     return y
 
@@ -225,5 +226,6 @@ def outer_sum(dy: torch.Tensor, x: torch.Tensor, splits: int | None = None) -> t
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,
+        **_common.gemm_options(acc),
     )
     return g_part.sum(0), r_part.sum(0)

@@ -38,6 +38,11 @@ GRAD_INPUT_TILES = (64, 32, 64)
 GRAD_WEIGHT_TILES = (64, 64, 64)
 
 
+def _operands(h: torch.Tensor, acc: torch.dtype) -> torch.dtype:
+    """The torch dtype of the ``tl.dot`` operands (see :func:`_dot_dtype`)."""
+    return h.dtype if h.dtype in (torch.float16, torch.bfloat16) else acc
+
+
 def _dot_dtype(h: torch.Tensor, acc: torch.dtype) -> tl.dtype:
     """The operand dtype of ``tl.dot``: h's own for float16/bfloat16, the accumulator's otherwise."""
     if h.dtype in (torch.float16, torch.bfloat16):
@@ -261,6 +266,7 @@ def conv1x1_bias_elu_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,
+        **_common.gemm_options(_operands(h, acc)),
     )
     return out
 
@@ -300,6 +306,7 @@ def grad_input(
         BLOCK_K=block_k,
         BLOCK_O=block_o,
         BLOCK_P=block_p,
+        **_common.gemm_options(_operands(out, acc)),
     )
     return grad_h, partial.sum(2) if bias_grad else None
 
@@ -340,5 +347,6 @@ def grad_weight(out: torch.Tensor, grad_out: torch.Tensor, h: torch.Tensor, spli
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,
+        **_common.gemm_options(_operands(h, acc)),
     )
     return dw_part.sum(0)

@@ -18,7 +18,7 @@ import json
 import sys
 
 from benchmarks.kernel_report.capture import PRECISIONS, Launch, capture_step
-from benchmarks.kernel_report.inspect_sass import ARCHS, KernelStats, inspect_launch
+from benchmarks.kernel_report.inspect_sass import ARCHS, KernelStats, inspect_all, inspect_launch
 from benchmarks.kernel_report.report import is_gemm
 
 SHAPES = (("cifar10_wolf", 64), ("celeba256_wolf", 8))
@@ -41,11 +41,13 @@ def distinct_launches(shapes=SHAPES) -> list[tuple[str, str, Launch]]:
 
 
 def compile_all(shapes=SHAPES) -> Compiled:
-    rows = []
-    for config, precision, launch in distinct_launches(shapes):
-        for arch in ARCHS if is_gemm(launch) else ARCHS[1:]:
-            rows.append((config, precision, launch, arch.capability, inspect_launch(launch, arch.capability)))
-    return rows
+    jobs = [
+        (config, precision, launch, arch.capability)
+        for config, precision, launch in distinct_launches(shapes)
+        for arch in (ARCHS if is_gemm(launch) else ARCHS[1:])
+    ]
+    inspect_all([(launch, capability) for _, _, launch, capability in jobs])
+    return [(c, p, lc, cap, inspect_launch(lc, cap)) for c, p, lc, cap in jobs]
 
 
 def _name(launch: Launch, capability: int) -> str:
@@ -76,11 +78,12 @@ def scalar_gemms(compiled: Compiled) -> list[str]:
     return failures
 
 
-def narrow_accesses(compiled: Compiled) -> list[str]:
+def narrow_accesses(compiled: Compiled, module: str) -> list[str]:
+    """The kernels of ``module`` under MIN_WIDE_FRACTION 128-bit global accesses at WIDE_SHAPE."""
     return [
         f"{_name(lc, cap)}: {s.wide_fraction:.0%} of {s.global_accesses} LDG/STG 128-bit"
         for config, _, lc, cap, s in compiled
-        if config == WIDE_SHAPE and not is_gemm(lc) and s.wide_fraction < MIN_WIDE_FRACTION
+        if config == WIDE_SHAPE and lc.kernel.startswith(module + ".") and s.wide_fraction < MIN_WIDE_FRACTION
     ]
 
 
@@ -93,7 +96,13 @@ def low_occupancy(compiled: Compiled) -> list[str]:
     ]
 
 
-CHECKS = {"spills": spills, "tensor_cores": scalar_gemms, "wide_accesses": narrow_accesses, "occupancy": low_occupancy}
+CHECKS = {
+    "spills": spills,
+    "tensor_cores": scalar_gemms,
+    "wide_accesses_bias_elu": lambda compiled: narrow_accesses(compiled, "cond_bias_elu"),
+    "wide_accesses_coupling": lambda compiled: narrow_accesses(compiled, "affine_coupling"),
+    "occupancy": low_occupancy,
+}
 
 
 def main() -> int:

@@ -7,10 +7,13 @@ specialisation is compiled once per target (:func:`inspect_launch` is memoised o
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
 import re
 import subprocess
 import tempfile
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import triton
@@ -150,3 +153,34 @@ def inspect_launch(launch: Launch, capability: int) -> KernelStats:
 def compiled_count() -> int:
     """How many (specialisation, target) compiles this process has inspected."""
     return len(_cache)
+
+
+_pending: list[tuple[Launch, int]] = []  # what forked workers compile (inherited, never pickled)
+
+
+def _inspect_pending(index: int) -> KernelStats:
+    launch, capability = _pending[index]
+    return _inspect(launch, capability)
+
+
+def inspect_all(jobs: list[tuple[Launch, int]], workers: int | None = None) -> None:
+    """Compile and inspect every ``(launch, capability)`` not yet inspected, in ``workers`` forked
+    processes (default: the CPUs this process may use, at most 8), filling the cache that
+    :func:`inspect_launch` reads."""
+    todo = {}
+    for launch, capability in jobs:
+        key = (launch.compile_key, capability)
+        if key not in _cache:
+            todo.setdefault(key, (launch, capability))
+    workers = workers or min(8, len(os.sched_getaffinity(0)))
+    if workers < 2 or len(todo) < 2:
+        for key, (launch, capability) in todo.items():
+            _cache[key] = _inspect(launch, capability)
+        return
+    _pending[:] = todo.values()
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            for key, stats in zip(todo, pool.map(_inspect_pending, range(len(_pending)))):
+                _cache[key] = stats
+    finally:
+        _pending.clear()

@@ -12,7 +12,7 @@ import dataclasses
 from collections import defaultdict
 
 from benchmarks.kernel_report.capture import PRECISIONS, Launch, Precision, capture_step
-from benchmarks.kernel_report.inspect_sass import ARCHS, Arch, KernelStats, inspect_launch
+from benchmarks.kernel_report.inspect_sass import ARCHS, Arch, KernelStats, inspect_all, inspect_launch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +54,17 @@ class Capture:
     launches: list[Launch]
 
 
+TRAFFIC_PRECISIONS = ("fp32+tf32", "bf16")  # the traffic table's; the others are captured shallow
+
+
 def capture_all(shapes=SHAPES, precisions=PRECISIONS) -> list[Capture]:
-    return [Capture(s, p, capture_step(s.config, s.batch, p)) for s in shapes for p in precisions]
+    """Every step's launches: full depth for TRAFFIC_PRECISIONS (whose sums the traffic table reports),
+    two flow steps per level otherwise (the same distinct launches, for the machine-code table)."""
+    return [
+        Capture(s, p, capture_step(s.config, s.batch, p, shallow=p.name not in TRAFFIC_PRECISIONS))
+        for s in shapes
+        for p in precisions
+    ]
 
 
 def waves(launch: Launch, stats: KernelStats, arch: Arch) -> float:
@@ -71,6 +80,7 @@ def _fmt(x: float, digits: int = 1) -> str:
 def machine_code_table(captures: list[Capture]) -> list[str]:
     """One row per (kernel, precision, arch), over every shape's distinct specialisations; instruction
     counts are static means per variant ("128-bit": the share of that kind of access that is 128-bit)."""
+    inspect_all([(lc, arch.capability) for cap in captures for lc in cap.launches for arch in ARCHS])
     rows: dict[tuple, list[tuple[Launch, KernelStats]]] = defaultdict(list)
     for cap in captures:
         for launch in {lc.compile_key: lc for lc in cap.launches}.values():
@@ -110,8 +120,8 @@ def machine_code_table(captures: list[Capture]) -> list[str]:
     return lines
 
 
-def traffic_table(captures: list[Capture], precision: str = "fp32+tf32") -> list[str]:
-    """One row per (shape, kernel) of ``precision`` and of bf16: launches, grid, waves, bytes, floors."""
+def traffic_table(captures: list[Capture]) -> list[str]:
+    """One row per (shape, kernel, precision in TRAFFIC_PRECISIONS): launches, grid, waves, bytes, floors."""
     lines = [
         "| shape | kernel | precision | launches | programs (min-max) | waves A100 (min) | waves H100 (min) "
         "| MB moved | floor A100 us | floor H200 us | GFLOP | FLOP floor A100 us | FLOP floor H200 us |",
@@ -119,7 +129,7 @@ def traffic_table(captures: list[Capture], precision: str = "fp32+tf32") -> list
     ]
     a100, h100 = ARCHS
     for cap in captures:
-        if cap.precision.name not in (precision, "bf16"):
+        if cap.precision.name not in TRAFFIC_PRECISIONS:
             continue
         by_kernel: dict[str, list[Launch]] = defaultdict(list)
         for launch in cap.launches:

@@ -71,6 +71,15 @@ def flow_dot_precision(acc: torch.dtype) -> str:
     return "ieee"
 
 
+FMA_REDUCTION_TILE = 16  # reduction tile of an IEEE float32 tl.dot (FFMA, its operands held in registers)
+
+
+def reduction_cap(cap: int, operands: torch.dtype, precision: str) -> int:
+    """The largest reduction-dimension tile of a ``tl.dot``: ``cap``, or FMA_REDUCTION_TILE for IEEE
+    float32 operands, whose FFMA code holds a whole reduction slice per thread (larger tiles spill)."""
+    return min(cap, FMA_REDUCTION_TILE) if operands == torch.float32 and precision == "ieee" else cap
+
+
 def gemm_options(operands: torch.dtype) -> dict[str, int]:
     """``num_warps`` and ``num_stages`` of a ``tl.dot`` kernel whose operands have dtype ``operands``,
     chosen from the compiled code (``python -m benchmarks.kernel_report``): float32 (TF32 or FFMA)

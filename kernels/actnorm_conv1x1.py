@@ -163,7 +163,10 @@ def pixel_affine(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | Non
     if y.numel() == 0:
         return y
     acc = _common.acc_dtype(x, matrix)
-    block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), PIXEL_AFFINE_TILES)
+    precision = _common.flow_dot_precision(acc)
+    cap_o, cap_k, cap_p = PIXEL_AFFINE_TILES
+    caps = (cap_o, _common.reduction_cap(cap_k, acc, precision), cap_p)
+    block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), caps)
     n_pblocks, n_oblocks = triton.cdiv(pixels, block_p), triton.cdiv(c_out, block_o)
     _pixel_affine_kernel[(batch * n_pblocks * n_oblocks,)](
         x,
@@ -180,7 +183,7 @@ def pixel_affine(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | Non
         *y.stride(),
         HAS_BIAS=bias is not None,
         ACC=_common.tl_dtype(acc),
-        PRECISION=_common.flow_dot_precision(acc),
+        PRECISION=precision,
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,
@@ -200,7 +203,9 @@ def outer_sum(dy: torch.Tensor, x: torch.Tensor, splits: int | None = None) -> t
     acc = _common.acc_dtype(dy, x)
     if batch * pixels == 0:
         return (torch.zeros(c_out, c_in, dtype=acc, device=x.device), torch.zeros(c_out, dtype=acc, device=x.device))
-    block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), OUTER_SUM_TILES)
+    precision = _common.flow_dot_precision(acc)
+    caps = (*OUTER_SUM_TILES[:2], _common.reduction_cap(OUTER_SUM_TILES[2], acc, precision))
+    block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), caps)
     n_pblocks = triton.cdiv(pixels, block_p)
     items = batch * n_pblocks
     tiles = (triton.cdiv(c_out, block_o), triton.cdiv(c_in, block_k))
@@ -222,7 +227,7 @@ def outer_sum(dy: torch.Tensor, x: torch.Tensor, splits: int | None = None) -> t
         *dy.stride(),
         *x.stride(),
         ACC=_common.tl_dtype(acc),
-        PRECISION=_common.flow_dot_precision(acc),
+        PRECISION=precision,
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,

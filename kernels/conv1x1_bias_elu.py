@@ -320,7 +320,9 @@ def grad_weight(out: torch.Tensor, grad_out: torch.Tensor, h: torch.Tensor, spli
     acc = _common.acc_dtype(out, h)
     if batch * pixels == 0:
         return torch.zeros(c_out, c_in, dtype=acc, device=h.device)
-    block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), GRAD_WEIGHT_TILES)
+    precision = _common.conv_dot_precision(acc)
+    caps = (*GRAD_WEIGHT_TILES[:2], _common.reduction_cap(GRAD_WEIGHT_TILES[2], _operands(h, acc), precision))
+    block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), caps)
     n_pblocks = triton.cdiv(pixels, block_p)
     items = batch * n_pblocks
     tiles = (triton.cdiv(c_out, block_o), triton.cdiv(c_in, block_k))
@@ -343,7 +345,7 @@ def grad_weight(out: torch.Tensor, grad_out: torch.Tensor, h: torch.Tensor, spli
         *h.stride(),
         ACC=_common.tl_dtype(acc),
         DOT=_dot_dtype(h, acc),
-        PRECISION=_common.conv_dot_precision(acc),
+        PRECISION=precision,
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,

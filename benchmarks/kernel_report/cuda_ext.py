@@ -38,8 +38,8 @@ def ptxas_usage(source: Path, capability: int) -> list[dict]:
 
 
 def _short(mangled: str) -> str:
-    m = re.search(r"(\d+)(\w+?_kernel)I([a-z])", mangled)
-    return f"{m.group(2)}<{'double' if m.group(3) == 'd' else 'float'}>" if m else mangled
+    m = re.search(r"\d([a-z_]+_kernel)I([a-z])", mangled)
+    return f"{m.group(1)}<{'double' if m.group(2) == 'd' else 'float'}>" if m else mangled
 
 
 def table() -> list[str]:

@@ -51,7 +51,11 @@ def test_coupling_kernels_use_128_bit_accesses(failures):
 
 
 @pytest.mark.parametrize(("setting", "expected"), [("tf32", "tf32"), ("ieee", "ieee")])
-def test_conv_gemm_follows_torch_conv_precision(monkeypatch, setting, expected):
-    monkeypatch.setattr(torch.backends.cudnn.conv, "fp32_precision", setting)
-    assert _common.conv_dot_precision(torch.float32) == expected
-    assert _common.conv_dot_precision(torch.float64) == "ieee"
+def test_conv_gemm_follows_torch_conv_precision(setting, expected):
+    saved = torch.backends.cudnn.conv.fp32_precision
+    torch.backends.cudnn.conv.fp32_precision = setting
+    try:
+        assert _common.conv_dot_precision(torch.float32) == expected
+        assert _common.conv_dot_precision(torch.float64) == "ieee"
+    finally:
+        torch.backends.cudnn.conv.fp32_precision = saved

@@ -9,7 +9,8 @@ fused ops and the batched log-determinant against their reference ops.
     python -m benchmarks --resolutions cifar10 --models glow --variants torch torch+compile
 
 Writes ``RESULTS.md`` (only its own marked block; other sections are kept), ``results.csv`` and
-``throughput.png`` into ``--out`` (default: this directory).
+``throughput.png`` into ``--out`` (default: this directory). The GPU kernels' static analysis (compiled
+for sm_80/sm_90 without a GPU, not timed) is ``python -m benchmarks.kernel_report``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo lint test test-all test-portable test-oldest bench clean
+.PHONY: install demo lint test test-all test-kernels test-portable test-oldest bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,10 @@ $(OLDEST_STAMP): setup.py fastflow/_build.py $(wildcard csrc/* csrc/cuda/*)
 
 test-oldest: $(OLDEST_STAMP)
 	$(OLDEST_PY) -m pytest -q -m "not slow" tests
+
+# Machine code of every Triton kernel at benchmark shapes, compiled for sm_80/sm_90 without a GPU.
+test-kernels: $(STAMP)
+	$(PY) -m pytest -q tests/test_kernel_machine_code.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks suite

@@ -11,6 +11,7 @@ import sys
 SCRIPTS = {
     "suite": ("benchmarks.suite", "the models side by side, then the ops; writes RESULTS.md (make bench)"),
     "kernels": ("benchmarks.bench_kernels", "each fused op against its reference, forward + backward"),
+    "ops_compile": ("benchmarks.bench_ops_compile", "each cpu-backend op against torch.compile of its reference"),
     "slogdet": ("benchmarks.bench_slogdet", "the batched log-determinant against torch.linalg"),
     "step": ("benchmarks.bench_step", "a whole Wolf training step per backend, against the speed targets"),
     "memory": ("benchmarks.bench_memory", "memory-efficient backprop against the standard one"),
@@ -18,6 +19,7 @@ SCRIPTS = {
     "coupling_net": ("benchmarks.bench_coupling_net", "the coupling network's CPU formulations"),
     "cpu_ab": ("benchmarks.bench_cpu_ab", "a whole step with one CPU formulation switched off by name"),
     "normflows": ("benchmarks.bench_normflows", "normflows' Glow against its fused version"),
+    "kernel_report": ("benchmarks.kernel_report", "the Triton kernels' machine code per shape (static, no GPU)"),
 }
 
 

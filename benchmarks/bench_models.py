@@ -51,6 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks._common import StepMemory, median, paired_ratio, synchronizer, time_interleaved
 from fastflow.config import MODEL_KINDS, ModelConfig, load_model_config
 from fastflow.models import build_model
+from fastflow.train.compile import compile_regions
 
 ROSINALITY = "rosinality_glow"
 REPO = Path(__file__).resolve().parent.parent
@@ -59,7 +60,8 @@ MIB = 2**20
 
 @dataclass(frozen=True)
 class Variant:
-    """How a model is run: op backend, bfloat16 autocast, channels-last layout, compiled loss."""
+    """How a model is run: op backend, bfloat16 autocast, channels-last layout, compiled repeated blocks
+    (:func:`fastflow.train.compile.compile_regions`, the trainer's ``--compile default``)."""
 
     name: str
     backend: str = "cpu"
@@ -72,10 +74,14 @@ VARIANTS = {
     v.name: v
     for v in [
         Variant("reference", backend="reference"),
+        Variant("reference+compile", backend="reference", compile=True),
+        Variant("reference+bf16", backend="reference", bf16=True),
+        Variant("reference+bf16+compile", backend="reference", bf16=True, compile=True),
         Variant("cpu"),
         Variant("cpu+bf16", bf16=True),
         Variant("cpu+channels_last", channels_last=True),
         Variant("cpu+compile", compile=True),
+        Variant("cpu+bf16+compile", bf16=True, compile=True),
         Variant("triton", backend="triton"),
         Variant("triton+bf16", backend="triton", bf16=True),
     ]
@@ -108,6 +114,9 @@ class Resolution:
 
 CPU_VARIANTS = ("reference", "cpu", "cpu+bf16", "cpu+channels_last")
 CUDA_VARIANTS = ("reference", "cpu", "triton", "triton+bf16")
+# the strongest plain-PyTorch baselines; on a CPU they cost minutes of compilation per model (opt-in there:
+# --variants reference+compile reference+bf16+compile ...)
+COMPILED_BASELINES = ("reference+compile", "reference+bf16+compile")
 CPU_PLAN = (  # sized for about 10 minutes on 2 shared cores
     Resolution("cifar10", batch=2, repeats=5, variants=CPU_VARIANTS, rosinality=True),
     Resolution(
@@ -121,9 +130,9 @@ CPU_PLAN = (  # sized for about 10 minutes on 2 shared cores
     Resolution("celeba256", batch=1, repeats=1, variants=("cpu",), depth_divisor=8, sample_repeats=1),
 )
 CUDA_PLAN = (
-    Resolution("cifar10", batch=64, repeats=5, variants=CUDA_VARIANTS, rosinality=True),
-    Resolution("imagenet64", batch=32, repeats=5, variants=CUDA_VARIANTS, rosinality=True),
-    Resolution("celeba256", batch=8, repeats=3, variants=CUDA_VARIANTS),
+    Resolution("cifar10", batch=64, repeats=5, variants=CUDA_VARIANTS + COMPILED_BASELINES, rosinality=True),
+    Resolution("imagenet64", batch=32, repeats=5, variants=CUDA_VARIANTS + COMPILED_BASELINES, rosinality=True),
+    Resolution("celeba256", batch=8, repeats=3, variants=CUDA_VARIANTS + COMPILED_BASELINES),
 )
 QUICK_PLAN = (Resolution("tiny", batch=2, repeats=1, variants=CPU_VARIANTS, sample_repeats=1),)
 
@@ -196,13 +205,16 @@ def fastflow_case(
     kind: str, trainable: Trainable, variant: Variant, x: torch.Tensor, seed: int, sampled: bool = True
 ) -> Case:
     """Training step, and unless ``sampled`` is False or the loss is compiled, sampling and round
-    trip, of a fastflow model under ``variant``."""
+    trip, of a fastflow model under ``variant``. A compiled variant compiles the model's regions in
+    place: give it a model of its own (:func:`own_trainable`)."""
     model, device = trainable.net, x.device.type
-    loss_fn = (
-        torch.compile(lambda images: model.loss(images)["loss"])
-        if variant.compile
-        else (lambda images: model.loss(images)["loss"])
-    )
+    if variant.compile:
+        model.set_backend(variant.backend)  # the backend the regions are traced with
+        compile_regions(model, "default")
+
+    def loss_fn(images: torch.Tensor) -> torch.Tensor:
+        return model.loss(images)["loss"]
+
     generator = torch.Generator(device=x.device)
 
     def step(forward_context: contextlib.AbstractContextManager) -> None:
@@ -237,6 +249,19 @@ def fastflow_case(
     if variant.compile or not sampled:
         return Case(kind, variant, trainable, step)
     return Case(kind, variant, trainable, step, sample, roundtrip)
+
+
+def own_trainable(
+    shared: Trainable, variant: Variant, optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+) -> Trainable:
+    """``shared``, or for a variant that changes the model in place (channels-last, compiled regions)
+    a copy of its model with an optimiser of its own."""
+    if not (variant.channels_last or variant.compile):
+        return shared
+    net = copy.deepcopy(shared.net)
+    if variant.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return Trainable(net, optimizer(net))
 
 
 def load_rosinality(path: str) -> ModuleType:
@@ -299,10 +324,7 @@ def build_cases(res: Resolution, device: str, rosinality: str | None, seed: int)
         shared = Trainable(model, torch.optim.AdamW(model.parameters(), lr=1e-4))
         for name in res.variants:
             variant = VARIANTS[name]
-            trainable = shared
-            if variant.channels_last:
-                net = copy.deepcopy(model).to(memory_format=torch.channels_last)
-                trainable = Trainable(net, torch.optim.AdamW(net.parameters(), lr=1e-4))
+            trainable = own_trainable(shared, variant, lambda net: torch.optim.AdamW(net.parameters(), lr=1e-4))
             sampled = res.sample_variants is None or name in res.sample_variants
             cases.append(fastflow_case(kind, trainable, variant, x, seed, sampled))
         if kind == "glow" and res.rosinality and rosinality and rosinality_matches(cfg):

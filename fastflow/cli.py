@@ -84,6 +84,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("batch_steps", "batch_steps"),
         ("lr", "lr"),
         ("seed", "seed"),
+        ("compile", "compile"),
     ):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
@@ -235,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-steps", type=int, help="micro-batches per step (sets train.batch_steps)")
     p.add_argument("--lr", type=float, help="peak learning rate (sets train.lr)")
     p.add_argument("--seed", type=int, help="sets train.seed")
+    p.add_argument(
+        "--compile",
+        choices=("off", "default", "max-autotune"),
+        help="compile the model's repeated blocks with torch.compile in this mode (sets train.compile)",
+    )
     p.add_argument(
         "--set",
         type=_key_value,

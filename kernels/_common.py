@@ -38,17 +38,70 @@ def dot_tiles(dims: tuple[int, ...], caps: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(pow2_tile(n, MIN_DOT, cap) for n, cap in zip(dims, caps))
 
 
-def dot_precision(acc: torch.dtype) -> str:
-    """``tl.dot`` input precision: IEEE unless float32 matmuls may use TF32 (PyTorch's setting)."""
+def conv_allows_tf32() -> bool:
+    """Whether torch runs float32 convolutions on TF32 tensor cores: cuDNN's convolution setting
+    (``torch.backends.cudnn.conv.fp32_precision``, "none" inheriting from ``torch.backends.cudnn``,
+    then ``torch.backends``; ``torch.backends.cudnn.allow_tf32`` on a torch without that API). True
+    by default: torch allows TF32 for convolutions unless told otherwise."""
+    for level in ("cudnn.conv", "cudnn", ""):
+        owner = torch.backends
+        for part in filter(None, level.split(".")):
+            owner = getattr(owner, part)
+        value = getattr(owner, "fp32_precision", None)
+        if value is None:
+            return bool(torch.backends.cudnn.allow_tf32)
+        if value != "none":
+            return value == "tf32"
+    return False
+
+
+def conv_dot_precision(acc: torch.dtype) -> str:
+    """``tl.dot`` input precision of a kernel that stands in for a convolution in a conditioning network
+    (``conv1x1_bias_elu``): TF32 for float32 exactly when torch's convolutions use it
+    (:func:`conv_allows_tf32`), IEEE otherwise."""
+    return "tf32" if acc == torch.float32 and conv_allows_tf32() else "ieee"
+
+
+def flow_dot_precision(acc: torch.dtype) -> str:
+    """``tl.dot`` input precision of the flow's main path (``actnorm_conv1x1``), which must stay
+    invertible to float32 accuracy: IEEE unless float32 matmuls are allowed TF32
+    (``torch.set_float32_matmul_precision("high")``), an explicit opt-in."""
     if acc == torch.float32 and torch.get_float32_matmul_precision() != "highest":
         return "tf32"
     return "ieee"
 
 
-def reduction_chunks(items: int, programs_per_chunk: int, splits: int | None = None) -> tuple[int, int]:
+FMA_REDUCTION_TILE = 16  # reduction tile of an IEEE float32 tl.dot (FFMA, its operands held in registers)
+
+
+def reduction_cap(cap: int, operands: torch.dtype, precision: str) -> int:
+    """The largest reduction-dimension tile of a ``tl.dot``: ``cap``, or FMA_REDUCTION_TILE for IEEE
+    float32 operands, whose FFMA code holds a whole reduction slice per thread (larger tiles spill)."""
+    return min(cap, FMA_REDUCTION_TILE) if operands == torch.float32 and precision == "ieee" else cap
+
+
+def gemm_options(operands: torch.dtype) -> dict[str, int]:
+    """``num_warps`` and ``num_stages`` of a ``tl.dot`` kernel whose operands have dtype ``operands``,
+    chosen from the compiled code (``python -m benchmarks kernel_report``): float32 (TF32 or FFMA)
+    tiles take 8 warps and 2 stages, so that the accumulators fit the registers without spills and
+    the pipelined tiles leave room for 2 blocks (16 warps) per SM; 16-bit operands, half the bytes,
+    keep 4 warps and 3 stages; float64 (tests only) Triton's defaults."""
+    if operands in (torch.float16, torch.bfloat16):
+        return {"num_warps": 4, "num_stages": 3}
+    if operands == torch.float32:
+        return {"num_warps": 8, "num_stages": 2}
+    return {}
+
+
+def reduction_chunks(
+    items: int, programs_per_chunk: int, splits: int | None = None, max_splits: int | None = None
+) -> tuple[int, int]:
     """``(chunks, items per chunk)`` for a reduction over ``items`` (sample, pixel block) items, each
     chunk run by ``programs_per_chunk`` programs: ``splits`` chunks when given (at most ``items``),
-    else enough to fill a GPU; never an empty chunk."""
-    splits = min(items, splits) if splits else max(1, min(items, TARGET_PROGRAMS // programs_per_chunk))
+    else enough to fill a GPU but at most ``max_splits`` (the launcher's bound that keeps the partial
+    sums no larger than the op's input); never an empty chunk."""
+    if not splits:
+        splits = max(1, min(items, TARGET_PROGRAMS // programs_per_chunk, max_splits or items))
+    splits = min(items, splits)
     per_chunk = triton.cdiv(items, splits)
     return triton.cdiv(items, per_chunk), per_chunk

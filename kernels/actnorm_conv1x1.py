@@ -18,8 +18,9 @@ Backward of ``y = M x + c``: ``dx[b] = M^T dy[b]`` (the same GEMM kernel with M^
   (deterministic, no atomics).
 
 float16/bfloat16 inputs are converted to float32 before the dot; float64 inputs use float64 dots.
-float32 dots follow ``torch.get_float32_matmul_precision()``: "highest" (PyTorch's default) runs
-them in IEEE float32, "high"/"medium" allows TF32 on GPUs that have it.
+float32 dots are IEEE unless ``torch.get_float32_matmul_precision()`` is "high"/"medium" (an explicit
+opt-in to TF32): the flow's main path must stay invertible to float32 accuracy, so unlike the
+coupling network's 1x1 convolutions it does not follow cuDNN's TF32 default (``_common.flow_dot_precision``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from fastflow.kernels import _common
 
 # Largest tiles (BLOCK_O, BLOCK_K, BLOCK_P) over output channels, input channels and pixels.
 PIXEL_AFFINE_TILES = (64, 32, 128)
-OUTER_SUM_TILES = (64, 64, 128)
+OUTER_SUM_TILES = (64, 64, 64)
 
 
 @triton.jit
@@ -45,6 +46,7 @@ def _pixel_affine_kernel(
     C_OUT,
     P,
     N_PBLOCKS,
+    N_OBLOCKS,
     s_xb,
     s_xc,
     s_xp,
@@ -60,11 +62,13 @@ def _pixel_affine_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """``Y[b, o, p] = sum_k M[o, k] X[b, k, p] + BIAS[o]`` for one (sample, pixel block, out block)."""
+    """``Y[b, o, p] = sum_k M[o, k] X[b, k, p] + BIAS[o]`` for one (sample, pixel block, out block), the
+    out block fastest over programs (those reading one x tile run together)."""
     pid = tl.program_id(0)
-    b = (pid // N_PBLOCKS).to(tl.int64)
-    offs_p = (pid % N_PBLOCKS) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    item = pid // N_OBLOCKS
+    b = (item // N_PBLOCKS).to(tl.int64)
+    offs_p = (item % N_PBLOCKS) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_o = (pid % N_OBLOCKS) * BLOCK_O + tl.arange(0, BLOCK_O)
     mask_p = offs_p < P
     mask_o = offs_o < C_OUT
     acc = tl.zeros((BLOCK_O, BLOCK_P), dtype=ACC)
@@ -159,10 +163,12 @@ def pixel_affine(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | Non
     if y.numel() == 0:
         return y
     acc = _common.acc_dtype(x, matrix)
-    block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), PIXEL_AFFINE_TILES)
-    n_pblocks = triton.cdiv(pixels, block_p)
-    grid = (batch * n_pblocks, triton.cdiv(c_out, block_o))
-    _pixel_affine_kernel[grid](
+    precision = _common.flow_dot_precision(acc)
+    cap_o, cap_k, cap_p = PIXEL_AFFINE_TILES
+    caps = (cap_o, _common.reduction_cap(cap_k, acc, precision), cap_p)
+    block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), caps)
+    n_pblocks, n_oblocks = triton.cdiv(pixels, block_p), triton.cdiv(c_out, block_o)
+    _pixel_affine_kernel[(batch * n_pblocks * n_oblocks,)](
         x,
         matrix,
         bias if bias is not None else matrix,
@@ -171,15 +177,17 @@ def pixel_affine(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | Non
         c_out,
         pixels,
         n_pblocks,
+        n_oblocks,
         *x.stride(),
         *matrix.stride(),
         *y.stride(),
         HAS_BIAS=bias is not None,
         ACC=_common.tl_dtype(acc),
-        PRECISION=_common.dot_precision(acc),
+        PRECISION=precision,
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,
+        **_common.gemm_options(acc),
     )
     return y
 
@@ -195,11 +203,14 @@ def outer_sum(dy: torch.Tensor, x: torch.Tensor, splits: int | None = None) -> t
     acc = _common.acc_dtype(dy, x)
     if batch * pixels == 0:
         return (torch.zeros(c_out, c_in, dtype=acc, device=x.device), torch.zeros(c_out, dtype=acc, device=x.device))
-    block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), OUTER_SUM_TILES)
+    precision = _common.flow_dot_precision(acc)
+    caps = (*OUTER_SUM_TILES[:2], _common.reduction_cap(OUTER_SUM_TILES[2], acc, precision))
+    block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), caps)
     n_pblocks = triton.cdiv(pixels, block_p)
     items = batch * n_pblocks
     tiles = (triton.cdiv(c_out, block_o), triton.cdiv(c_in, block_k))
-    splits, per_split = _common.reduction_chunks(items, tiles[0] * tiles[1], splits)
+    max_splits = (dy.numel() + x.numel()) // (c_out * c_in + c_out)  # partials no larger than the input
+    splits, per_split = _common.reduction_chunks(items, tiles[0] * tiles[1], splits, max_splits)
     g_part = _common.new_output((splits, c_out, c_in), acc, x.device)
     r_part = _common.new_output((splits, c_out), acc, x.device)
     _outer_sum_kernel[(splits, *tiles)](
@@ -216,9 +227,10 @@ def outer_sum(dy: torch.Tensor, x: torch.Tensor, splits: int | None = None) -> t
         *dy.stride(),
         *x.stride(),
         ACC=_common.tl_dtype(acc),
-        PRECISION=_common.dot_precision(acc),
+        PRECISION=precision,
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,
+        **_common.gemm_options(acc),
     )
     return g_part.sum(0), r_part.sum(0)

@@ -36,9 +36,10 @@ atomics). With ``B_ONLY`` a program covers elements of the ``[Cb, P]`` transform
 writes only those (the caller's output already holds x_a: the in-place, no-grad use). The backward
 kernels recompute s and d(log s)/du from u instead of storing them and store dmu and du through
 strides, so both can be halves of the one gradient buffer of a conditioning net's output. With
-``affine`` each backward program covers pixels of one (sample, channel) plane instead, so that it
+``affine`` each backward program covers whole channels (rows of pixels) of one sample instead, so that it
 stores one partial sum per channel of ``dout * out_before_affine`` and of ``dout`` (the gradients
-of w and a; summed in torch, deterministic).
+of w and a; summed in torch, deterministic); small planes (the 4x4 top level) put several channels
+in one program.
 All arithmetic is in float32 (float64 for float64 inputs); outputs are stored in their input dtype.
 """
 
@@ -88,26 +89,41 @@ def _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE: tl.constexpr, BLOCK:
 
 
 @triton.jit
-def _plane_block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE: tl.constexpr, BLOCK: tl.constexpr):
-    """As :func:`_block_elements` for programs that each cover ``BLOCK`` pixels of one (sample,
-    channel) plane, ``N_BLOCKS`` programs per plane: ``c`` is then the same for all positions."""
-    plane = pid // N_BLOCKS
-    b = (plane // C).to(tl.int64)
-    p = (pid % N_BLOCKS) * BLOCK + tl.arange(0, BLOCK)
-    inside = p < P
-    c = plane % C + tl.zeros([BLOCK], dtype=tl.int32)
+def _plane_block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE: tl.constexpr, BLOCK: tl.constexpr, ROW: tl.constexpr):
+    """As :func:`_block_elements` for programs that each cover ``BLOCK // ROW`` channels times ``ROW``
+    pixels of one sample (``N_BLOCKS`` programs per row of ``P`` pixels): position ``i`` is channel
+    ``i // ROW`` of the program's channel block, pixel ``i % ROW`` of its pixel block."""
+    CPB: tl.constexpr = BLOCK // ROW
+    per_sample = tl.cdiv(C, CPB) * N_BLOCKS
+    b = (pid // per_sample).to(tl.int64)
+    r = pid % per_sample
+    i = tl.arange(0, BLOCK)
+    c = (r // N_BLOCKS) * CPB + i // ROW
+    p = (r % N_BLOCKS) * ROW + i % ROW
+    inside = (p < P) & (c < C)
     is_b, j = _transformed(c, START, STRIDE, CB)
     return b, c, p, inside, is_b & inside, j
 
 
 @triton.jit
-def _backward_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE: tl.constexpr, BLOCK: tl.constexpr, AFFINE: tl.constexpr):
+def _backward_elements(
+    pid,
+    C,
+    CB,
+    P,
+    N_BLOCKS,
+    START,
+    STRIDE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ROW: tl.constexpr,
+    AFFINE: tl.constexpr,
+):
     """A backward program's elements (:func:`_block_elements`; with AFFINE :func:`_plane_block_elements`,
-    one channel per program for its partial sums), then the mask of its loads of the op's input:
-    every element with AFFINE (the output before the affine is recomputed on the conditioning
-    channels too), the transformed ones otherwise."""
+    whole channels per program for its per-channel partial sums), then the mask of its loads of the
+    op's input: every element with AFFINE (the output before the affine is recomputed on the
+    conditioning channels too), the transformed ones otherwise."""
     if AFFINE:
-        b, c, p, inside, is_b, j = _plane_block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
+        b, c, p, inside, is_b, j = _plane_block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK, ROW)
         input_mask = inside
     else:
         b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
@@ -116,11 +132,14 @@ def _backward_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE: tl.constexpr, BLO
 
 
 @triton.jit
-def _store_affine_partials(AFF_PART, pid, inside, d_out, z):
-    """One program's sums of ``d_out * z`` and of ``d_out`` (gradients of the affine's w and a)."""
-    total = tl.num_programs(0)
-    tl.store(AFF_PART + pid, tl.sum(tl.where(inside, d_out * z, 0.0), axis=0))
-    tl.store(AFF_PART + total + pid, tl.sum(tl.where(inside, d_out, 0.0), axis=0))
+def _store_affine_partials(AFF_PART, pid, inside, d_out, z, BLOCK: tl.constexpr, ROW: tl.constexpr):
+    """One program's per-channel sums of ``d_out * z`` and of ``d_out`` (gradients of the affine's w
+    and a): ``BLOCK // ROW`` values each, at ``AFF_PART[0 or 1, pid, :]``."""
+    CPB: tl.constexpr = BLOCK // ROW
+    total = tl.num_programs(0) * CPB
+    k = pid * CPB + tl.arange(0, CPB)
+    tl.store(AFF_PART + k, tl.sum(tl.reshape(tl.where(inside, d_out * z, 0.0), (CPB, ROW)), axis=1))
+    tl.store(AFF_PART + total + k, tl.sum(tl.reshape(tl.where(inside, d_out, 0.0), (CPB, ROW)), axis=1))
 
 
 @triton.jit
@@ -299,6 +318,7 @@ def _coupling_forward_backward_kernel(
     AFFINE: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
+    ROW: tl.constexpr,
 ):
     """Gradients of the density direction. ``y_b = s x_b + mu``: dx_b = s dy_b, dmu = dy_b,
     du = d(log s)/du * (dy_b * s x_b + dlogdet[b]); SHIFT_FIRST ``y_b = s (x_b + mu)``: dx_b = dmu
@@ -306,7 +326,7 @@ def _coupling_forward_backward_kernel(
     ``[B, C, P]`` share strides; DMU and DU ``[B, Cb, P]`` have unit pixel stride. With AFFINE, dy is
     first multiplied by ``AFF[0, c]`` and the program stores its affine partial sums, recomputing y."""
     pid = tl.program_id(0)
-    b, c, p, inside, is_b, j, x_mask = _backward_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK, AFFINE)
+    b, c, p, inside, is_b, j, x_mask = _backward_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK, ROW, AFFINE)
     d_out = tl.load(DY + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
     dy = d_out * tl.load(AFF + c, mask=inside, other=0.0) if AFFINE else d_out
     if HAS_U or AFFINE:
@@ -337,7 +357,7 @@ def _coupling_forward_backward_kernel(
     tl.store(DX + b * s_gb + c * s_gc + p * s_gp, dx.to(DX.dtype.element_ty), mask=inside)
     tl.store(DMU + b * s_dmb + j * s_dmc + p, dmu.to(DMU.dtype.element_ty), mask=is_b)
     if AFFINE:
-        _store_affine_partials(AFF_PART, pid, inside, d_out, tl.where(is_b, y_b, x))
+        _store_affine_partials(AFF_PART, pid, inside, d_out, tl.where(is_b, y_b, x), BLOCK, ROW)
 
 
 @triton.jit
@@ -383,13 +403,14 @@ def _coupling_inverse_backward_kernel(
     AFFINE: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
+    ROW: tl.constexpr,
 ):
     """Gradients of the generation direction, recomputing x_b. ``x_b = (y_b - mu) / s``:
     dy_b = dx_b / s, dmu = -dx_b / s, du = -d(log s)/du * (dx_b * x_b + dlogdet[b]); SHIFT_FIRST
     ``x_b = y_b / s - mu``: dy_b = dx_b / s, dmu = -dx_b, du = -d(log s)/du * (dx_b * y_b / s +
     dlogdet[b]); dy_a = dx_a. With AFFINE as in the density direction's backward."""
     pid = tl.program_id(0)
-    b, c, p, inside, is_b, j, y_mask = _backward_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK, AFFINE)
+    b, c, p, inside, is_b, j, y_mask = _backward_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK, ROW, AFFINE)
     d_out = tl.load(DX + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
     dx = d_out * tl.load(AFF + c, mask=inside, other=0.0) if AFFINE else d_out
     if HAS_U or AFFINE:
@@ -421,7 +442,7 @@ def _coupling_inverse_backward_kernel(
     tl.store(DY + b * s_gb + c * s_gc + p * s_gp, dy.to(DY.dtype.element_ty), mask=inside)
     tl.store(DMU + b * s_dmb + j * s_dmc + p, dmu.to(DMU.dtype.element_ty), mask=is_b)
     if AFFINE:
-        _store_affine_partials(AFF_PART, pid, inside, d_out, tl.where(is_b, x_b, y))
+        _store_affine_partials(AFF_PART, pid, inside, d_out, tl.where(is_b, x_b, y), BLOCK, ROW)
 
 
 def _grid(batch: int, plane: int, block: int) -> tuple[int, tuple[int]]:
@@ -463,13 +484,14 @@ def coupling_apply(
     b_only = out is not None and affine is None
     if out is None:
         out = _common.new_output((batch, channels, pixels), x.dtype, x.device)
-    zeros = torch.zeros(batch, dtype=acc, device=x.device)
-    if out.numel() == 0:
-        return out, zeros
+    if out.numel() == 0 or u is None:  # the logdet is zero (an empty or additive coupling)
+        logdet = torch.zeros(batch, dtype=acc, device=x.device)
+        if out.numel() == 0:
+            return out, logdet
     plane = (cb if b_only else channels) * pixels
     block = _block_size(plane)
     n_blocks, grid = _grid(batch, plane, block)
-    partial = _common.new_output((batch, n_blocks), acc, x.device) if u is not None else zeros
+    partial = _common.new_output((batch, n_blocks), acc, x.device) if u is not None else logdet
     param, constexprs = _form_constexprs(form)
     _coupling_kernel[grid](
         x,
@@ -497,7 +519,7 @@ def coupling_apply(
         BLOCK=block,
         **constexprs,
     )
-    return out, (partial.sum(1) if u is not None else zeros)
+    return out, (partial.sum(1) if u is not None else logdet)
 
 
 def coupling_backward(
@@ -531,17 +553,18 @@ def coupling_backward(
         d_mu = _common.new_output((batch, cb, pixels), mu.dtype, x.device)
     if d_u is None and u is not None:
         d_u = _common.new_output((batch, cb, pixels), u.dtype, x.device)
-    d_affine = None if affine is None else torch.zeros_like(affine)
     if d_in.numel() == 0:
-        return d_in, d_mu, d_u, d_affine
+        return d_in, d_mu, d_u, None if affine is None else torch.zeros_like(affine)
     if affine is None:  # programs over blocks of a sample's [C, P] plane
-        block = _block_size(channels * pixels)
+        block = row = _block_size(channels * pixels)
         n_blocks, grid = _grid(batch, channels * pixels, block)
         partial = grad_logdet
-    else:  # programs over blocks of one channel's pixels, one affine partial sum each
-        block = _block_size(pixels)
-        n_blocks, grid = _grid(batch * channels, pixels, block)
-        partial = _common.new_output((2, batch, channels, n_blocks), acc, x.device)
+    else:  # programs over whole channels' pixels (several small channels at once), partial sums per channel
+        row = _common.pow2_tile(pixels, 1, MAX_BLOCK)
+        block = max(MIN_BLOCK, row * _common.pow2_tile(channels, 1, MAX_BLOCK // row))
+        n_blocks, n_cblocks = triton.cdiv(pixels, row), triton.cdiv(channels, block // row)
+        grid = (batch * n_cblocks * n_blocks,)
+        partial = _common.new_output((2, batch, n_cblocks, n_blocks, block // row), acc, x.device)
     grad_logdet = grad_logdet.contiguous()
     param, constexprs = _form_constexprs(form)
     kernel = _coupling_inverse_backward_kernel if inverse else _coupling_forward_backward_kernel
@@ -576,8 +599,9 @@ def coupling_backward(
         AFFINE=affine is not None,
         ACC=_common.tl_dtype(acc),
         BLOCK=block,
+        ROW=row,
         **constexprs,
     )
-    if affine is not None:
-        d_affine = partial.sum((1, 3)).to(affine.dtype)
-    return d_in, d_mu, d_u, d_affine
+    if affine is None:
+        return d_in, d_mu, d_u, None
+    return d_in, d_mu, d_u, partial.sum((1, 3)).flatten(1)[:, :channels].to(affine.dtype)

@@ -5,6 +5,7 @@ h is viewed as ``[B, C_in, P]`` (P = H*W pixels), W ``[C_out, C_in]``, bias ``[B
 value per sample and channel) or absent; out is ``[B, C_out, P]``.
 
 - forward (:func:`conv1x1_bias_elu_forward`): tiles (sample, pixel block) x (output-channel block),
+  the channel block fastest over programs (programs sharing an h tile run together, for L2 reuse),
   loops over input channels with ``tl.dot`` and applies bias and ELU to the accumulator before the
   one store: the pre-activation never reaches memory.
 - backward: ``g = dout * elu'`` with ``elu' = 1`` where ``out > 0`` and ``out + 1`` elsewhere (from
@@ -17,8 +18,9 @@ value per sample and channel) or absent; out is ``[B, C_out, P]``.
 
 Arithmetic: float32 accumulation (float64 for float64 inputs). float16/bfloat16 h goes into
 ``tl.dot`` as is, with W converted to h's dtype by the caller (tensor cores), float32 accumulation;
-results are stored in h's dtype. float32 dots follow ``torch.get_float32_matmul_precision()``
-("highest": IEEE float32; "high"/"medium": TF32 where the GPU has it).
+results are stored in h's dtype. float32 dots follow the setting torch applies to the convolution
+they replace (``torch.backends.cudnn.conv.fp32_precision``; TF32 by default, IEEE when set to "ieee"
+or with ``torch.backends.cudnn.allow_tf32 = False``), see ``_common.conv_dot_precision``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ from fastflow.kernels import _common
 FORWARD_TILES = (64, 32, 64)
 GRAD_INPUT_TILES = (64, 32, 64)
 GRAD_WEIGHT_TILES = (64, 64, 64)
+
+
+def _operands(h: torch.Tensor, acc: torch.dtype) -> torch.dtype:
+    """The torch dtype of the ``tl.dot`` operands (see :func:`_dot_dtype`)."""
+    return h.dtype if h.dtype in (torch.float16, torch.bfloat16) else acc
 
 
 def _dot_dtype(h: torch.Tensor, acc: torch.dtype) -> tl.dtype:
@@ -59,6 +66,7 @@ def _forward_kernel(
     C_OUT,
     P,
     N_PBLOCKS,
+    N_OBLOCKS,
     s_hb,
     s_hc,
     s_hp,
@@ -74,11 +82,13 @@ def _forward_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """``OUT[b, o, p] = elu(sum_k W[o, k] H[b, k, p] + BIAS[b, o])``; OUT contiguous ``[B, C_OUT, P]``."""
+    """``OUT[b, o, p] = elu(sum_k W[o, k] H[b, k, p] + BIAS[b, o])``; OUT contiguous ``[B, C_OUT, P]``.
+    The output-channel block varies fastest over programs, so those reading one h tile run together."""
     pid = tl.program_id(0)
-    b = (pid // N_PBLOCKS).to(tl.int64)
-    offs_p = (pid % N_PBLOCKS) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    item = pid // N_OBLOCKS
+    b = (item // N_PBLOCKS).to(tl.int64)
+    offs_p = (item % N_PBLOCKS) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_o = (pid % N_OBLOCKS) * BLOCK_O + tl.arange(0, BLOCK_O)
     mask_p = offs_p < P
     mask_o = offs_o < C_OUT
     acc = tl.zeros((BLOCK_O, BLOCK_P), dtype=ACC)
@@ -115,6 +125,7 @@ def _grad_input_kernel(
     C_OUT,
     P,
     N_PBLOCKS,
+    N_KBLOCKS,
     s_ob,
     s_oo,
     s_op,
@@ -132,11 +143,13 @@ def _grad_input_kernel(
     BLOCK_P: tl.constexpr,
 ):
     """``DH[b, k, p] = sum_o W[o, k] g[b, o, p]`` with ``g = DOUT * elu'(OUT)`` formed per tile; the
-    programs of input block 0 write ``DBIAS_PART[b, o, pblock] = sum_p g``. DH contiguous."""
+    programs of input block 0 write ``DBIAS_PART[b, o, pblock] = sum_p g``. DH contiguous. The input
+    block varies fastest over programs, so those reading one g tile run together."""
     pid = tl.program_id(0)
-    b = (pid // N_PBLOCKS).to(tl.int64)
-    pblock = pid % N_PBLOCKS
-    pid_k = tl.program_id(1)
+    item = pid // N_KBLOCKS
+    b = (item // N_PBLOCKS).to(tl.int64)
+    pblock = item % N_PBLOCKS
+    pid_k = pid % N_KBLOCKS
     offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     mask_p = offs_p < P
@@ -232,8 +245,8 @@ def conv1x1_bias_elu_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.
         return out
     acc = _common.acc_dtype(h, weight)
     block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), FORWARD_TILES)
-    n_pblocks = triton.cdiv(pixels, block_p)
-    _forward_kernel[(batch * n_pblocks, triton.cdiv(c_out, block_o))](
+    n_pblocks, n_oblocks = triton.cdiv(pixels, block_p), triton.cdiv(c_out, block_o)
+    _forward_kernel[(batch * n_pblocks * n_oblocks,)](
         h,
         weight,
         bias if bias is not None else weight,
@@ -242,16 +255,18 @@ def conv1x1_bias_elu_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.
         c_out,
         pixels,
         n_pblocks,
+        n_oblocks,
         *h.stride(),
         *weight.stride(),
         *(bias.stride() if bias is not None else (0, 0)),
         HAS_BIAS=bias is not None,
         ACC=_common.tl_dtype(acc),
         DOT=_dot_dtype(h, acc),
-        PRECISION=_common.dot_precision(acc),
+        PRECISION=_common.conv_dot_precision(acc),
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,
+        **_common.gemm_options(_operands(h, acc)),
     )
     return out
 
@@ -268,9 +283,9 @@ def grad_input(
     if batch * pixels == 0 or c_in == 0:
         return grad_h.zero_(), torch.zeros(batch, c_out, dtype=acc, device=out.device) if bias_grad else None
     block_k, block_o, block_p = _common.dot_tiles((c_in, c_out, pixels), GRAD_INPUT_TILES)
-    n_pblocks = triton.cdiv(pixels, block_p)
+    n_pblocks, n_kblocks = triton.cdiv(pixels, block_p), triton.cdiv(c_in, block_k)
     partial = _common.new_output((batch, c_out, n_pblocks), acc, out.device) if bias_grad else grad_h
-    _grad_input_kernel[(batch * n_pblocks, triton.cdiv(c_in, block_k))](
+    _grad_input_kernel[(batch * n_pblocks * n_kblocks,)](
         out,
         grad_out,
         weight,
@@ -280,16 +295,18 @@ def grad_input(
         c_out,
         pixels,
         n_pblocks,
+        n_kblocks,
         *out.stride(),
         *grad_out.stride(),
         *weight.stride(),
         BIAS_GRAD=bias_grad,
         ACC=_common.tl_dtype(acc),
         DOT=_dot_dtype(out, acc),
-        PRECISION=_common.dot_precision(acc),
+        PRECISION=_common.conv_dot_precision(acc),
         BLOCK_K=block_k,
         BLOCK_O=block_o,
         BLOCK_P=block_p,
+        **_common.gemm_options(_operands(out, acc)),
     )
     return grad_h, partial.sum(2) if bias_grad else None
 
@@ -303,11 +320,14 @@ def grad_weight(out: torch.Tensor, grad_out: torch.Tensor, h: torch.Tensor, spli
     acc = _common.acc_dtype(out, h)
     if batch * pixels == 0:
         return torch.zeros(c_out, c_in, dtype=acc, device=h.device)
-    block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), GRAD_WEIGHT_TILES)
+    precision = _common.conv_dot_precision(acc)
+    caps = (*GRAD_WEIGHT_TILES[:2], _common.reduction_cap(GRAD_WEIGHT_TILES[2], _operands(h, acc), precision))
+    block_o, block_k, block_p = _common.dot_tiles((c_out, c_in, pixels), caps)
     n_pblocks = triton.cdiv(pixels, block_p)
     items = batch * n_pblocks
     tiles = (triton.cdiv(c_out, block_o), triton.cdiv(c_in, block_k))
-    splits, per_split = _common.reduction_chunks(items, tiles[0] * tiles[1], splits)
+    max_splits = (out.numel() + grad_out.numel() + h.numel()) // (c_out * c_in)  # partials no larger than the input
+    splits, per_split = _common.reduction_chunks(items, tiles[0] * tiles[1], splits, max_splits)
     dw_part = _common.new_output((splits, c_out, c_in), acc, h.device)
     _grad_weight_kernel[(splits, *tiles)](
         out,
@@ -325,9 +345,10 @@ def grad_weight(out: torch.Tensor, grad_out: torch.Tensor, h: torch.Tensor, spli
         *h.stride(),
         ACC=_common.tl_dtype(acc),
         DOT=_dot_dtype(h, acc),
-        PRECISION=_common.dot_precision(acc),
+        PRECISION=precision,
         BLOCK_O=block_o,
         BLOCK_K=block_k,
         BLOCK_P=block_p,
+        **_common.gemm_options(_operands(h, acc)),
     )
     return dw_part.sum(0)

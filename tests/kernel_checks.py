@@ -2,7 +2,9 @@
 
 - :func:`compile_for_gpus`: compile Triton kernels to sm_80 (A100) and sm_90 (H100/H200) cubins
   without a GPU (in a subprocess without ``TRITON_INTERPRET``), which catches what the interpreter
-  lets pass; ``FASTFLOW_TRITON_PATH`` (a folder holding another ``triton`` package, put first on the
+  lets pass (every int a plain i32, no runtime specialisation: whether they compile, not what code
+  they compile to; tests/test_kernel_machine_code.py judges the code the runtime would run);
+  ``FASTFLOW_TRITON_PATH`` (a folder holding another ``triton`` package, put first on the
   subprocess's ``PYTHONPATH``) compiles them with that Triton instead (tests/test_triton_versions.py);
 - :func:`poison_outputs`: make every buffer a kernel module's launchers allocate start as NaN, so an
   element a kernel forgets to write cannot pass as a correct zero;

@@ -264,7 +264,7 @@ def test_kernels_compile_for_a_gpu():
             for b_only, affine in ((False, False), (True, False), (False, True))
         ]
         variants += [
-            (name, types, constexprs | {"AFFINE": affine})
+            (name, types, constexprs | {"AFFINE": affine, "ROW": 64 if affine else 1024})
             for name in ("_coupling_forward_backward_kernel", "_coupling_inverse_backward_kernel")
             for affine in (False, True)
         ]

@@ -73,9 +73,8 @@ def test_op_benchmark_times_reference_and_cpu() -> None:
 def test_step_targets_benchmark_runs() -> None:
     """``python -m benchmarks step`` (the speed targets) on a tiny config: a ratio per variant
     and a verdict per target."""
-    proc = run_python(
-        "-m", "benchmarks", "step", "--config", "tiny_wolf", "--batch", "2", "--rounds", "1", "--threads", "1"
-    )
+    args = ["--config", "tiny_wolf", "--batch", "2", "--rounds", "1", "--threads", "1"]
+    proc = run_python("-m", "benchmarks", "step", *args, "--variants", "reference", "cpu", "cpu+bf16")
     verdicts = proc.stdout.count("-> MET") + proc.stdout.count("-> NOT MET") + proc.stdout.count("NOT MEASURED")
     assert proc.stdout.count("x reference speed") >= 2 and verdicts == 3
     args = ["--config", "tiny_wolf", "--batch", "2", "--rounds", "2", "--steps", "1", "--threads", "1"]

@@ -21,7 +21,7 @@ from fastflow.models import build_model  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # A compile takes 8-20 s of CPU per model (Triton in the interpreter 20-40 s more), so `make test` runs
-# Wolf on the torch backend (every CPU op of fastflow: the coupling network as one Function, the
+# Wolf on the cpu backend (every CPU op of fastflow: the coupling network as one Function, the
 # extension's kernels, the packed coupling) and `make test-all` the rest.
 SLOW = pytest.mark.slow
 CASES = [

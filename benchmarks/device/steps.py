@@ -5,7 +5,11 @@
 Cases in priority order (CASES): CIFAR-10 Wolf batch 64, stock Glow batch 64, CelebA-HQ 256 Wolf batch 8
 with memory-efficient backprop, then the largest CelebA-HQ 256 Wolf batch that fits (the paper trains
 at 40). Variants: each op backend (``BACKENDS`` less "auto"), ``+bf16`` (autocast for the coupling
-networks) and ``+graph`` (the whole step, AdamW included, captured in a CUDA graph and replayed).
+networks), ``+graph`` (the whole step, AdamW included, captured in a CUDA graph and replayed) and
+``+compile`` (the model's repeated blocks compiled, :func:`fastflow.train.compile.compile_regions`, on
+a model of its own): ``reference+compile`` and ``reference+bf16+compile`` are the strongest
+plain-PyTorch baselines. A compiled variant's warm-up (its compilation) is reported apart as
+``warmup_s``; it starts only while at least ``COMPILE_CAP_S`` seconds of the budget are left.
 Each row: median step time over timed AdamW steps (CUDA events), img/s, peak memory, the GPU-busy time
 of one profiled step (the sum of its kernels' device time: a step far above it is launch-bound), and
 whether one step ran under ``torch.cuda.set_sync_debug_mode("error")`` without a host sync. Cases stop
@@ -24,6 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks._common import write_csv
+
+COMPILE_CAP_S = 150.0  # budget left that a compiled variant needs to start (its compilation)
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,8 @@ def cases(dry_run: bool) -> tuple[list[StepCase], str, tuple[int, ...]]:
     """(cases, the config of the largest-batch search, the batches it tries)."""
     fused = [b for b in _backends() if b not in ("cpu", "reference")]  # the backends with fused kernels
     wolf = tuple(_backends()) + tuple(f"{b}+bf16" for b in fused) + tuple(f"{b}+graph" for b in fused)
+    compiled = ("reference+compile", "reference+bf16+compile")
+    compiled += tuple(f"{b}+compile" for b in fused) + tuple(f"{b}+bf16+compile" for b in fused)
     if dry_run:  # one interpreted (slow) step with a fused backend, the rest on the cpu backend
         dry_wolf = ("cpu",) + tuple(f"{b}+graph" for b in fused)
         tiny = [
@@ -53,9 +61,11 @@ def cases(dry_run: bool) -> tuple[list[StepCase], str, tuple[int, ...]]:
         return tiny + [StepCase("tiny_wolf", 1, True, ("cpu",))], "tiny_wolf", (1,)
     return (
         [
-            StepCase("cifar10_wolf", 64, False, wolf),
+            StepCase("cifar10_wolf", 64, False, wolf + compiled),
             StepCase("cifar10_glow", 64, False, tuple(_backends())),
             StepCase("celeba256_wolf", 8, True, tuple(_backends()) + tuple(f"{b}+bf16" for b in fused)),
+            # memory-efficient chains run their layers eagerly: the compiled variants train without them
+            StepCase("celeba256_wolf", 8, False, ("reference",) + compiled + tuple(f"{b}+bf16" for b in fused)),
         ],
         "celeba256_wolf",
         (16, 24, 32, 40, 48, 64),
@@ -78,11 +88,17 @@ class Runner:
         self.model.initialize(self.x)
         if memory_efficient:
             self.model.set_memory_efficient(True)
+        self.compiled = False
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, capturable=device == "cuda")
 
     def step_fn(self, variant: str):
         backend, *flags = variant.split("+")
         self.model.set_backend(backend)
+        if "compile" in flags and not self.compiled:  # a runner of its own (see main)
+            from fastflow.train.compile import compile_regions
+
+            compile_regions(self.model, "default")
+            self.compiled = True
 
         def step() -> torch.Tensor:
             self.optimizer.zero_grad(set_to_none=False)
@@ -218,12 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         for variant in case.variants:
             row = {"config": case.config, "batch": case.batch, "memory_efficient": case.memory_efficient}
             row["variant"] = variant
-            if time.perf_counter() > end:
-                row["error"] = "skipped: stage budget spent"
+            compiled = "compile" in variant.split("+")
+            if time.perf_counter() > end - (COMPILE_CAP_S if compiled else 0.0):
+                row["error"] = "skipped: stage budget spent" + (" (compilation cap)" if compiled else "")
             else:
                 try:
-                    runner = runner if getattr(runner, "key", None) == case else Runner(*_key(case), device)
-                    runner.key = case
+                    key = (case, variant if compiled else None)  # a compiled variant compiles its own model
+                    runner = runner if getattr(runner, "key", None) == key else Runner(*_key(case), device)
+                    runner.key = key
                     row |= time_variant(runner, variant, *((1, 0) if args.dry_run else (5, 2)))
                 except Exception as exc:  # out of memory, a failed capture: a row, not a crash
                     row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"

@@ -19,13 +19,17 @@ namespace {
 constexpr int kMaxThreads = 256;
 constexpr unsigned kFullWarp = 0xffffffffu;
 
+// Row stride of the matrix in shared memory: odd, so that a warp reading one column (a stride of ld
+// doubles) touches every bank once instead of conflicting when n is even.
+__host__ __device__ inline int padded_stride(int n) { return n | 1; }
+
 // Index of the largest |m[i, k]| over rows i >= k (the first one on ties), computed by warp 0.
-__device__ int pivot_row(const double* m, int n, int k) {
+__device__ int pivot_row(const double* m, int n, int ld, int k) {
   const int lane = threadIdx.x;
   double best = -1.0;
   int row = k;
   for (int i = k + lane; i < n; i += 32) {
-    const double v = fabs(m[i * n + k]);
+    const double v = fabs(m[i * ld + k]);
     if (v > best) {
       best = v;
       row = i;
@@ -42,14 +46,15 @@ __device__ int pivot_row(const double* m, int n, int k) {
   return row;
 }
 
-// Block b handles matrix b. Shared memory: n * n + n doubles.
+// Block b handles matrix b. Shared memory: n * padded_stride(n) + n doubles.
 template <typename scalar_t>
 __global__ void gauss_jordan_kernel(const scalar_t* __restrict__ a, int64_t s0, int64_t s1, int64_t s2, int n,
                                     scalar_t* __restrict__ sign_out, scalar_t* __restrict__ logabsdet_out,
                                     scalar_t* __restrict__ inverse) {
   extern __shared__ double shared[];
-  double* m = shared;          // the matrix, row-major; becomes (P A)^-1
-  double* column = m + n * n;  // column k before elimination step k
+  const int ld = padded_stride(n);
+  double* m = shared;           // the matrix, row-major with row stride ld; becomes (P A)^-1
+  double* column = m + n * ld;  // column k before elimination step k
   __shared__ int pivots[kMaxBlockN];
   __shared__ int source_column[kMaxBlockN];
   __shared__ int chosen_row;
@@ -59,7 +64,7 @@ __global__ void gauss_jordan_kernel(const scalar_t* __restrict__ a, int64_t s0, 
   const int threads = blockDim.x;
   const scalar_t* src = a + blockIdx.x * s0;
   for (int idx = tid; idx < n * n; idx += threads) {
-    m[idx] = static_cast<double>(src[(idx / n) * s1 + (idx % n) * s2]);
+    m[(idx / n) * ld + idx % n] = static_cast<double>(src[(idx / n) * s1 + (idx % n) * s2]);
   }
   __syncthreads();
 
@@ -68,15 +73,15 @@ __global__ void gauss_jordan_kernel(const scalar_t* __restrict__ a, int64_t s0, 
   bool singular = false;
   for (int k = 0; k < n; ++k) {
     if (tid < 32) {
-      const int row = pivot_row(m, n, k);
+      const int row = pivot_row(m, n, ld, k);
       if (tid == 0) {
         chosen_row = row;
-        chosen_pivot = m[row * n + k];
+        chosen_pivot = m[row * ld + k];
       }
     }
     __syncthreads();
     const int p = chosen_row;
-    const double pivot = chosen_pivot;  // not m[p * n + k]: the swap below may already have moved it
+    const double pivot = chosen_pivot;  // not m[p * ld + k]: the swap below may already have moved it
     if (pivot == 0.0) {  // the same value in every thread, so the whole block leaves together
       singular = true;
       break;
@@ -88,21 +93,22 @@ __global__ void gauss_jordan_kernel(const scalar_t* __restrict__ a, int64_t s0, 
     }
     if (p != k) {
       for (int j = tid; j < n; j += threads) {
-        const double t = m[k * n + j];
-        m[k * n + j] = m[p * n + j];
-        m[p * n + j] = t;
+        const double t = m[k * ld + j];
+        m[k * ld + j] = m[p * ld + j];
+        m[p * ld + j] = t;
       }
     }
     __syncthreads();
     for (int i = tid; i < n; i += threads) {
-      if (i != k) column[i] = m[i * n + k];  // m[k, k] is being scaled in this phase; column[k] is unused
+      if (i != k) column[i] = m[i * ld + k];  // m[k, k] is being scaled in this phase; column[k] is unused
     }
-    for (int j = tid; j < n; j += threads) m[k * n + j] = (j == k ? 1.0 : m[k * n + j]) / pivot;
+    const double inv_pivot = 1.0 / pivot;
+    for (int j = tid; j < n; j += threads) m[k * ld + j] = (j == k ? 1.0 : m[k * ld + j]) * inv_pivot;
     __syncthreads();
     for (int idx = tid; idx < n * n; idx += threads) {
       const int i = idx / n;
       const int j = idx % n;
-      if (i != k) m[idx] = (j == k ? 0.0 : m[idx]) - column[i] * m[k * n + j];
+      if (i != k) m[i * ld + j] = (j == k ? 0.0 : m[i * ld + j]) - column[i] * m[k * ld + j];
     }
     __syncthreads();
   }
@@ -124,7 +130,7 @@ __global__ void gauss_jordan_kernel(const scalar_t* __restrict__ a, int64_t s0, 
   __syncthreads();
   scalar_t* out = inverse + blockIdx.x * static_cast<int64_t>(n) * n;
   for (int idx = tid; idx < n * n; idx += threads) {
-    const double v = singular ? CUDART_NAN : m[(idx / n) * n + source_column[idx % n]];
+    const double v = singular ? CUDART_NAN : m[(idx / n) * ld + source_column[idx % n]];
     out[idx] = static_cast<scalar_t>(v);
   }
 }
@@ -136,7 +142,7 @@ cudaError_t launch_gauss_jordan(const scalar_t* a, int64_t batch, int64_t s0, in
                                 scalar_t* sign, scalar_t* logabsdet, scalar_t* inverse, cudaStream_t stream) {
   if (batch == 0) return cudaSuccess;
   const int threads = std::min(kMaxThreads, std::max(32, (n * n + 31) / 32 * 32));
-  const size_t shared_bytes = static_cast<size_t>(n * n + n) * sizeof(double);
+  const size_t shared_bytes = static_cast<size_t>(n * padded_stride(n) + n) * sizeof(double);
   gauss_jordan_kernel<scalar_t><<<static_cast<unsigned>(batch), threads, shared_bytes, stream>>>(a, s0, s1, s2, n, sign, logabsdet, inverse);
   return cudaGetLastError();
 }

@@ -8,7 +8,7 @@
 
 namespace fastflow {
 
-constexpr int kMaxBlockN = 64;  // largest n for the one-block-per-matrix kernel (32 KiB of shared memory)
+constexpr int kMaxBlockN = 64;  // largest n for the one-block-per-matrix kernel (33 KiB of shared memory with padded rows)
 
 // sign[b], logabsdet[b] and, when `inverse` is not null, inverse[b] (contiguous n x n) of the
 // matrices a[b] (strides s0, s1, s2), b < batch, n <= kMaxBlockN, computed in float64 on `stream`.

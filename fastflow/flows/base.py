@@ -97,7 +97,8 @@ class FlowSequence(Flow):
         self, layers: list[Flow], x: torch.Tensor, cond: torch.Tensor | None, inverse: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         logdet = x.new_zeros(x.shape[0], dtype=logdet_dtype(x))
-        source = None if torch.is_grad_enabled() else _storage(x)
+        # in-place writes only in eager evaluation (a compiled region has no storage addresses to compare)
+        source = None if torch.is_grad_enabled() or torch.compiler.is_compiling() else _storage(x)
         i = 0
         while i < len(layers):
             layer, options = layers[i], {}

@@ -79,7 +79,11 @@ class InvertibleMatrix(Flow):
     def statistics(self, need_inverse: bool) -> WeightStatistics:
         """log|det W| and maybe W^-1 of the current weight (from the batched block if it is fresh)."""
         stats = self._statistics
-        fresh = stats is not None and (stats.version is None or stats.version == self.weight._version)
+        # a compiled region takes the block's statistics as they are: the counter is data-dependent
+        # there, and nothing between the block and the region modifies the weight in place
+        fresh = stats is not None and (
+            torch.compiler.is_compiling() or stats.version is None or stats.version == self.weight._version
+        )
         if fresh and (stats.inverse is not None or not need_inverse):
             return stats
         if self.backend == "reference":  # as the paper's code: torch.linalg per layer, per call

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastflow.config import ConfigError, ModelConfig, bundled_config_path, load_json, to_dict
 from fastflow.data import DATASET_NAMES, DATASETS, DEFAULT_DATASET
@@ -23,7 +23,8 @@ class TrainConfig:
     Sizes: ``batch_size`` is the global batch (divided over processes, then into ``batch_steps``
     micro-batches). Budget: ``steps`` optimiser updates, or ``epochs`` passes when ``steps`` is 0.
     Intervals are in steps (0 = only at the end). ``eval_k`` samples of (noise, z) per image in
-    validation; ``valid_limit`` > 0 validates on that many images only.
+    validation; ``valid_limit`` > 0 validates on that many images only. ``compile`` compiles the
+    model's repeated blocks for training (``torch.compile`` mode; :mod:`fastflow.train.compile`).
     """
 
     dataset: str = DEFAULT_DATASET
@@ -52,6 +53,7 @@ class TrainConfig:
     augment: bool = True
     workers: int = setting(0, allowed=NON_NEGATIVE)
     seed: int = setting(65537, allowed=NON_NEGATIVE)
+    compile: Literal["off", "default", "max-autotune"] = "off"
 
     def __post_init__(self) -> None:
         validate_fields(self, "train")

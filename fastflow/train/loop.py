@@ -41,6 +41,7 @@ from fastflow.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from fastflow.train.compile import compile_regions
 from fastflow.train.config import TrainConfig, run_config_dict
 from fastflow.train.evaluate import evaluate_bpd
 from fastflow.train.metrics import MetricsLog, plot_bpd
@@ -162,6 +163,7 @@ class Trainer:
         self.scheduler = warmup_exponential(self.optimizer, config.lr, config.warmup_steps, config.lr_decay)
         self.metrics = MetricsLog(self.files.metrics)
         self.step, self.skipped, self.best = 0, 0, math.inf
+        self.pending_skips = torch.zeros((), device=self.ctx.device)  # skipped steps not yet in `skipped`
         if source is not None:
             self._restore(source, checkpoint)
         else:
@@ -173,6 +175,7 @@ class Trainer:
             atomic_write(
                 self.files.config, (json.dumps(run_config_dict(model_config, config), indent=2) + "\n").encode()
             )
+        compile_regions(self.model, config.compile)
         self.wrapped = D.wrap(LossModule(self.model, config.train_k), self.ctx)
 
     # -- setup -----------------------------------------------------------------------------------
@@ -212,18 +215,22 @@ class Trainer:
         }
 
     # -- one step ----------------------------------------------------------------------------------
-    def _train_step(self, images: torch.Tensor) -> tuple[float, float, float]:
-        """One optimiser update on this rank's batch, split into micro-batches.
+    def _train_step(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimiser update on this rank's batch, split into micro-batches, without a host sync.
 
-        Returns (mean bits/dim, mean KL in nats, gradient norm); the update is skipped (and counted)
-        when the gradient norm is not finite.
+        Returns (mean bits/dim, mean KL in nats, gradient norm) as 0-d tensors on the device. When the
+        gradient norm is not finite the update is skipped on the device (the fused AdamW's
+        ``found_inf``, as ``GradScaler`` uses it) and counted in :attr:`pending_skips`, which
+        :meth:`read_step_counts` adds to ``skipped``. The learning-rate schedule advances every step
+        and is wound back by the skipped steps when they are read (at the next log interval or
+        checkpoint), so it counts applied updates from then on.
         """
         self.model.train()
         generator = torch.Generator(device=self.ctx.device).manual_seed(
             mix_seed(self.config.seed, self.ctx.rank, self.step, TRAIN_STREAM)
         )
         chunks = images.to(self.ctx.device).chunk(self.config.batch_steps)
-        bpd = kl = 0.0
+        bpd = kl = torch.zeros((), device=self.ctx.device)
         self.optimizer.zero_grad(set_to_none=True)
         for i, chunk in enumerate(chunks):
             last = i == len(chunks) - 1
@@ -232,17 +239,36 @@ class Trainer:
                 loss, kl_mean = self.wrapped(chunk, generator)
                 weight = chunk.shape[0] / images.shape[0]
                 (loss * weight).backward()
-            bpd += float(loss.detach()) * weight
-            kl += float(kl_mean.detach()) * weight
+            bpd = bpd + loss.detach() * weight
+            kl = kl + kl_mean.detach() * weight
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        if math.isfinite(norm):
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).to(self.ctx.device)
+        found_inf = (~torch.isfinite(norm)).to(torch.float32)
+        if self.optimizer.defaults.get("fused"):
+            self.optimizer.found_inf = found_inf
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
+        elif not found_inf:  # torch's unfused AdamW has no found_inf: one host sync
             self.optimizer.step()
-            self.scheduler.step()
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped += 1
+        self.scheduler.step()
+        self.pending_skips = self.pending_skips + found_inf
         return bpd, kl, norm
+
+    def read_step_counts(self) -> None:
+        """Add the skipped steps counted on the device to ``skipped`` (one host sync) and wind the
+        learning-rate schedule back by them (it advanced on every step)."""
+        skipped = int(self.pending_skips)
+        self.pending_skips = torch.zeros((), device=self.ctx.device)
+        if skipped:
+            self.skipped += skipped
+            self.scheduler.last_epoch -= skipped
+            s = self.scheduler
+            lrs = [base * rule(s.last_epoch) for rule, base in zip(s.lr_lambdas, s.base_lrs)]
+            for group, lr in zip(self.optimizer.param_groups, lrs):
+                group["lr"] = lr
+            self.scheduler._last_lr = lrs
 
     # -- periodic work -------------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
@@ -271,11 +297,13 @@ class Trainer:
         D.on_main(self.ctx, write_outputs, "write the validation metrics and samples")
         if result["bpd"] < self.best:
             self.best = result["bpd"]
+            self.read_step_counts()  # on every rank, before rank 0 writes the state
             D.on_main(self.ctx, lambda: save_checkpoint(self.files.best, self._state()), "write best.pt")
         return result
 
     def save(self) -> None:
         """``checkpoint.pt`` (rank 0 writes it; every rank stops if that fails)."""
+        self.read_step_counts()
         D.on_main(self.ctx, lambda: save_checkpoint(self.files.checkpoint, self._state()), "write checkpoint.pt")
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -325,6 +353,7 @@ class Trainer:
                 stop = self.step >= self.total or self._out_of_time(deadline)
                 if stop or self.step % c.log_interval == 0:
                     self.model.read_device_checks()
+                    self.read_step_counts()
                     record = {
                         "split": "train",
                         "step": self.step,
@@ -366,16 +395,22 @@ class Trainer:
 
 
 class Window:
-    """Running means of the training numbers between two log records, and the training-time rate."""
+    """Running means of the training numbers between two log records, and the training-time rate.
+
+    The sums stay on the device (no host sync per step) until :meth:`flush` reads them."""
 
     def __init__(self) -> None:
         self._reset()
 
     def _reset(self) -> None:
-        self.sums, self.steps, self.images, self.start = [0.0, 0.0, 0.0], 0, 0, time.time()
+        self.sums: torch.Tensor | None = None
+        self.steps, self.images, self.start = 0, 0, time.time()
 
-    def add(self, bpd: float, kl: float, norm: float, images: int) -> None:
-        self.sums = [self.sums[0] + bpd, self.sums[1] + kl, self.sums[2] + (norm if math.isfinite(norm) else 0.0)]
+    def add(self, bpd: torch.Tensor, kl: torch.Tensor, norm: torch.Tensor, images: int) -> None:
+        """Add one step's 0-d device tensors (a non-finite norm counts as 0)."""
+        norm = torch.where(torch.isfinite(norm), norm, torch.zeros_like(norm))
+        values = torch.stack([bpd.double(), kl.double(), norm.double()])
+        self.sums = values if self.sums is None else self.sums + values
         self.steps += 1
         self.images += images
 
@@ -389,10 +424,11 @@ class Window:
     def flush(self, num_dims: int) -> dict[str, float]:
         """The means since the last flush (bits/dim, KL in bits/dim, grad norm, images/s); then reset."""
         n = max(self.steps, 1)
+        bpd, kl, norm = self.sums.tolist() if self.sums is not None else (0.0, 0.0, 0.0)
         out = {
-            "bpd": self.sums[0] / n,
-            "kl_bpd": self.sums[1] / n / (num_dims * math.log(2)),
-            "grad_norm": self.sums[2] / n,
+            "bpd": bpd / n,
+            "kl_bpd": kl / n / (num_dims * math.log(2)),
+            "grad_norm": norm / n,
             "images_per_s": self.images / max(time.time() - self.start, 1e-9),
         }
         self._reset()

@@ -2,7 +2,8 @@
 
 lr(t) = init + (lr - init) * t / warmup        for t < warmup   (init = 1e-7)
 lr(t) = lr * decay ** (t - warmup)             for t >= warmup
-where t counts optimiser updates (a step skipped for a non-finite gradient does not count).
+where t counts optimiser updates (a step skipped for a non-finite gradient does not count once the
+trainer has read it: at its next log record or checkpoint, see ``Trainer.read_step_counts``).
 """
 
 from __future__ import annotations

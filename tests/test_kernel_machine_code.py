@@ -1,0 +1,61 @@
+"""The machine code of every Triton kernel a Wolf training step launches, judged without a GPU at
+benchmark shapes (``make test-kernels``): no spills, tensor cores in the GEMMs (TF32 exactly when
+torch's convolutions use it), 128-bit accesses in the elementwise and coupling kernels, >= 8 warps
+per SM. The checks (``benchmarks/kernel_report/checks.py``) run in a subprocess without
+``TRITON_INTERPRET``, which compiles for sm_80 and sm_90 with Triton's runtime specialisation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from fastflow.kernels import _common  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def failures() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.kernel_report.checks"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.stdout.strip(), done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["compiles"] > 100  # every kernel of both steps was compiled
+    return result
+
+
+@pytest.mark.parametrize("check", ["spills", "tensor_cores", "wide_accesses_bias_elu", "occupancy"])
+def test_machine_code(failures, check):
+    assert not failures[check], "\n".join(failures[check])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="target not met yet: the coupling kernels' channel/pixel index maths (c = i // P, skip splits, "
+    "per-program logdet partials) keeps part of their loads and stores under 128 bits (benchmarks/RESULTS.md)",
+)
+def test_coupling_kernels_use_128_bit_accesses(failures):
+    assert not failures["wide_accesses_coupling"], "\n".join(failures["wide_accesses_coupling"])
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("tf32", "tf32"), ("ieee", "ieee")])
+def test_conv_gemm_follows_torch_conv_precision(setting, expected):
+    saved = torch.backends.cudnn.conv.fp32_precision
+    torch.backends.cudnn.conv.fp32_precision = setting
+    try:
+        assert _common.conv_dot_precision(torch.float32) == expected
+        assert _common.conv_dot_precision(torch.float64) == "ieee"
+    finally:
+        torch.backends.cudnn.conv.fp32_precision = saved

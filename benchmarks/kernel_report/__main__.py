@@ -1,8 +1,8 @@
-"""``python -m benchmarks.kernel_report``: the static kernel report (registers, spills, shared memory,
+"""``python -m benchmarks kernel_report``: the static kernel report (registers, spills, shared memory,
 occupancy, waves, instruction histogram, bytes and FLOP floors) into RESULTS.md.
 
-    python -m benchmarks.kernel_report                     # every shape and precision, RESULTS.md
-    python -m benchmarks.kernel_report --shapes 0 2 --print   # CIFAR-10 b64 and CelebA-HQ 256 b8, stdout only
+    python -m benchmarks kernel_report                     # every shape and precision, RESULTS.md
+    python -m benchmarks kernel_report --shapes 0 2 --print   # CIFAR-10 b64 and CelebA-HQ 256 b8, stdout only
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def build(shape_indices: list[int]) -> str:
     text = [
         "## GPU kernels: static analysis (compiled and disassembled, not timed)",
         "",
-        f"{datetime.date.today()}, `python -m benchmarks.kernel_report`. No GPU: each Triton launch of one Wolf "
+        f"{datetime.date.today()}, `python -m benchmarks kernel_report`. No GPU: each Triton launch of one Wolf "
         f"training step (forward and backward; shapes {shapes}; fp32 with TF32 off, fp32 with TF32 allowed, bf16 "
         "autocast) is specialised as Triton's runtime would (16-byte pointer alignment, ints divisible by 16, ints "
         "equal to 1) and compiled for sm_80 and sm_90; registers, local (spill) bytes and shared memory from "

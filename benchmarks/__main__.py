@@ -1,5 +1,5 @@
 """``python -m benchmarks NAME [ARGS]``: the one entry point of the timing scripts (``--help`` after a
-NAME gives its options). The device check for a lent CUDA machine is apart: ``bash
+NAME gives its options). The device check for a CUDA machine is apart: ``bash
 benchmarks/gpu_check.sh`` (:mod:`benchmarks.device`)."""
 
 from __future__ import annotations

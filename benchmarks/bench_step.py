@@ -1,4 +1,4 @@
-"""The step-speed targets of issues 14 and 23, in one command: a Wolf training step (forward + backward
+"""The step-speed targets in one command: a Wolf training step (forward + backward
 + AdamW) with fastflow's ops against the same model on ``backend="reference"`` (the paper's
 plain-PyTorch way), eager and under ``torch.compile`` (with and without bfloat16 autocast: the
 strongest plain-PyTorch baselines).
@@ -42,10 +42,10 @@ from fastflow.train.optimizer import adamw
 
 MIB = 2**20
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # CPU flags of native bfloat16 dot products
-# (variant, its speed over "reference" must be at least) and the memory bound, from issue 14
+# (variant, its speed over "reference" must be at least) and the memory bound
 SPEED_TARGETS = {"cpu": 1.25, "cpu+bf16": 2.0}
 MEMORY_TARGET = ("cpu", 0.8)
-# issue 23: against the strongest plain-PyTorch baselines (torch.compile of the reference model)
+# against the strongest plain-PyTorch baselines (torch.compile of the reference model)
 BASELINES = ("reference", "reference+compile", "reference+bf16+compile")
 STRONG_SPEED_TARGET = 1.25  # fastest fastflow path of a precision / reference(+bf16)+compile
 STRONG_MEMORY_BASE, STRONG_MEMORY_TARGET = "reference+bf16+compile", 0.8

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device command for a lent CUDA machine (see benchmarks/device/gpu_check.py): environment, build for the
+# The device command for a CUDA machine (see benchmarks/device/gpu_check.py): environment, build for the
 # card, GPU tests, racecheck, fused ops, batched slogdet, whole training steps, in at most ~8 minutes,
 # everything under $OUT (else ./gpu_check_out), summary table last.
 #   bash benchmarks/gpu_check.sh              # on the GPU machine

@@ -54,7 +54,19 @@ def test_cpu_tensors_never_ask_for_the_card(monkeypatch):
 def test_every_op_has_an_auto_entry_and_a_cpu_implementation():
     assert set(backends.AUTO) == set(backends._CPU_TAKES)
     for table in backends.AUTO.values():
-        assert set(table) == {"cuda", "cpu"} and set(table.values()) <= set(backends.IMPLEMENTATIONS)
+        assert {"cuda", "cpu"} <= set(table) <= {"cuda", "cpu", "cuda+compile", "cpu+compile"}
+        assert set(table.values()) <= set(backends.IMPLEMENTATIONS)
+
+
+def test_auto_takes_the_compile_entry_only_while_compiling(monkeypatch):
+    """conv1x1_bias_elu on the CPU: the cpu implementation eager, the reference (which inductor fuses)
+    while torch.compile traces; an explicit backend is never changed."""
+    h = torch.zeros(1, 2, 3, 3)
+    assert backends.select("conv1x1_bias_elu", "auto", h) == "cpu"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert backends.select("conv1x1_bias_elu", "auto", h) == "reference"
+    assert backends.select("conv1x1_bias_elu", "cpu", h) == "cpu"
+    assert backends.select("affine_coupling", "auto", h) == backends.select("affine_coupling", "cpu", h)
 
 
 def test_the_cpu_implementation_falls_back_to_the_reference_where_it_cannot_run():

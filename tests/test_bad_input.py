@@ -1,5 +1,5 @@
-"""Every expected failure of the command line is one line on stderr, exit code 2, and nothing half-written
-(issue 13): bad configs, bad arguments, no CUDA, undecodable data, a full disk, non-finite values,
+"""Every expected failure of the command line is one line on stderr, exit code 2, and nothing half-written:
+bad configs, bad arguments, no CUDA, undecodable data, a full disk, non-finite values,
 leftovers of killed runs, overwrites. The Python API raises the same errors (UsageError is a ValueError)."""
 
 from __future__ import annotations

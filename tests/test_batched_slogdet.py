@@ -464,7 +464,7 @@ def test_fallback_warns_once(monkeypatch):
         assert not _extension.load_library()
 
 
-# ---- the CUDA kernels (run by benchmarks/gpu_check.sh on a lent GPU; skipped elsewhere) ----
+# ---- the CUDA kernels (run by benchmarks/gpu_check.sh on a CUDA machine; skipped elsewhere) ----
 
 needs_cuda_kernel = pytest.mark.skipif(
     not (torch.cuda.is_available() and _extension.load_library() and _extension.has_kernel(ops.OP, "cuda")),

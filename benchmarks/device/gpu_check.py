@@ -1,4 +1,4 @@
-"""The device command: one call on a lent CUDA machine that checks and times fastflow's GPU path.
+"""The device command: one call on a CUDA machine that checks and times fastflow's GPU path.
 
     bash benchmarks/gpu_check.sh                 # = python -m benchmarks.device.gpu_check: $OUT, else ./gpu_check_out
     bash benchmarks/gpu_check.sh --dry-run       # every stage's plumbing on the CPU (tiny shapes), temp folder

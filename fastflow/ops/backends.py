@@ -11,7 +11,8 @@ Every op takes ``backend=``, one of :data:`BACKENDS`:
   the CPU formulations (the actnorm folded into one batched GEMM, the coupling network as GEMMs over
   channels-last rows). An op whose CPU implementation cannot take a call (another device or dtype,
   the extension not built) runs its reference;
-- ``"auto"``: what :data:`AUTO` says for the op and the tensors' device, where it can run.
+- ``"auto"``: what :data:`AUTO` says for the op, the tensors' device and whether ``torch.compile``
+  is tracing, where it can run.
 
 Cards: Triton 3.x supports NVIDIA GPUs of compute capability 8.0 and newer (A100, H100/H200, RTX 30xx
 and later). On older cards (V100 is 7.0, T4 7.5) ``"auto"`` takes the ``"cpu"`` entry instead (there:
@@ -34,12 +35,15 @@ IMPLEMENTATIONS = ("reference", "triton", "cpu")
 BACKENDS = ("auto", *IMPLEMENTATIONS)
 MIN_TRITON_CAPABILITY = (8, 0)  # oldest compute capability the Triton kernels are built and tested for
 
-# What backend="auto" runs: op -> device type ("cuda", or "cpu" for every other device) -> implementation.
+# What backend="auto" runs: op -> device type ("cuda", or "cpu" for every other device) -> implementation;
+# "<device>+compile" is the entry while torch.compile traces, where it differs. The measurements behind
+# each choice: benchmarks/RESULTS.md ("Compiled training and fastflow's ops under torch.compile").
 AUTO: dict[str, dict[str, str]] = {
     "actnorm_conv1x1": {"cuda": "triton", "cpu": "cpu"},
     "affine_coupling": {"cuda": "triton", "cpu": "cpu"},
     "cond_bias_elu": {"cuda": "triton", "cpu": "cpu"},
-    "conv1x1_bias_elu": {"cuda": "triton", "cpu": "cpu"},
+    # compiled on the CPU, inductor fuses the plain conv2d + bias + ELU better than the opaque op
+    "conv1x1_bias_elu": {"cuda": "triton", "cpu": "cpu", "cpu+compile": "reference"},
     "coupling_net": {"cuda": "reference", "cpu": "cpu"},  # no Triton kernel: the network's own ops
 }
 
@@ -129,7 +133,10 @@ def card_supports_triton(device: torch.device) -> bool:
 
 def _auto(op: str, present: list[torch.Tensor]) -> str:
     on_cuda = all(t.is_cuda for t in present)
-    wanted = AUTO[op]["cuda" if on_cuda else "cpu"]
+    device = "cuda" if on_cuda else "cpu"
+    table = AUTO[op]
+    compiled = table.get(f"{device}+compile") if torch.compiler.is_compiling() else None
+    wanted = compiled or table[device]
     if wanted == "triton":
         usable = on_cuda and triton_available() and (not present or card_supports_triton(present[0].device))
         return "triton" if usable else AUTO[op]["cpu"]

@@ -5,6 +5,8 @@ the test modules are collected.
 """
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,3 +42,31 @@ def poisoned_empty():
     yield
     torch.utils.deterministic.fill_uninitialized_memory = fill
     torch.use_deterministic_algorithms(False)
+
+
+# The Python-level host syncs (each makes the host wait for the device) and fastflow's own source
+# folders: `forbid_syncs` makes those syncs raise when called from that code.
+SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
+OWN_CODE = tuple(str(Path(__file__).resolve().parents[1] / folder) for folder in ("fastflow", "kernels"))
+
+
+@pytest.fixture
+def forbid_syncs(monkeypatch):
+    """Make every sync listed in SYNCS raise when fastflow's own code calls it; returns the installer."""
+
+    def guard(name):
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(OWN_CODE):
+                raise AssertionError(f"host sync: Tensor.{name} called from {caller}:{sys._getframe(1).f_lineno}")
+            return original(self, *args, **kwargs)
+
+        return guarded
+
+    def install():
+        for name in SYNCS:
+            monkeypatch.setattr(torch.Tensor, name, guard(name))
+
+    return install

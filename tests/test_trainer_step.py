@@ -4,9 +4,6 @@ skipped steps and the running means are read only when the trainer logs or check
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -14,33 +11,8 @@ from fastflow.train import distributed as D
 from fastflow.train.config import load_run_config
 from fastflow.train.loop import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
-OWN_CODE = tuple(str(ROOT / folder) for folder in ("fastflow", "kernels"))
-SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
 CPU = D.Context(0, 1, torch.device("cpu"))
 FAST = {"valid_interval": 0, "batch_size": 8, "batch_steps": 2, "init_batch_size": 16, "warmup_steps": 3}
-
-
-@pytest.fixture
-def forbid_syncs(monkeypatch):
-    """Make every sync in SYNCS raise when fastflow's own code calls it; returns the installer."""
-
-    def guard(name):
-        original = getattr(torch.Tensor, name)
-
-        def guarded(self, *args, **kwargs):
-            caller = sys._getframe(1).f_code.co_filename
-            if caller.startswith(OWN_CODE):
-                raise AssertionError(f"host sync: Tensor.{name} called from {caller}:{sys._getframe(1).f_lineno}")
-            return original(self, *args, **kwargs)
-
-        return guarded
-
-    def install():
-        for name in SYNCS:
-            monkeypatch.setattr(torch.Tensor, name, guard(name))
-
-    return install
 
 
 def trainer(tmp_path, name: str = "tiny_wolf", **overrides) -> Trainer:

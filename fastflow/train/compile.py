@@ -11,7 +11,10 @@ autograd Function, so those steps run eagerly.
 
 Batch sizes: the first call of a region compiles for its shapes; a second batch size (the last,
 smaller batch of an epoch, evaluation) recompiles each region once with the batch dimension dynamic
-(dynamo's automatic dynamic shapes), and no other batch size compiles again.
+(dynamo's automatic dynamic shapes), and no other batch size compiles again. Before torch 2.14 the
+regions compile with static shapes instead (each new batch size compiles each region once more):
+torch 2.11's dynamo stops with an internal assertion on the cpu coupling network's autograd Function
+once its sizes are symbolic.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from fastflow._versions import release
 from fastflow.flows import FlowSequence
 from fastflow.models.encoder import ResNetBlock
 
@@ -28,6 +32,8 @@ COMPILE_MODES = ("off", "default", "max-autotune")
 # Every region compiles the same code (nn.Module._call_impl), so dynamo's cache of that code holds
 # one entry per distinct region shape and batch-size state: raise its limit above those counts.
 RECOMPILE_LIMIT = 256
+# The first torch whose dynamo traces the cpu coupling network's Function with symbolic sizes.
+DYNAMIC_SHAPES_FROM = (2, 14)
 
 
 def regions(model: nn.Module) -> Iterator[nn.Module]:
@@ -51,6 +57,8 @@ def compile_regions(model: nn.Module, mode: str = "default", backend: str = "ind
     torch._dynamo.config.recompile_limit = limit
     torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, limit)
     options = {"backend": backend, "fullgraph": True}
+    if release(torch.__version__) < DYNAMIC_SHAPES_FROM:
+        options["dynamic"] = False
     if mode != "default":
         options["mode"] = mode
     for module in regions(model):

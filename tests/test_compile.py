@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from fastflow._versions import release
 from fastflow.config import MODEL_KINDS, load_model_config
 from fastflow.models import build_model
-from fastflow.train.compile import compile_regions, regions
+from fastflow.train.compile import DYNAMIC_SHAPES_FROM, compile_regions, regions
 from fastflow.train.config import load_run_config
 
 
@@ -64,7 +65,9 @@ def test_compiled_regions_match_eager(kind):
 
 def test_new_batch_size_recompiles_each_region_at_most_once():
     """Updated weights compile nothing new; a second batch size recompiles each region at most once
-    (the batch dimension becomes dynamic) and later batch sizes compile nothing."""
+    (the batch dimension becomes dynamic) and later batch sizes compile nothing. Before torch 2.14 the
+    regions compile static shapes (fastflow.train.compile), so each new batch size compiles each
+    region once more, and no more than that."""
     model, x = tiny("glow")
     compile_regions(model, "default", backend="aot_eager")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -78,7 +81,11 @@ def test_new_batch_size_recompiles_each_region_at_most_once():
     assert step(4) == first
     second = step(3)  # the last, smaller batch of an epoch
     assert first < second <= 2 * first
-    assert step(2) == step(6) == second
+    if release(torch.__version__) < DYNAMIC_SHAPES_FROM:
+        third = step(2)
+        assert second < third <= second + first and step(2) == third
+    else:
+        assert step(2) == step(6) == second
 
 
 def test_regions_are_steps_prior_and_encoder_blocks():

@@ -5,6 +5,7 @@ the test modules are collected.
 """
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -70,3 +71,13 @@ def forbid_syncs(monkeypatch):
             monkeypatch.setattr(torch.Tensor, name, guard(name))
 
     return install
+
+
+def gloo_rank_envs(base: dict[str, str], world_size: int = 2) -> list[dict[str, str]]:
+    """The environment of each rank of a ``world_size``-process gloo job on this machine: ``base``
+    plus the rendezvous variables, on a port free when this is called."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    shared = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world_size)}
+    return [{**base, **shared, "RANK": str(rank), "LOCAL_RANK": str(rank)} for rank in range(world_size)]

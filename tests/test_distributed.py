@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from conftest import gloo_rank_envs
 
 WORKER = textwrap.dedent("""
     import sys
@@ -167,20 +167,8 @@ FAILING_SAVE_WORKER = textwrap.dedent("""
 def test_a_failed_rank0_checkpoint_stops_every_rank(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(FAILING_SAVE_WORKER)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     procs = []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": "1",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "WORLD_SIZE": "2",
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-        }
+    for env in gloo_rank_envs({**os.environ, "OMP_NUM_THREADS": "1"}):
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(script), str(tmp_path)],

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import gloo_rank_envs
 
 from fastflow.train import distributed as D
 from fastflow.train.checkpoint import load_checkpoint
@@ -134,20 +134,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     """Two gloo processes; only rank 1 is signalled. Both stop at the same step boundary, rank 0
     writes checkpoint.pt of that step and prints the line, both exit 128 + 15."""
     out = tmp_path / "run"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in range(2):
-        env = {
-            **ENV,
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "WORLD_SIZE": "2",
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-        }
-        procs.append(start(train_command(out, 200), env))
+    procs = [start(train_command(out, 200), env) for env in gloo_rank_envs(ENV)]
     try:
         wait_for_step(procs, out, 2)
         procs[1].send_signal(signal.SIGTERM)

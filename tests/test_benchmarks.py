@@ -176,3 +176,18 @@ def test_cpu_ab_inplace_needs_no_grad() -> None:
         text=True,
     )
     assert proc.returncode == 2 and "--switch inplace changes only no-grad runs: add --no-grad" in proc.stderr
+
+
+def test_kernel_report_waves_share_and_launch_ratios() -> None:
+    pytest.importorskip("triton")
+    from types import SimpleNamespace
+
+    from benchmarks.kernel_report.launch_count import ratios, table
+    from benchmarks.kernel_report.report import filled_share
+
+    launches = [SimpleNamespace(bytes_moved=n) for n in (100, 300, 600)]
+    assert filled_share(launches, [1.9, 2.0, 0.5]) == pytest.approx(0.3)  # only the 2.0-wave launch counts
+    assert filled_share([], []) == 1.0
+    counts = {"bf16": {"reference": (90, 10), "triton": (30, 10)}}
+    assert ratios(counts) == {"bf16": pytest.approx(0.4)}
+    assert table(counts)[-1] == "| triton | bf16 | 30 | 10 | 40 | 0.40 |"

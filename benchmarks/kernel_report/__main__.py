@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from benchmarks._common import replace_block
-from benchmarks.kernel_report import cuda_ext, launch_count, report
+from benchmarks.kernel_report import cuda_ext, launch_count, report, targets
 from benchmarks.kernel_report.capture import PRECISIONS
 from benchmarks.kernel_report.inspect_sass import compiled_count
 from fastflow.ops.backends import MIN_TRITON_CAPABILITY
@@ -27,7 +27,8 @@ def build(shape_indices: list[int]) -> str:
     machine = report.machine_code_table(captures)
     traffic = report.traffic_table(captures)
     seconds = time.perf_counter() - start
-    launches = launch_count.table()
+    counts = launch_count.count_all()
+    goals = targets.table(captures, launch_count.ratios(counts))
     shapes = ", ".join(report.SHAPES[i].name for i in shape_indices)
     major, minor = MIN_TRITON_CAPABILITY
     text = [
@@ -42,6 +43,10 @@ def build(shape_indices: list[int]) -> str:
         f"{compiled_count()} compiles in {seconds:.0f} s. Cards older than sm_{major}{minor} (V100 sm_70, T4 sm_75) "
         "run every op on the cpu backend (`backend='auto'`), no Triton kernel.",
         "",
+        "### Targets",
+        "",
+        *goals,
+        "",
         "### Machine code per kernel (all shapes)",
         "",
         *machine,
@@ -54,7 +59,7 @@ def build(shape_indices: list[int]) -> str:
         "### Kernel launches per CIFAR-10 Wolf step, batch 64 (forward + backward; ATen ops a CUDA run launches, "
         "counted on fake tensors, plus Triton launches)",
         "",
-        *launches,
+        *launch_count.table(counts),
         "",
         "### CUDA extension (`nvcc -Xptxas -v`)",
         "",

@@ -46,16 +46,30 @@ def count_step(config: str, batch: int, backend: str, p: Precision = PRECISIONS[
     return sum(counter.ops.values()), len(launches), counter.ops
 
 
-def table(config: str = "cifar10_wolf", batch: int = 64, backends=("reference", "triton")) -> list[str]:
+Counts = dict[str, dict[str, tuple[int, int]]]  # precision -> backend -> (ATen, Triton) launches
+
+
+def count_all(config: str = "cifar10_wolf", batch: int = 64, backends=("reference", "triton")) -> Counts:
+    """The launches of :func:`count_step` per precision (fp32+tf32 and bf16) and backend."""
+    return {
+        p.name: {backend: count_step(config, batch, backend, p)[:2] for backend in backends}
+        for p in (PRECISIONS[1], PRECISIONS[2])
+    }
+
+
+def ratios(counts: Counts) -> dict[str, float]:
+    """Per precision, the launches of the last backend over the first's (``triton`` over ``reference``)."""
+    return {p: sum(list(by.values())[-1]) / sum(next(iter(by.values()))) for p, by in counts.items()}
+
+
+def table(counts: Counts) -> list[str]:
     lines = [
         "| backend | precision | ATen kernels | Triton kernels | launches | vs reference |",
         "|---|---|--:|--:|--:|--:|",
     ]
-    for p in (PRECISIONS[1], PRECISIONS[2]):
-        base = None
-        for backend in backends:
-            aten, triton_launches, _ = count_step(config, batch, backend, p)
+    for p, by_backend in counts.items():
+        base = sum(next(iter(by_backend.values())))
+        for backend, (aten, triton_launches) in by_backend.items():
             total = aten + triton_launches
-            base = base or total
-            lines.append(f"| {backend} | {p.name} | {aten} | {triton_launches} | {total} | {total / base:.2f} |")
+            lines.append(f"| {backend} | {p} | {aten} | {triton_launches} | {total} | {total / base:.2f} |")
     return lines

@@ -73,6 +73,16 @@ def waves(launch: Launch, stats: KernelStats, arch: Arch) -> float:
     return launch.programs / resident if resident else float("inf")
 
 
+MIN_WAVES = 2  # a launch with fewer waves leaves SMs idle for part of its tail
+
+
+def filled_share(launches: list[Launch], launch_waves: list[float]) -> float:
+    """The share of the bytes of ``launches`` moved by launches of at least MIN_WAVES waves."""
+    total = sum(lc.bytes_moved for lc in launches)
+    filled = sum(lc.bytes_moved for lc, w in zip(launches, launch_waves) if w >= MIN_WAVES)
+    return filled / total if total else 1.0
+
+
 def _fmt(x: float, digits: int = 1) -> str:
     return f"{x:.{digits}f}"
 
@@ -124,8 +134,9 @@ def traffic_table(captures: list[Capture]) -> list[str]:
     """One row per (shape, kernel, precision in TRAFFIC_PRECISIONS): launches, grid, waves, bytes, floors."""
     lines = [
         "| shape | kernel | precision | launches | programs (min-max) | waves A100 (min) | waves H100 (min) "
+        "| waves H100 (largest launch) | bytes at >= 2 waves H100 "
         "| MB moved | floor A100 us | floor H200 us | GFLOP | FLOP floor A100 us | FLOP floor H200 us |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     a100, h100 = ARCHS
     for cap in captures:
@@ -139,11 +150,14 @@ def traffic_table(captures: list[Capture]) -> list[str]:
             moved = sum(lc.bytes_moved for lc in launches)
             flops = sum(lc.flops for lc in launches)
             w80 = min(waves(lc, inspect_launch(lc, 80), a100) for lc in launches)
-            w90 = min(waves(lc, inspect_launch(lc, 90), h100) for lc in launches)
+            w90 = [waves(lc, inspect_launch(lc, 90), h100) for lc in launches]
+            largest = max(range(len(launches)), key=lambda i: launches[i].bytes_moved)
             progs = [lc.programs for lc in launches]
             lines.append(
                 f"| {cap.shape.name} | {kernel} | {cap.precision.name} | {len(launches)} | {min(progs)}-{max(progs)} "
-                f"| {_fmt(w80, 2)} | {_fmt(w90, 2)} | {_fmt(moved / 1e6)} | {_fmt(moved / HBM['A100'] * 1e6)} "
+                f"| {_fmt(w80, 2)} | {_fmt(min(w90), 2)} | {_fmt(w90[largest], 1)} "
+                f"| {100 * filled_share(launches, w90):.0f}% "
+                f"| {_fmt(moved / 1e6)} | {_fmt(moved / HBM['A100'] * 1e6)} "
                 f"| {_fmt(moved / HBM['H200'] * 1e6)} | {_fmt(flops / 1e9, 2)} "
                 f"| {_fmt(flops / TENSOR_PEAK['A100'][tc] * 1e6)} | {_fmt(flops / TENSOR_PEAK['H200'][tc] * 1e6)} |"
             )

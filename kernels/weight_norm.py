@@ -1,9 +1,10 @@
 """Triton kernels of weight normalisation, ``w = g * v / max(||v_o||, EPS)`` per output unit o.
 
-v and w are viewed as ``[O, K]`` (K: every other dimension of the weight, flattened), g is ``[O]``,
-EPS is the launcher's ``eps``.
-One program per row o loops over the row in blocks of BLOCK elements, sums in float32 (float64 for
-float64 inputs) and stores in the input dtype; nothing is shared between programs (no atomics).
+v and w are viewed as ``[O, K]`` (K: every other dimension of the weight, flattened), g is ``[O]``;
+EPS is the launcher's ``eps``. One program per row o loops over the row in blocks of BLOCK elements
+(each thread at least 16 bytes of a block, so a row whose length is a multiple of 16 moves 128 bits
+at a time), sums in float32 (float64 for float64 inputs) and stores in the input dtype; nothing is
+shared between programs (no atomics).
 
 Backward, with ``n = max(||v_o||, EPS)`` and ``dot = sum_k dw[o, k] v[o, k]``:
 ``dg[o] = dot / n`` and ``dv[o] = (g / n) (dw[o] - c v[o])`` with ``c = dg[o] / n`` where the norm
@@ -88,8 +89,12 @@ def _weight_norm_backward_kernel(
         tl.store(DV + row * K + k, (scale * (dw - c * v)).to(DV.dtype.element_ty), mask=mask)
 
 
-def _block(k: int) -> int:
-    return _common.pow2_tile(k, 16, TILE)
+def _launch_options(k: int, dtype: torch.dtype) -> dict[str, int]:
+    """``BLOCK`` covering the row (at most TILE) and ``num_warps`` (at most 4) that give each thread
+    at least 16 bytes of v per block, so that whole rows move 128 bits at a time."""
+    per_thread = 16 // dtype.itemsize
+    block = _common.pow2_tile(k, 32 * per_thread, TILE)
+    return {"BLOCK": block, "num_warps": min(4, block // (32 * per_thread))}
 
 
 def weight_norm_forward(v: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:
@@ -108,7 +113,7 @@ def weight_norm_forward(v: torch.Tensor, g: torch.Tensor, eps: float) -> torch.T
         g.stride(0),
         EPS=eps,
         ACC=_common.tl_dtype(_common.acc_dtype(v, g)),
-        BLOCK=_block(k),
+        **_launch_options(k, v.dtype),
     )
     return w
 
@@ -135,6 +140,6 @@ def weight_norm_backward(
         *grad_w.stride(),
         EPS=eps,
         ACC=_common.tl_dtype(_common.acc_dtype(v, g, grad_w)),
-        BLOCK=_block(k),
+        **_launch_options(k, v.dtype),
     )
     return grad_v, grad_g

@@ -22,6 +22,7 @@ from fastflow.ops.affine_coupling import (
 from fastflow.ops.cond_bias_elu import cond_bias_elu
 from fastflow.ops.conv1x1_bias_elu import conv1x1_bias_elu
 from fastflow.ops.slogdet import batched_inverse, batched_slogdet, batched_slogdet_inverse
+from fastflow.ops.weight_norm import weight_norm
 
 __all__ = [
     "CouplingScale",
@@ -37,4 +38,5 @@ __all__ = [
     "conv1x1_bias_elu",
     "raise_deferred_errors",
     "transformed_channels",
+    "weight_norm",
 ]

@@ -51,11 +51,12 @@ def test_cpu_tensors_never_ask_for_the_card(monkeypatch):
     assert backends.select("actnorm_conv1x1", "auto", torch.zeros(1)) == "cpu"
 
 
-def test_every_op_has_an_auto_entry_and_a_cpu_implementation():
-    assert set(backends.AUTO) == set(backends._CPU_TAKES)
-    for table in backends.AUTO.values():
+def test_every_op_has_an_auto_entry_and_every_cpu_entry_an_implementation():
+    assert set(backends._CPU_TAKES) <= set(backends.AUTO)
+    for op, table in backends.AUTO.items():
         assert {"cuda", "cpu"} <= set(table) <= {"cuda", "cpu", "cuda+compile", "cpu+compile"}
         assert set(table.values()) <= set(backends.IMPLEMENTATIONS)
+        assert "cpu" not in table.values() or op in backends._CPU_TAKES, op
 
 
 def test_auto_takes_the_compile_entry_only_while_compiling(monkeypatch):
@@ -67,6 +68,18 @@ def test_auto_takes_the_compile_entry_only_while_compiling(monkeypatch):
     assert backends.select("conv1x1_bias_elu", "auto", h) == "reference"
     assert backends.select("conv1x1_bias_elu", "cpu", h) == "cpu"
     assert backends.select("affine_coupling", "auto", h) == backends.select("affine_coupling", "cpu", h)
+
+
+def test_weight_norm_runs_triton_on_cuda_eager_and_the_reference_elsewhere(fake_card, monkeypatch):
+    """No cpu implementation: the reference on CPU tensors, and while torch.compile traces (auto)."""
+    fake_card["capability"] = (9, 0)
+    cuda, cpu = _cuda_tensor(), torch.zeros(2, 3)
+    assert backends.select("weight_norm", "auto", cuda, cuda) == "triton"
+    assert backends.select("weight_norm", "auto", cpu, cpu[:, 0]) == "reference"
+    assert backends.select("weight_norm", "cpu", cpu, cpu[:, 0]) == "reference"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert backends.select("weight_norm", "auto", cuda, cuda) == "reference"
+    assert backends.select("weight_norm", "triton", cuda, cuda) == "triton"
 
 
 def test_the_cpu_implementation_falls_back_to_the_reference_where_it_cannot_run():

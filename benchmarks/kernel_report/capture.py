@@ -2,10 +2,10 @@
 Triton's runtime specialises it (its own binder and ``_pack_args``: 16-byte aligned pointers, ints
 divisible by 16, ints equal to 1), so the compiled kernel is the one a GPU would run.
 
-:func:`recording` replaces ``JITFunction.run`` while it is open; the launchers get CPU tensors and run
-unmodified, and every buffer they allocate (through ``fastflow.kernels._common.new_output``) starts
-as zeros, so a model keeps going on well-defined values. :func:`capture_step` runs one Wolf training
-step's forward and backward through the Triton backend at a benchmark shape.
+:func:`recording` replaces ``JITFunction.run`` while it is open; the launchers run unmodified on the
+CPU tensors they get (fake ones, in every use here: nothing is computed, and the buffers they
+allocate are left unfilled, as on a GPU). :func:`capture_step` runs one Wolf training step's forward
+and backward through the Triton backend at a benchmark shape.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import CUDABackend
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
-from fastflow.kernels import _common
 from fastflow.ops import backends
 
 # The specialisation of a launch is the same for every NVIDIA target (alignment and divisibility by 16).
@@ -100,27 +99,22 @@ def specialise(fn: JITFunction, args: tuple, kwargs: dict, grid) -> Launch:
     )
 
 
-def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.zeros(shape, dtype=dtype, device=device)
-
-
 @contextlib.contextmanager
 def recording() -> Iterator[list[Launch]]:
     """Inside: Triton launches are recorded (as :class:`Launch`) into the yielded list instead of run,
-    the ``"triton"`` backend accepts CPU tensors and kernel outputs start as zeros."""
+    and the ``"triton"`` backend accepts CPU tensors."""
     launches: list[Launch] = []
 
     def run(self, *args, grid, warmup, **kwargs):
         launches.append(specialise(self, args, kwargs, grid))
 
-    saved = (JITFunction.run, backends.interpreter_on, _common.new_output)
+    saved = (JITFunction.run, backends.interpreter_on)
     JITFunction.run = run
     backends.interpreter_on = lambda: True
-    _common.new_output = _zeros
     try:
         yield launches
     finally:
-        JITFunction.run, backends.interpreter_on, _common.new_output = saved
+        JITFunction.run, backends.interpreter_on = saved
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 The step runs on fake tensors under a ``TorchDispatchMode`` that counts every ATen op a CUDA run
 would launch a kernel for (views, allocations and other metadata-only ops launch none); for the
-``triton`` backend the Triton launches are counted through the launchers (:func:`capture.recording`).
-A cuDNN convolution or a cuBLAS GEMM counts as one launch (it may be more on a GPU).
+``triton`` backend the Triton launches are counted through the launchers (:func:`capture.recording`),
+whose output buffers are allocated unfilled, as on a GPU. A cuDNN convolution or a cuBLAS GEMM counts
+as one launch (it may be more on a GPU).
 """
 
 from __future__ import annotations

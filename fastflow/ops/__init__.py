@@ -9,7 +9,8 @@ implementations ``"reference"``, ``"triton"`` and ``"cpu"`` (plus ``"auto"``), c
 - :mod:`fastflow.ops.affine_coupling`: the conditional affine (or additive) coupling;
 - :mod:`fastflow.ops.cond_bias_elu`: bias + ELU of the coupling networks;
 - :mod:`fastflow.ops.conv1x1_bias_elu`: the coupling networks' middle, 1x1 conv + bias + ELU;
-- :mod:`fastflow.ops.slogdet`: batched log-determinants and inverses (the C++/CUDA extension).
+- :mod:`fastflow.ops.slogdet`: batched log-determinants and inverses (the C++/CUDA extension);
+- :mod:`fastflow.ops.weight_norm`: weight normalisation of the weight-normalised layers (``fastflow.nn``).
 
 The public entry points are gathered in :mod:`fastflow.functional` (``import fastflow.functional as
 FF``); this package exports no functions, so ``fastflow.ops.<op>`` is always the module.

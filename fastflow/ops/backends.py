@@ -9,8 +9,9 @@ Every op takes ``backend=``, one of :data:`BACKENDS`:
   with ``TRITON_INTERPRET=1`` set before ``fastflow.kernels`` is imported (how the tests run them);
 - ``"cpu"``: the CPU implementation (:mod:`fastflow.ops.cpu`): the extension's C++ CPU kernels and
   the CPU formulations (the actnorm folded into one batched GEMM, the coupling network as GEMMs over
-  channels-last rows). An op whose CPU implementation cannot take a call (another device or dtype,
-  the extension not built) runs its reference;
+  channels-last rows). An op without a CPU implementation (``weight_norm``), or whose CPU
+  implementation cannot take a call (another device or dtype, the extension not built), runs its
+  reference;
 - ``"auto"``: what :data:`AUTO` says for the op, the tensors' device and whether ``torch.compile``
   is tracing, where it can run.
 
@@ -45,10 +46,13 @@ AUTO: dict[str, dict[str, str]] = {
     # compiled on the CPU, inductor fuses the plain conv2d + bias + ELU better than the opaque op
     "conv1x1_bias_elu": {"cuda": "triton", "cpu": "cpu", "cpu+compile": "reference"},
     "coupling_net": {"cuda": "reference", "cpu": "cpu"},  # no Triton kernel: the network's own ops
+    # eager on CUDA: 2 launches per layer and step instead of ~21; compiled, inductor fuses the plain maths
+    "weight_norm": {"cuda": "triton", "cpu": "reference", "cuda+compile": "reference"},
 }
 
 # op -> whether its CPU implementation takes a call on these tensors; each module of fastflow.ops.cpu
-# registers its own (:func:`register_cpu`), so this bottom module imports none of them.
+# registers its own (:func:`register_cpu`), so this bottom module imports none of them. An op missing
+# here has none.
 _CPU_TAKES: dict[str, Callable[..., bool]] = {}
 _replaced: dict[str, str] = {}  # op -> implementation forced by :func:`replaced` (A/B benchmarks)
 _card_supported: dict[int, bool] = {}  # CUDA device index -> Triton supports it (filled on first use)
@@ -167,6 +171,6 @@ def select(op: str, backend: str, *tensors: torch.Tensor | None) -> str:
     chosen = _replaced.get(op) or (_auto(op, present) if backend == "auto" else backend)
     if chosen == "triton":
         _check_triton(all(t.is_cuda for t in present))
-    elif chosen == "cpu" and not _CPU_TAKES[op](*tensors):
+    elif chosen == "cpu" and not (op in _CPU_TAKES and _CPU_TAKES[op](*tensors)):
         return "reference"
     return chosen

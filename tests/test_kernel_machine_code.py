@@ -1,8 +1,9 @@
 """The machine code of every Triton kernel a Wolf training step launches, judged without a GPU at
 benchmark shapes (``make test-kernels``): no spills, tensor cores in the GEMMs (TF32 exactly when
 torch's convolutions use it), 128-bit accesses in the elementwise and coupling kernels, >= 8 warps
-per SM. The checks (``benchmarks/kernel_report/checks.py``) run in a subprocess without
-``TRITON_INTERPRET``, which compiles for sm_80 and sm_90 with Triton's runtime specialisation.
+per SM; and at most half the reference backend's kernel launches per CIFAR-10 Wolf step. The checks
+(``benchmarks/kernel_report/checks.py``) run in a subprocess without ``TRITON_INTERPRET``, which
+compiles for sm_80 and sm_90 with Triton's runtime specialisation.
 """
 
 from __future__ import annotations
@@ -48,6 +49,26 @@ def test_machine_code(failures, check):
 )
 def test_coupling_kernels_use_128_bit_accesses(failures):
     assert not failures["wide_accesses_coupling"], "\n".join(failures["wide_accesses_coupling"])
+
+
+LAUNCH_SCRIPT = """
+import json
+from benchmarks.kernel_report.launch_count import count_all, ratios
+print(json.dumps(ratios(count_all("cifar10_wolf", 64))))
+"""
+
+
+def test_triton_step_launches_at_most_half_the_reference():
+    """A CIFAR-10 Wolf training step (batch 64, forward + backward, fp32+tf32 and bf16, counted on fake
+    tensors by benchmarks/kernel_report/launch_count.py) launches at most half the kernels with the
+    Triton backend that it does with the reference. Without ``TRITON_INTERPRET``: the count records
+    the launches Triton's runtime would make, which the interpreter does not go through."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", LAUNCH_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ratios = json.loads(done.stdout)
+    assert set(ratios) == {"fp32+tf32", "bf16"}
+    assert all(r <= 0.5 for r in ratios.values()), ratios
 
 
 @pytest.mark.parametrize(("setting", "expected"), [("tf32", "tf32"), ("ieee", "ieee")])

@@ -140,21 +140,31 @@ def precision(p: Precision) -> Iterator[None]:
     torch.set_float32_matmul_precision("high" if p.tf32 else "highest")
     torch.backends.cudnn.allow_tf32 = p.tf32
     try:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p.bf16):
-            yield
+        yield
     finally:
         torch.set_float32_matmul_precision(saved[0])
         torch.backends.cudnn.allow_tf32 = saved[1]
         torch.backends.cuda.matmul.allow_tf32 = saved[2]
 
 
+def forward_backward(model: torch.nn.Module, x: torch.Tensor, p: Precision) -> None:
+    """One training step's forward (under bfloat16 autocast for ``p.bf16``; CPU autocast stands in
+    for CUDA's) and backward, outside autocast as on a GPU: there the backward runs on the autograd
+    engine's device thread, which autocast does not reach, while a CPU backward would run (and cast)
+    under the caller's autocast."""
+    with precision(p):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p.bf16):
+            loss = model.loss(x)["loss"]
+        loss.backward()
+
+
 def capture_step(config: str, batch: int, p: Precision, shallow: bool = False) -> list[Launch]:
     """The Triton launches of one training step's forward and backward (the loss of a random uint8
     batch) of the bundled model ``config`` at ``batch``, run on fake CPU tensors (every shape, dtype
-    and pointer offset, nothing computed; CPU autocast stands in for CUDA's). ``shallow``: two flow
+    and pointer offset, nothing computed; :func:`forward_backward`). ``shallow``: two flow
     step per level (the same layer shapes, so the same distinct launches, in a fraction of the time)."""
-    with step_inputs(config, batch, shallow=shallow) as (model, x), recording() as launches, precision(p):
-        model.loss(x)["loss"].backward()
+    with step_inputs(config, batch, shallow=shallow) as (model, x), recording() as launches:
+        forward_backward(model, x, p)
     return launches
 
 

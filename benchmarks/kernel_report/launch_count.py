@@ -13,7 +13,7 @@ from collections import Counter
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.kernel_report.capture import PRECISIONS, Precision, precision, recording, step_inputs
+from benchmarks.kernel_report.capture import PRECISIONS, Precision, forward_backward, recording, step_inputs
 
 # ATen ops that launch no kernel: views, allocations without a fill, metadata.
 NO_KERNEL = {
@@ -42,8 +42,8 @@ def count_step(config: str, batch: int, backend: str, p: Precision = PRECISIONS[
     """``(ATen kernel launches, Triton launches, ATen ops by name)`` of one forward + backward of the
     bundled model ``config`` at ``batch`` with ``backend``, on fake tensors."""
     counter = _OpCounter()
-    with step_inputs(config, batch, backend) as (model, x), recording() as launches, precision(p), counter:
-        model.loss(x)["loss"].backward()
+    with step_inputs(config, batch, backend) as (model, x), recording() as launches, counter:
+        forward_backward(model, x, p)
     return sum(counter.ops.values()), len(launches), counter.ops
 
 

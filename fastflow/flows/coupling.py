@@ -54,8 +54,19 @@ class CouplingNet2d(nn.Module):
         self.conv_out = WeightNormConv2d(hidden, c_out, 3, padding=1, zero_init=True)
         self.backend = "auto"
 
+    def _cond_bias(self, z: torch.Tensor | None) -> torch.Tensor | None:
+        """FC(z) ``[B, hidden]``. Where the Triton op takes it, in z's dtype with autocast off: the
+        op reads a float32 bias, so autocast's casts of z, the FC weight and bias, and of their
+        gradients, would only add kernel launches."""
+        if self.z_proj is None or z is None:
+            return None
+        if torch.is_autocast_enabled(z.device.type) and backends.select("conv1x1_bias_elu", self.backend, z) == "triton":
+            with torch.autocast(z.device.type, enabled=False):
+                return self.z_proj(z)
+        return self.z_proj(z)
+
     def forward(self, x_a: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        bias = self.z_proj(z) if self.z_proj is not None else None
+        bias = self._cond_bias(z)
         w_mid = self.conv_mid.weight.flatten(1)
         if backends.select("coupling_net", self.backend, x_a) == "cpu":
             w_out = self.conv_out.weight()

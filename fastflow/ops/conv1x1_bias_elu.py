@@ -131,7 +131,7 @@ def conv1x1_bias_elu(
     if implementation == "triton":
         if torch.is_autocast_enabled(h.device.type):  # the conv's autocast rule: low-precision operands
             h = h.to(torch.get_autocast_dtype(h.device.type))
-        return conv1x1_bias_elu_triton(h, weight, None if bias is None else bias.to(h.dtype))
+        return conv1x1_bias_elu_triton(h, weight, bias)  # the kernels add the bias in float32, any dtype
     if implementation == "reference":
         return conv1x1_bias_elu_reference(h, weight, bias)
     pre = _conv(h, weight)

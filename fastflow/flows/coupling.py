@@ -60,8 +60,9 @@ class CouplingNet2d(nn.Module):
         gradients, would only add kernel launches."""
         if self.z_proj is None or z is None:
             return None
-        if torch.is_autocast_enabled(z.device.type) and backends.select("conv1x1_bias_elu", self.backend, z) == "triton":
-            with torch.autocast(z.device.type, enabled=False):
+        device = z.device.type
+        if torch.is_autocast_enabled(device) and backends.select("conv1x1_bias_elu", self.backend, z) == "triton":
+            with torch.autocast(device, enabled=False):
                 return self.z_proj(z)
         return self.z_proj(z)
 

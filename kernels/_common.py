@@ -38,6 +38,19 @@ def dot_tiles(dims: tuple[int, ...], caps: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(pow2_tile(n, MIN_DOT, cap) for n, cap in zip(dims, caps))
 
 
+@triton.jit
+def computed_operand(tile, mask, IN_REGISTERS: tl.constexpr):
+    """A ``tl.dot`` operand ``tile`` (loaded with ``mask`` and ``other=0``), re-zeroed where masked by a
+    select when ``IN_REGISTERS``. Triton hands Hopper's ``wgmma`` an operand that comes straight from a
+    load through shared memory, copied there in the order ``wgmma`` reads it: K-major for TF32, so a
+    tile whose contiguous dimension is not the reduction one (pixel-major activations, the weight read
+    as ``W^T``) is copied 4 bytes at a time. A computed operand is loaded 16 bytes at a time in its own
+    order, then laid out in registers (``wgmma``'s first operand) or stored to shared memory."""
+    if IN_REGISTERS:
+        tile = tl.where(mask, tile, 0.0)
+    return tile
+
+
 def conv_allows_tf32() -> bool:
     """Whether torch runs float32 convolutions on TF32 tensor cores: cuDNN's convolution setting
     (``torch.backends.cudnn.conv.fp32_precision``, "none" inheriting from ``torch.backends.cudnn``,

@@ -12,7 +12,9 @@ Backward of ``y = M x + c``: ``dx[b] = M^T dy[b]`` (the same GEMM kernel with M^
 ``dM = G = sum_b dy[b] x[b]^T`` and ``dc = r = sum_{b,p} dy[b, :, p]`` (one reduction kernel).
 
 - ``pixel_affine``: tiles (sample, pixel block) x (output-channel block) and loops over input
-  channels with ``tl.dot``; channel counts of any size (masked), float32 accumulation.
+  channels with ``tl.dot``; channel counts of any size (masked), float32 accumulation. It computes
+  ``y^T = x^T M^T`` per tile, so that the pixel-major x tile is the dot's first operand (see
+  ``_common.computed_operand``).
 - ``outer_sum``: tiles G over (output block, input block) and splits the (sample, pixel block) items
   into chunks, one chunk per program; each chunk writes its own partial G and r, which torch sums
   (deterministic, no atomics).
@@ -32,7 +34,7 @@ import triton.language as tl
 from fastflow.kernels import _common
 
 # Largest tiles (BLOCK_O, BLOCK_K, BLOCK_P) over output channels, input channels and pixels.
-PIXEL_AFFINE_TILES = (64, 32, 128)
+PIXEL_AFFINE_TILES = (64, 32, 64)
 OUTER_SUM_TILES = (64, 64, 64)
 
 
@@ -71,25 +73,23 @@ def _pixel_affine_kernel(
     offs_o = (pid % N_OBLOCKS) * BLOCK_O + tl.arange(0, BLOCK_O)
     mask_p = offs_p < P
     mask_o = offs_o < C_OUT
-    acc = tl.zeros((BLOCK_O, BLOCK_P), dtype=ACC)
+    acc = tl.zeros((BLOCK_P, BLOCK_O), dtype=ACC)  # y^T = x^T M^T: x^T is the dot's first operand
     for k0 in range(0, C_IN, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < C_IN
-        m = tl.load(
-            M + offs_o[:, None] * s_mo + offs_k[None, :] * s_mk, mask=mask_o[:, None] & mask_k[None, :], other=0.0
-        ).to(ACC)
-        x = tl.load(
-            X + b * s_xb + offs_k[:, None] * s_xc + offs_p[None, :] * s_xp,
-            mask=mask_k[:, None] & mask_p[None, :],
-            other=0.0,
-        ).to(ACC)
-        acc = tl.dot(m, x, acc, input_precision=PRECISION, out_dtype=ACC)
+        mask_m = mask_o[:, None] & mask_k[None, :]
+        m = tl.load(M + offs_o[:, None] * s_mo + offs_k[None, :] * s_mk, mask=mask_m, other=0.0)
+        m = _common.computed_operand(m.to(ACC), mask_m, True)  # M^T (the backward's) is O-major
+        mask_x = mask_k[:, None] & mask_p[None, :]
+        x = tl.load(X + b * s_xb + offs_k[:, None] * s_xc + offs_p[None, :] * s_xp, mask=mask_x, other=0.0)
+        x = _common.computed_operand(x.to(ACC), mask_x, True)
+        acc = tl.dot(tl.trans(x), tl.trans(m), acc, input_precision=PRECISION, out_dtype=ACC)
     if HAS_BIAS:
-        acc += tl.load(BIAS + offs_o, mask=mask_o, other=0.0).to(ACC)[:, None]
+        acc += tl.load(BIAS + offs_o, mask=mask_o, other=0.0).to(ACC)[None, :]
     tl.store(
-        Y + b * s_yb + offs_o[:, None] * s_yc + offs_p[None, :] * s_yp,
+        Y + b * s_yb + offs_o[None, :] * s_yc + offs_p[:, None] * s_yp,
         acc.to(Y.dtype.element_ty),
-        mask=mask_o[:, None] & mask_p[None, :],
+        mask=mask_p[:, None] & mask_o[None, :],
     )
 
 

@@ -7,7 +7,8 @@ value per sample and channel) or absent; out is ``[B, C_out, P]``.
 - forward (:func:`conv1x1_bias_elu_forward`): tiles (sample, pixel block) x (output-channel block),
   the channel block fastest over programs (programs sharing an h tile run together, for L2 reuse),
   loops over input channels with ``tl.dot`` and applies bias and ELU to the accumulator before the
-  one store: the pre-activation never reaches memory.
+  one store: the pre-activation never reaches memory. It computes ``out^T = h^T W^T`` per tile, so
+  that the pixel-major h tile is the dot's first operand (see ``_common.computed_operand``).
 - backward: ``g = dout * elu'`` with ``elu' = 1`` where ``out > 0`` and ``out + 1`` elsewhere (from
   the saved output, so the pre-activation is never needed). g is never materialised either:
   :func:`grad_input` computes ``dh[b] = W^T g[b]`` with g formed tile by tile in the GEMM's
@@ -35,6 +36,7 @@ from fastflow.kernels import _common
 # weight gradient (O, K, P)
 FORWARD_TILES = (64, 32, 64)
 GRAD_INPUT_TILES = (64, 32, 64)
+F32_GRAD_INPUT_TILES = (64, 16, 64)  # float32 operands: W^T goes through registers, fewer with a narrower O tile
 GRAD_WEIGHT_TILES = (64, 64, 64)
 
 
@@ -91,26 +93,24 @@ def _forward_kernel(
     offs_o = (pid % N_OBLOCKS) * BLOCK_O + tl.arange(0, BLOCK_O)
     mask_p = offs_p < P
     mask_o = offs_o < C_OUT
-    acc = tl.zeros((BLOCK_O, BLOCK_P), dtype=ACC)
+    acc = tl.zeros((BLOCK_P, BLOCK_O), dtype=ACC)  # out^T = h^T W^T: h^T is the dot's first operand
     for k0 in range(0, C_IN, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < C_IN
         w = tl.load(
             W + offs_o[:, None] * s_wo + offs_k[None, :] * s_wk, mask=mask_o[:, None] & mask_k[None, :], other=0.0
         )
-        h = tl.load(
-            H + b * s_hb + offs_k[:, None] * s_hc + offs_p[None, :] * s_hp,
-            mask=mask_k[:, None] & mask_p[None, :],
-            other=0.0,
-        )
-        acc = tl.dot(w.to(DOT), h.to(DOT), acc, input_precision=PRECISION, out_dtype=ACC)
+        mask_h = mask_k[:, None] & mask_p[None, :]
+        h = tl.load(H + b * s_hb + offs_k[:, None] * s_hc + offs_p[None, :] * s_hp, mask=mask_h, other=0.0)
+        h = _common.computed_operand(h, mask_h, True)
+        acc = tl.dot(tl.trans(h.to(DOT)), tl.trans(w.to(DOT)), acc, input_precision=PRECISION, out_dtype=ACC)
     if HAS_BIAS:
-        acc += tl.load(BIAS + b * s_bb + offs_o * s_bo, mask=mask_o, other=0.0).to(ACC)[:, None]
+        acc += tl.load(BIAS + b * s_bb + offs_o * s_bo, mask=mask_o, other=0.0).to(ACC)[None, :]
     out = tl.where(acc > 0, acc, tl.exp(tl.minimum(acc, 0.0)) - 1.0)
     tl.store(
-        OUT + b * C_OUT * P + offs_o[:, None] * P + offs_p[None, :],
+        OUT + b * C_OUT * P + offs_o[None, :] * P + offs_p[:, None],
         out.to(OUT.dtype.element_ty),
-        mask=mask_o[:, None] & mask_p[None, :],
+        mask=mask_p[:, None] & mask_o[None, :],
     )
 
 
@@ -165,9 +165,9 @@ def _grad_input_kernel(
         if BIAS_GRAD:
             if pid_k == 0:
                 tl.store(DBIAS_PART + ((b * C_OUT + offs_o) * N_PBLOCKS + pblock), tl.sum(g, axis=1), mask=mask_o)
-        wt = tl.load(
-            W + offs_k[:, None] * s_wk + offs_o[None, :] * s_wo, mask=mask_k[:, None] & mask_o[None, :], other=0.0
-        )
+        mask_ko = mask_k[:, None] & mask_o[None, :]
+        wt = tl.load(W + offs_k[:, None] * s_wk + offs_o[None, :] * s_wo, mask=mask_ko, other=0.0)
+        wt = _common.computed_operand(wt, mask_ko, DOT == tl.float32)
         acc = tl.dot(wt.to(DOT), g.to(DOT), acc, input_precision=PRECISION, out_dtype=ACC)
     tl.store(
         DH + b * C_IN * P + offs_k[:, None] * P + offs_p[None, :],
@@ -282,7 +282,8 @@ def grad_input(
     grad_h = _common.new_output((batch, c_in, pixels), out.dtype, out.device)
     if batch * pixels == 0 or c_in == 0:
         return grad_h.zero_(), torch.zeros(batch, c_out, dtype=acc, device=out.device) if bias_grad else None
-    block_k, block_o, block_p = _common.dot_tiles((c_in, c_out, pixels), GRAD_INPUT_TILES)
+    caps = F32_GRAD_INPUT_TILES if _operands(out, acc) == torch.float32 else GRAD_INPUT_TILES
+    block_k, block_o, block_p = _common.dot_tiles((c_in, c_out, pixels), caps)
     n_pblocks, n_kblocks = triton.cdiv(pixels, block_p), triton.cdiv(c_in, block_k)
     partial = _common.new_output((batch, c_out, n_pblocks), acc, out.device) if bias_grad else grad_h
     _grad_input_kernel[(batch * n_pblocks * n_kblocks,)](

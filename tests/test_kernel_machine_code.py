@@ -37,7 +37,9 @@ def failures() -> dict:
     return result
 
 
-@pytest.mark.parametrize("check", ["spills", "tensor_cores", "wide_accesses_bias_elu", "occupancy"])
+@pytest.mark.parametrize(
+    "check", ["spills", "tensor_cores", "wide_accesses_bias_elu", "wide_operand_copies", "occupancy"]
+)
 def test_machine_code(failures, check):
     assert not failures[check], "\n".join(failures[check])
 

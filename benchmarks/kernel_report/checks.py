@@ -9,7 +9,8 @@ would (16-byte aligned pointers, ints divisible by 16 or equal to 1) and compile
 autocast. Checks: no spills; GEMMs on tensor cores wherever they run bf16 or TF32 operands, and the
 coupling network's 1x1 convolution runs TF32 exactly when torch's convolutions do; elementwise and
 coupling kernels move >= 90% of their global loads and stores 128 bits at a time at CelebA-HQ 256
-shapes; >= 8 warps per SM in theory.
+shapes; on sm_90 the GEMMs' TF32 and bf16 copies of operands to shared memory (LDGSTS) are >= 80%
+128-bit at those shapes wherever the channel counts are multiples of 16; >= 8 warps per SM in theory.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ SHAPES = (("cifar10_wolf", 64), ("celeba256_wolf", 8))
 WIDE_SHAPE = "celeba256_wolf"  # where the 128-bit target is set (planes of 64x64 pixels and more)
 MIN_WARPS_PER_SM = 8
 MIN_WIDE_FRACTION = 0.9
+# GEMM operand copies: the 4x4-level launches' 16-pixel tiles hold under 4 elements per thread per copy
+MIN_WIDE_COPY_FRACTION = 0.8
 ARCH = {a.capability: a for a in ARCHS}
 
 Compiled = list[tuple[str, str, Launch, int, KernelStats]]
@@ -87,6 +90,29 @@ def narrow_accesses(compiled: Compiled, module: str) -> list[str]:
     ]
 
 
+def narrow_operand_copies(compiled: Compiled) -> list[str]:
+    """GEMM kernels whose sm_90 TF32/bf16 operand copies to shared memory (LDGSTS, summed over the
+    launches at WIDE_SHAPE) are under MIN_WIDE_COPY_FRACTION 128-bit. Launches with a channel count that
+    is not a multiple of 16 are left out: their weight rows are not 16-byte aligned, so no copy of
+    the weight can be 128-bit."""
+    totals: dict[str, list[int]] = {}
+    for config, precision, launch, cap, stats in compiled:
+        constexprs, aligned = dict(launch.constexprs), {name for name, _ in launch.attrs}
+        low = str(constexprs.get("DOT", constexprs.get("ACC"))) in ("bf16", "fp16")
+        if config != WIDE_SHAPE or cap != 90 or not is_gemm(launch) or not (low or constexprs["PRECISION"] == "tf32"):
+            continue
+        if not {"C_IN", "C_OUT"} <= aligned:
+            continue
+        counts = totals.setdefault(f"{launch.kernel} {precision} sm_{cap}", [0, 0])
+        counts[0] += stats.opcodes.get("LDGSTS128", 0)
+        counts[1] += stats.opcodes.get("LDGSTS", 0)
+    return [
+        f"{name}: {wide / copies:.0%} of {copies} LDGSTS 128-bit"
+        for name, (wide, copies) in totals.items()
+        if copies and wide / copies < MIN_WIDE_COPY_FRACTION
+    ]
+
+
 def low_occupancy(compiled: Compiled) -> list[str]:
     return [
         f"{_name(lc, cap)}: {s.warps_per_sm(ARCH[cap])} warps/SM ({s.registers} regs, {s.shared_bytes} B smem, "
@@ -101,6 +127,7 @@ CHECKS = {
     "tensor_cores": scalar_gemms,
     "wide_accesses_bias_elu": lambda compiled: narrow_accesses(compiled, "cond_bias_elu"),
     "wide_accesses_coupling": lambda compiled: narrow_accesses(compiled, "affine_coupling"),
+    "wide_operand_copies": narrow_operand_copies,
     "occupancy": low_occupancy,
 }
 

@@ -47,11 +47,11 @@ ARCHS = (
 # Opcode classes of the histogram: name -> pattern on the SASS mnemonic (with its modifiers).
 OPCODES = {
     "MMA": r"^(HMMA|HGMMA|WGMMA)",
-    "LDG128": r"^LDG\..*128",
+    "LDG128": r"^LDG\.(.*\.)?128(\.|$)",  # the .128 width, not the .LTC128B cache hint
     "LDG": r"^LDG(\.|$)",
-    "STG128": r"^STG\..*128",
+    "STG128": r"^STG\.(.*\.)?128(\.|$)",
     "STG": r"^STG(\.|$)",
-    "LDGSTS128": r"^LDGSTS\..*128",
+    "LDGSTS128": r"^LDGSTS\.(.*\.)?128(\.|$)",
     "LDGSTS": r"^LDGSTS",
     "TMA": r"^(UTMALDG|UTMASTG)",
     "LDL/STL": r"^(LDL|STL)",

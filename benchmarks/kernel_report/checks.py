@@ -1,6 +1,7 @@
 """Checks that can fail on the machine code of every Triton kernel a Wolf training step launches, at
 benchmark shapes, without a GPU. ``python -m benchmarks.kernel_report.checks`` prints a JSON object
 ``{check: [failures]}`` and exits 1 when any check fails (tests/test_kernel_machine_code.py runs it).
+Shapes: every benchmark shape of the report (CIFAR-10 b64, ImageNet 64 b32, CelebA-HQ 256 b8 and b40).
 
 One step's forward and backward runs through the real launchers on fake tensors (two flow steps per
 level: the same distinct launches as the full model); each launch is specialised as Triton's runtime
@@ -22,7 +23,7 @@ from benchmarks.kernel_report.capture import PRECISIONS, Launch, capture_step
 from benchmarks.kernel_report.inspect_sass import ARCHS, KernelStats, inspect_all, inspect_launch
 from benchmarks.kernel_report.report import is_gemm
 
-SHAPES = (("cifar10_wolf", 64), ("celeba256_wolf", 8))
+SHAPES = (("cifar10_wolf", 64), ("imagenet64_wolf", 32), ("celeba256_wolf", 8), ("celeba256_wolf", 40))
 WIDE_SHAPE = "celeba256_wolf"  # where the 128-bit target is set (planes of 64x64 pixels and more)
 MIN_WARPS_PER_SM = 8
 MIN_WIDE_FRACTION = 0.9

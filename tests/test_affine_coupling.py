@@ -256,16 +256,24 @@ def test_kernels_compile_for_a_gpu():
             RECIPROCAL=reciprocal,
             SHIFT_FIRST=shift_first,
             ACC=f"tl.float{acc[2:]}",
-            BLOCK=1024,
         )
-        variants += [
-            ("_coupling_kernel", types, constexprs | {"INVERSE": inverse, "B_ONLY": b_only, "AFFINE": affine})
-            for inverse in (False, True)
-            for b_only, affine in ((False, False), (True, False), (False, True))
-        ]
-        variants += [
-            (name, types, constexprs | {"AFFINE": affine, "ROW": 64 if affine else 1024})
-            for name in ("_coupling_forward_backward_kernel", "_coupling_inverse_backward_kernel")
-            for affine in (False, True)
-        ]
+        for tile in (
+            dict(ROWS=4, COLS=512, VECTOR=False, PAIRS=False),
+            dict(ROWS=1, COLS=512, VECTOR=True, PAIRS=stride == 2),
+        ):
+            variants += [
+                (
+                    "_coupling_kernel",
+                    types,
+                    constexprs | tile | {"INVERSE": inverse, "B_ONLY": b_only, "AFFINE": affine},
+                )
+                for inverse in (False, True)
+                for b_only, affine in ((False, False), (True, False), (False, True))
+                if not (b_only and tile["PAIRS"])
+            ]
+            variants += [
+                (name, types, constexprs | tile | {"AFFINE": affine})
+                for name in ("_coupling_forward_backward_kernel", "_coupling_inverse_backward_kernel")
+                for affine in (False, True)
+            ]
     compile_for_gpus("fastflow.kernels.affine_coupling", variants)

@@ -171,16 +171,22 @@ def _store_b(
 
 
 @triton.jit
-def _per_channel(PTR, c, on_channel, other, ROWS: tl.constexpr, COLS: tl.constexpr, VECTOR: tl.constexpr):
+def _per_channel(
+    PTR, c, on_channel, other, ROWS: tl.constexpr, COLS: tl.constexpr, VECTOR: tl.constexpr, ROWS_DIVIDE_C: tl.constexpr
+):
     """``PTR[c]``, a per-channel value (``other`` where the channel does not exist), for the tile's
-    channels. For images (``c`` a column of ROWS channels; the launcher makes ROWS divide C) it is read
-    as a ``[ROWS, 512 / ROWS]`` block of copies, so that each thread reads consecutive channels' values
-    in one access; the copies along a row are equal, and their max is the value."""
+    channels. For images (``c`` a column of ROWS channels) it is read as a ``[ROWS, 512 / ROWS]`` block
+    of copies, so that each thread reads consecutive channels' values in one access (the copies along
+    a row are equal, and their max is the value); with ROWS_DIVIDE_C without a mask."""
     if VECTOR:
         value = tl.load(PTR + c, mask=on_channel, other=other)
     else:
         copies = tl.zeros((ROWS, max(1, 512 // ROWS)), tl.int32)
-        value = tl.max(tl.load(PTR + c + copies), axis=1)[:, None]
+        if ROWS_DIVIDE_C:
+            block = tl.load(PTR + c + copies)
+        else:
+            block = tl.load(PTR + c + copies, mask=on_channel, other=other)
+        value = tl.max(block, axis=1)[:, None]
     return value
 
 
@@ -189,14 +195,19 @@ def _store_affine_partials(
     AFF_PART, pid, inside, d_out, z, ROWS: tl.constexpr, COLS: tl.constexpr, VECTOR: tl.constexpr
 ):
     """One program's per-channel sums of ``d_out * z`` and of ``d_out`` (gradients of the affine's w
-    and a): one value per channel of the tile (ROWS for images, COLS for vectors) each, at
-    ``AFF_PART[0 or 1, pid, :]``."""
+    and a), one pair per channel of the tile: for images ROWS pairs at ``AFF_PART[pid, :, 0 or 1]``
+    (one store of a few values), for vectors COLS values each at ``AFF_PART[0 or 1, pid, :]`` (two
+    full-width stores)."""
     N: tl.constexpr = COLS if VECTOR else ROWS
     AXIS: tl.constexpr = 0 if VECTOR else 1
-    total = tl.num_programs(0) * N
     k = pid * N + tl.arange(0, N)
-    tl.store(AFF_PART + k, tl.sum(tl.where(inside, d_out * z, 0.0), axis=AXIS))
-    tl.store(AFF_PART + total + k, tl.sum(tl.where(inside, d_out, 0.0), axis=AXIS))
+    sum_dz = tl.sum(tl.where(inside, d_out * z, 0.0), axis=AXIS)
+    sum_d = tl.sum(tl.where(inside, d_out, 0.0), axis=AXIS)
+    if VECTOR:
+        tl.store(AFF_PART + k, sum_dz)
+        tl.store(AFF_PART + tl.num_programs(0) * N + k, sum_d)
+    else:
+        tl.store(AFF_PART + 2 * k[:, None] + tl.arange(0, 2)[None, :], tl.join(sum_dz, sum_d))
 
 
 @triton.jit
@@ -258,6 +269,7 @@ def _coupling_kernel(
     MU,
     U,
     AFF,
+    AFF_A,
     Y,
     LOGDET_PART,
     C,
@@ -292,12 +304,14 @@ def _coupling_kernel(
     ROWS: tl.constexpr,
     COLS: tl.constexpr,
     VECTOR: tl.constexpr,
+    ROWS_DIVIDE_C: tl.constexpr,
     PAIRS: tl.constexpr,
 ):
     """One tile, X -> Y: the density direction (y_b = s x_b + mu, partial sums of log s per tile row)
     or, with INVERSE, the generation direction (x_b = (y_b - mu) / s, -log s). With B_ONLY the tile's
     channels are transformed ones and only y_b is stored; with AFFINE every stored value is
-    ``AFF[0, c] * y + AFF[1, c]``."""
+    ``AFF[c] * y + AFF_A[c]`` (rows w and a of the affine; a separate pointer, so that its
+    alignment is known)."""
     pid = tl.program_id(0)
     b, c, p, on_channel, inside, is_b, j, pair_j, pair_mask = _tile(
         pid, C, CB, P, N_CB, N_PB, START, STRIDE, ROWS, COLS, VECTOR, PAIRS, B_ONLY
@@ -325,9 +339,8 @@ def _coupling_kernel(
     else:
         y = tl.where(is_b, x - mu, x) if INVERSE else tl.where(is_b, x + mu, x)
     if AFFINE:
-        y = y * _per_channel(AFF, c, on_channel, 1.0, ROWS, COLS, VECTOR) + _per_channel(
-            AFF + C, c, on_channel, 0.0, ROWS, COLS, VECTOR
-        )
+        w = _per_channel(AFF, c, on_channel, 1.0, ROWS, COLS, VECTOR, ROWS_DIVIDE_C)
+        y = y * w + _per_channel(AFF_A, c, on_channel, 0.0, ROWS, COLS, VECTOR, ROWS_DIVIDE_C)
     tl.store(Y + b * s_yb + c * s_yc + p * s_yp, y.to(Y.dtype.element_ty), mask=inside)
 
 
@@ -377,6 +390,7 @@ def _coupling_forward_backward_kernel(
     ROWS: tl.constexpr,
     COLS: tl.constexpr,
     VECTOR: tl.constexpr,
+    ROWS_DIVIDE_C: tl.constexpr,
     PAIRS: tl.constexpr,
 ):
     """Gradients of the density direction. ``y_b = s x_b + mu``: dx_b = s dy_b, dmu = dy_b,
@@ -390,7 +404,7 @@ def _coupling_forward_backward_kernel(
     )
     x_mask = inside if AFFINE or PAIRS else is_b  # x_a is needed with AFFINE; PAIRS loads whole pairs
     d_out = tl.load(DY + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
-    dy = d_out * _per_channel(AFF, c, on_channel, 0.0, ROWS, COLS, VECTOR) if AFFINE else d_out
+    dy = d_out * _per_channel(AFF, c, on_channel, 0.0, ROWS, COLS, VECTOR, ROWS_DIVIDE_C) if AFFINE else d_out
     if HAS_U or AFFINE:
         x = tl.load(X + b * s_xb + c * s_xc + p * s_xp, mask=x_mask, other=0.0).to(ACC)
     if (HAS_U and SHIFT_FIRST) or AFFINE:
@@ -472,6 +486,7 @@ def _coupling_inverse_backward_kernel(
     ROWS: tl.constexpr,
     COLS: tl.constexpr,
     VECTOR: tl.constexpr,
+    ROWS_DIVIDE_C: tl.constexpr,
     PAIRS: tl.constexpr,
 ):
     """Gradients of the generation direction, recomputing x_b. ``x_b = (y_b - mu) / s``:
@@ -484,7 +499,7 @@ def _coupling_inverse_backward_kernel(
     )
     y_mask = inside if AFFINE or PAIRS else is_b  # y_a is needed with AFFINE; PAIRS loads whole pairs
     d_out = tl.load(DX + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
-    dx = d_out * _per_channel(AFF, c, on_channel, 0.0, ROWS, COLS, VECTOR) if AFFINE else d_out
+    dx = d_out * _per_channel(AFF, c, on_channel, 0.0, ROWS, COLS, VECTOR, ROWS_DIVIDE_C) if AFFINE else d_out
     if HAS_U or AFFINE:
         y = tl.load(Y + b * s_yb + c * s_yc + p * s_yp, mask=y_mask, other=0.0).to(ACC)
     if (HAS_U and not SHIFT_FIRST) or AFFINE:
@@ -532,18 +547,29 @@ class _Tiling:
     n_pb: int  # blocks of pixels per channel block (1 for vectors)
     programs: int
     num_warps: int
+    rows_divide_c: bool  # no image tile reaches beyond the last channel
 
     @property
     def launch_options(self) -> dict:
-        return dict(ROWS=self.rows, COLS=self.cols, VECTOR=self.vector, num_warps=self.num_warps)
+        return dict(
+            ROWS=self.rows,
+            COLS=self.cols,
+            VECTOR=self.vector,
+            ROWS_DIVIDE_C=self.rows_divide_c,
+            num_warps=self.num_warps,
+        )
 
     def per_channel(self, partial: torch.Tensor, channels: int) -> torch.Tensor:
-        """The per-channel sums ``[2, C]`` of per-channel partials ``[2, programs, channels per tile]``."""
+        """The per-channel sums ``[2, C]`` of the kernels' per-channel partials (``partial_shape``)."""
         if self.vector:
-            sums = partial.view(2, -1, self.n_cb * self.cols).sum(1)
-        else:
-            sums = partial.view(2, -1, self.n_cb, self.n_pb, self.rows).sum((1, 3)).flatten(1)
-        return sums[:, :channels]
+            return partial.view(2, -1, self.n_cb * self.cols).sum(1)[:, :channels]
+        sums = partial.view(-1, self.n_cb, self.n_pb, self.rows, 2).sum((0, 2)).flatten(0, 1)
+        return sums[:channels].T
+
+    @property
+    def partial_shape(self) -> tuple[int, int, int]:
+        """Shape of the per-channel partial sums of the backward with an affine."""
+        return (2, self.programs, self.cols) if self.vector else (self.programs, self.rows, 2)
 
 
 def _tiling(batch: int, channels: int, pixels: int, per_channel: bool = False) -> _Tiling:
@@ -554,13 +580,13 @@ def _tiling(batch: int, channels: int, pixels: int, per_channel: bool = False) -
     if pixels == 1:
         cols = _common.pow2_tile(channels, VECTOR_COLS, TILE)
         n_cb = triton.cdiv(channels, cols)
-        return _Tiling(True, 1, cols, n_cb, 1, batch * n_cb, cols // VECTOR_COLS)
+        return _Tiling(True, 1, cols, n_cb, 1, batch * n_cb, cols // VECTOR_COLS, False)
     rows = _common.pow2_tile(channels, 1, TILE // _common.pow2_tile(pixels, 1, MAX_COLS))
-    if per_channel:
+    if per_channel and channels % 16:  # C is not known to the compiler as a multiple of 16 (no masks)
         rows = min(rows, channels & -channels)  # the largest power of two dividing C
     cols = _common.pow2_tile(pixels, 1, TILE // rows)
     n_cb, n_pb = triton.cdiv(channels, rows), triton.cdiv(pixels, cols)
-    return _Tiling(False, rows, cols, n_cb, n_pb, batch * n_cb * n_pb, 4)
+    return _Tiling(False, rows, cols, n_cb, n_pb, batch * n_cb * n_pb, 4, channels % rows == 0)
 
 
 def _pairs(tiling: _Tiling, start: int, stride: int, b_only: bool) -> bool:
@@ -613,7 +639,8 @@ def coupling_apply(
         x,
         mu,
         u if u is not None else mu,
-        affine if affine is not None else mu,
+        affine[0] if affine is not None else mu,
+        affine[1] if affine is not None else mu,
         out,
         partial,
         channels,
@@ -677,8 +704,7 @@ def coupling_backward(
     if affine is None:
         partial = grad_logdet
     else:  # per-channel partial sums of each tile
-        per_tile = tiling.cols if tiling.vector else tiling.rows
-        partial = _common.new_output((2, tiling.programs, per_tile), acc, x.device)
+        partial = _common.new_output(tiling.partial_shape, acc, x.device)
     grad_logdet = grad_logdet.contiguous()
     param, constexprs = _form_constexprs(form)
     kernel = _coupling_inverse_backward_kernel if inverse else _coupling_forward_backward_kernel

@@ -60,6 +60,7 @@ from fastflow.kernels import _common
 TILE = 2048  # elements per program (16 per thread of 4 warps: several 128-bit accesses per tensor)
 MAX_COLS = 512  # pixels per tile row
 VECTOR_COLS = 512  # channels per warp for vectors (P == 1)
+MAX_CHUNKS = 3  # tiles per program where per-channel reads are narrow (3: >= 90% of accesses 128-bit)
 SCALE_TANH, SCALE_SIGMOID, SCALE_EXP = 0, 1, 2
 
 
@@ -71,6 +72,7 @@ def _strides(t: torch.Tensor | None) -> tuple[int, int, int]:
 @triton.jit
 def _tile(
     pid,
+    chunk,
     C,
     CB,
     P,
@@ -80,17 +82,19 @@ def _tile(
     STRIDE: tl.constexpr,
     ROWS: tl.constexpr,
     COLS: tl.constexpr,
+    CHUNKS: tl.constexpr,
     VECTOR: tl.constexpr,
     PAIRS: tl.constexpr,
     B_ONLY: tl.constexpr,
 ):
-    """The elements of program ``pid``'s ``[ROWS, COLS]`` tile, as broadcastable index tensors:
-    sample ``b`` (an int64 scalar), channel ``c``, pixel ``p``, whether the channel exists
+    """The elements of tile ``chunk`` (of CHUNKS) of program ``pid``, a ``[ROWS, COLS]`` tile, as
+    broadcastable index tensors: sample ``b`` (an int64 scalar), channel ``c``, pixel ``p``, whether the channel exists
     (``on_channel``), whether the element is ``inside`` the tensor, whether it is a transformed one
     (``is_b``, inside) and ``j``, its index into mu and u (meaningful only where ``is_b``); then the
     half-width tile of PAIRS (``pair_j`` and its mask; ``j`` and ``is_b`` otherwise).
 
-    Images: programs run over (sample, block of ROWS channels, block of COLS pixels), pixels fastest.
+    Images: programs run over (sample, block of ROWS channels, block of CHUNKS * COLS pixels), pixels
+    fastest; chunk k of a program is its k-th COLS pixels.
     Vectors (ROWS == 1, ``b`` a scalar too): over (sample, block of COLS channels). With B_ONLY the channel blocks are
     blocks of transformed channels j (``c = START + j * STRIDE``)."""
     cols = tl.arange(0, COLS)[None, :]
@@ -102,7 +106,7 @@ def _tile(
         b = (pid // (N_CB * N_PB)).to(tl.int64)
         r = pid % (N_CB * N_PB)
         k = (r // N_PB) * ROWS + tl.arange(0, ROWS)[:, None]
-        p = (r % N_PB) * COLS + cols
+        p = ((r % N_PB) * CHUNKS + chunk) * COLS + cols
     if B_ONLY:
         j = k
         c = START + j * STRIDE
@@ -156,16 +160,18 @@ def _store_b(
     mask,
     pair_j,
     pair_mask,
-    START,
+    start_parity,
     ROWS: tl.constexpr,
     COLS: tl.constexpr,
     PAIRS: tl.constexpr,
 ):
     """Stores the tile's transformed elements of ``value`` into dmu or du (``[B, Cb, P]``, unit pixel
-    stride); with PAIRS as a half-width tile (the channel of each pair at START)."""
+    stride); with PAIRS as a half-width tile, the channel of each pair of parity ``start_parity``
+    (START % 2 as a float: Triton specialises an int 1 into a constant, and with the other half of
+    each pair known dead the compiler would split the 128-bit loads of x into 32-bit ones)."""
     if PAIRS:
         even, odd = tl.split(tl.reshape(value, (ROWS, COLS // 2, 2)))
-        tl.store(PTR + b * s_b + pair_j * s_c, tl.where(START == 0, even, odd), mask=pair_mask)
+        tl.store(PTR + b * s_b + pair_j * s_c, tl.where(start_parity == 0.0, even, odd), mask=pair_mask)
     else:
         tl.store(PTR + b * s_b + j * s_c + p, value, mask=mask)
 
@@ -191,18 +197,20 @@ def _per_channel(
 
 
 @triton.jit
-def _store_affine_partials(
-    AFF_PART, pid, inside, d_out, z, ROWS: tl.constexpr, COLS: tl.constexpr, VECTOR: tl.constexpr
-):
-    """One program's per-channel sums of ``d_out * z`` and of ``d_out`` (gradients of the affine's w
-    and a), one pair per channel of the tile: for images ROWS pairs at ``AFF_PART[pid, :, 0 or 1]``
-    (one store of a few values), for vectors COLS values each at ``AFF_PART[0 or 1, pid, :]`` (two
-    full-width stores)."""
-    N: tl.constexpr = COLS if VECTOR else ROWS
+def _affine_sums(inside, d_out, z, VECTOR: tl.constexpr):
+    """A tile's per-channel sums of ``d_out * z`` and of ``d_out`` (gradients of the affine's w and a):
+    along its rows for images, its columns for vectors."""
     AXIS: tl.constexpr = 0 if VECTOR else 1
+    return tl.sum(tl.where(inside, d_out * z, 0.0), axis=AXIS), tl.sum(tl.where(inside, d_out, 0.0), axis=AXIS)
+
+
+@triton.jit
+def _store_affine_partials(AFF_PART, pid, sum_dz, sum_d, ROWS: tl.constexpr, COLS: tl.constexpr, VECTOR: tl.constexpr):
+    """One program's per-channel sums (:func:`_affine_sums`), one pair per channel of its tiles: for
+    images ROWS pairs at ``AFF_PART[pid, :, 0 or 1]`` (one store of a few values), for vectors COLS
+    values each at ``AFF_PART[0 or 1, pid, :]`` (two full-width stores)."""
+    N: tl.constexpr = COLS if VECTOR else ROWS
     k = pid * N + tl.arange(0, N)
-    sum_dz = tl.sum(tl.where(inside, d_out * z, 0.0), axis=AXIS)
-    sum_d = tl.sum(tl.where(inside, d_out, 0.0), axis=AXIS)
     if VECTOR:
         tl.store(AFF_PART + k, sum_dz)
         tl.store(AFF_PART + tl.num_programs(0) * N + k, sum_d)
@@ -303,6 +311,7 @@ def _coupling_kernel(
     ACC: tl.constexpr,
     ROWS: tl.constexpr,
     COLS: tl.constexpr,
+    CHUNKS: tl.constexpr,
     VECTOR: tl.constexpr,
     ROWS_DIVIDE_C: tl.constexpr,
     PAIRS: tl.constexpr,
@@ -313,35 +322,41 @@ def _coupling_kernel(
     ``AFF[c] * y + AFF_A[c]`` (rows w and a of the affine; a separate pointer, so that its
     alignment is known)."""
     pid = tl.program_id(0)
-    b, c, p, on_channel, inside, is_b, j, pair_j, pair_mask = _tile(
-        pid, C, CB, P, N_CB, N_PB, START, STRIDE, ROWS, COLS, VECTOR, PAIRS, B_ONLY
+    b, c, _, on_channel, _, _, _, _, _ = _tile(
+        pid, 0, C, CB, P, N_CB, N_PB, START, STRIDE, ROWS, COLS, CHUNKS, VECTOR, PAIRS, B_ONLY
     )
-    x = tl.load(X + b * s_xb + c * s_xc + p * s_xp, mask=inside, other=0.0).to(ACC)
-    mu = _load_b(MU, b, j, p, s_mb, s_mc, s_mp, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
-    if HAS_U:
-        u = _load_b(U, b, j, p, s_ub, s_uc, s_up, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
-        s, log_s, _ = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, INVERSE)
-        log_det = tl.sum(tl.where(is_b, log_s, 0.0), axis=1)
-        if INVERSE:
-            inv_s = s
-            if SHIFT_FIRST:
-                y_b = x * inv_s - mu
-            else:
-                y_b = (x - mu) * inv_s
-            log_det = -log_det
-        else:
-            if SHIFT_FIRST:
-                y_b = s * (x + mu)
-            else:
-                y_b = s * x + mu
-        y = tl.where(is_b, y_b, x)
-        tl.store(LOGDET_PART + pid * ROWS + tl.arange(0, ROWS), log_det)
-    else:
-        y = tl.where(is_b, x - mu, x) if INVERSE else tl.where(is_b, x + mu, x)
     if AFFINE:
         w = _per_channel(AFF, c, on_channel, 1.0, ROWS, COLS, VECTOR, ROWS_DIVIDE_C)
-        y = y * w + _per_channel(AFF_A, c, on_channel, 0.0, ROWS, COLS, VECTOR, ROWS_DIVIDE_C)
-    tl.store(Y + b * s_yb + c * s_yc + p * s_yp, y.to(Y.dtype.element_ty), mask=inside)
+        a = _per_channel(AFF_A, c, on_channel, 0.0, ROWS, COLS, VECTOR, ROWS_DIVIDE_C)
+    log_det = tl.zeros((ROWS,), ACC)
+    for chunk in tl.static_range(CHUNKS):
+        b, c, p, on_channel, inside, is_b, j, pair_j, pair_mask = _tile(
+            pid, chunk, C, CB, P, N_CB, N_PB, START, STRIDE, ROWS, COLS, CHUNKS, VECTOR, PAIRS, B_ONLY
+        )
+        x = tl.load(X + b * s_xb + c * s_xc + p * s_xp, mask=inside, other=0.0).to(ACC)
+        mu = _load_b(MU, b, j, p, s_mb, s_mc, s_mp, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
+        if HAS_U:
+            u = _load_b(U, b, j, p, s_ub, s_uc, s_up, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
+            s, log_s, _ = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, INVERSE)
+            log_det += tl.sum(tl.where(is_b, log_s, 0.0), axis=1)
+            if INVERSE:
+                if SHIFT_FIRST:
+                    y_b = x * s - mu
+                else:
+                    y_b = (x - mu) * s
+            else:
+                if SHIFT_FIRST:
+                    y_b = s * (x + mu)
+                else:
+                    y_b = s * x + mu
+            y = tl.where(is_b, y_b, x)
+        else:
+            y = tl.where(is_b, x - mu, x) if INVERSE else tl.where(is_b, x + mu, x)
+        if AFFINE:
+            y = y * w + a
+        tl.store(Y + b * s_yb + c * s_yc + p * s_yp, y.to(Y.dtype.element_ty), mask=inside)
+    if HAS_U:
+        tl.store(LOGDET_PART + pid * ROWS + tl.arange(0, ROWS), -log_det if INVERSE else log_det)
 
 
 @triton.jit
@@ -363,6 +378,7 @@ def _coupling_forward_backward_kernel(
     N_PB,
     START,
     param,
+    start_parity,
     s_xb,
     s_xc,
     s_xp,
@@ -389,6 +405,7 @@ def _coupling_forward_backward_kernel(
     ACC: tl.constexpr,
     ROWS: tl.constexpr,
     COLS: tl.constexpr,
+    CHUNKS: tl.constexpr,
     VECTOR: tl.constexpr,
     ROWS_DIVIDE_C: tl.constexpr,
     PAIRS: tl.constexpr,
@@ -399,45 +416,85 @@ def _coupling_forward_backward_kernel(
     ``[B, C, P]`` share strides; DMU and DU ``[B, Cb, P]`` have unit pixel stride. With AFFINE, dy is
     first multiplied by ``AFF[0, c]`` and the program stores its affine partial sums, recomputing y."""
     pid = tl.program_id(0)
-    b, c, p, on_channel, inside, is_b, j, pair_j, pair_mask = _tile(
-        pid, C, CB, P, N_CB, N_PB, START, STRIDE, ROWS, COLS, VECTOR, PAIRS, False
-    )
-    x_mask = inside if AFFINE or PAIRS else is_b  # x_a is needed with AFFINE; PAIRS loads whole pairs
-    d_out = tl.load(DY + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
-    dy = d_out * _per_channel(AFF, c, on_channel, 0.0, ROWS, COLS, VECTOR, ROWS_DIVIDE_C) if AFFINE else d_out
-    if HAS_U or AFFINE:
-        x = tl.load(X + b * s_xb + c * s_xc + p * s_xp, mask=x_mask, other=0.0).to(ACC)
-    if (HAS_U and SHIFT_FIRST) or AFFINE:
-        mu = _load_b(MU, b, j, p, s_mb, s_mc, s_mp, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
-    if HAS_U:
-        u = _load_b(U, b, j, p, s_ub, s_uc, s_up, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
-        g = tl.load(DLOGDET + b).to(ACC)
-        s, _, dlog_s = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, False)
-        if SHIFT_FIRST:
-            sx = s * (x + mu)
-            y_b = sx
-            dmu = s * dy
-        else:
-            sx = s * x
-            if AFFINE:
-                y_b = sx + mu
-            dmu = dy
-        dx = tl.where(is_b, s * dy, dy)
-        du = dlog_s * (dy * sx + g)
-        _store_b(
-            DU, du.to(DU.dtype.element_ty), b, j, p, s_dub, s_duc, is_b, pair_j, pair_mask, START, ROWS, COLS, PAIRS
-        )
-    else:
-        if AFFINE:
-            y_b = x + mu
-        dx = dy
-        dmu = dy
-    tl.store(DX + b * s_gb + c * s_gc + p * s_gp, dx.to(DX.dtype.element_ty), mask=inside)
-    _store_b(
-        DMU, dmu.to(DMU.dtype.element_ty), b, j, p, s_dmb, s_dmc, is_b, pair_j, pair_mask, START, ROWS, COLS, PAIRS
+    b, c, _, on_channel, _, _, _, _, _ = _tile(
+        pid, 0, C, CB, P, N_CB, N_PB, START, STRIDE, ROWS, COLS, CHUNKS, VECTOR, PAIRS, False
     )
     if AFFINE:
-        _store_affine_partials(AFF_PART, pid, inside, d_out, tl.where(is_b, y_b, x), ROWS, COLS, VECTOR)
+        w = _per_channel(AFF, c, on_channel, 0.0, ROWS, COLS, VECTOR, ROWS_DIVIDE_C)
+        N: tl.constexpr = COLS if VECTOR else ROWS
+        sum_dz = tl.zeros((N,), ACC)
+        sum_d = tl.zeros((N,), ACC)
+    if HAS_U:
+        g = tl.load(DLOGDET + b).to(ACC)
+    for chunk in tl.static_range(CHUNKS):
+        b, c, p, on_channel, inside, is_b, j, pair_j, pair_mask = _tile(
+            pid, chunk, C, CB, P, N_CB, N_PB, START, STRIDE, ROWS, COLS, CHUNKS, VECTOR, PAIRS, False
+        )
+        x_mask = inside if AFFINE or PAIRS else is_b  # x_a is needed with AFFINE; PAIRS loads whole pairs
+        d_out = tl.load(DY + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
+        dy = d_out * w if AFFINE else d_out
+        if HAS_U or AFFINE:
+            x = tl.load(X + b * s_xb + c * s_xc + p * s_xp, mask=x_mask, other=0.0).to(ACC)
+        if (HAS_U and SHIFT_FIRST) or AFFINE:
+            mu = _load_b(MU, b, j, p, s_mb, s_mc, s_mp, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
+        if HAS_U:
+            u = _load_b(U, b, j, p, s_ub, s_uc, s_up, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
+            s, _, dlog_s = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, False)
+            if SHIFT_FIRST:
+                sx = s * (x + mu)
+                y_b = sx
+                dmu = s * dy
+            else:
+                sx = s * x
+                if AFFINE:
+                    y_b = sx + mu
+                dmu = dy
+            dx = tl.where(is_b, s * dy, dy)
+            du = dlog_s * (dy * sx + g)
+            _store_b(
+                DU,
+                du.to(DU.dtype.element_ty),
+                b,
+                j,
+                p,
+                s_dub,
+                s_duc,
+                is_b,
+                pair_j,
+                pair_mask,
+                start_parity,
+                ROWS,
+                COLS,
+                PAIRS,
+            )
+        else:
+            if AFFINE:
+                y_b = x + mu
+            dx = dy
+            dmu = dy
+        tl.store(DX + b * s_gb + c * s_gc + p * s_gp, dx.to(DX.dtype.element_ty), mask=inside)
+        _store_b(
+            DMU,
+            dmu.to(DMU.dtype.element_ty),
+            b,
+            j,
+            p,
+            s_dmb,
+            s_dmc,
+            is_b,
+            pair_j,
+            pair_mask,
+            start_parity,
+            ROWS,
+            COLS,
+            PAIRS,
+        )
+        if AFFINE:
+            chunk_dz, chunk_d = _affine_sums(inside, d_out, tl.where(is_b, y_b, x), VECTOR)
+            sum_dz += chunk_dz
+            sum_d += chunk_d
+    if AFFINE:
+        _store_affine_partials(AFF_PART, pid, sum_dz, sum_d, ROWS, COLS, VECTOR)
 
 
 @triton.jit
@@ -459,6 +516,7 @@ def _coupling_inverse_backward_kernel(
     N_PB,
     START,
     param,
+    start_parity,
     s_yb,
     s_yc,
     s_yp,
@@ -485,6 +543,7 @@ def _coupling_inverse_backward_kernel(
     ACC: tl.constexpr,
     ROWS: tl.constexpr,
     COLS: tl.constexpr,
+    CHUNKS: tl.constexpr,
     VECTOR: tl.constexpr,
     ROWS_DIVIDE_C: tl.constexpr,
     PAIRS: tl.constexpr,
@@ -494,46 +553,86 @@ def _coupling_inverse_backward_kernel(
     ``x_b = y_b / s - mu``: dy_b = dx_b / s, dmu = -dx_b, du = -d(log s)/du * (dx_b * y_b / s +
     dlogdet[b]); dy_a = dx_a. With AFFINE as in the density direction's backward."""
     pid = tl.program_id(0)
-    b, c, p, on_channel, inside, is_b, j, pair_j, pair_mask = _tile(
-        pid, C, CB, P, N_CB, N_PB, START, STRIDE, ROWS, COLS, VECTOR, PAIRS, False
-    )
-    y_mask = inside if AFFINE or PAIRS else is_b  # y_a is needed with AFFINE; PAIRS loads whole pairs
-    d_out = tl.load(DX + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
-    dx = d_out * _per_channel(AFF, c, on_channel, 0.0, ROWS, COLS, VECTOR, ROWS_DIVIDE_C) if AFFINE else d_out
-    if HAS_U or AFFINE:
-        y = tl.load(Y + b * s_yb + c * s_yc + p * s_yp, mask=y_mask, other=0.0).to(ACC)
-    if (HAS_U and not SHIFT_FIRST) or AFFINE:
-        mu = _load_b(MU, b, j, p, s_mb, s_mc, s_mp, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
-    if HAS_U:
-        u = _load_b(U, b, j, p, s_ub, s_uc, s_up, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
-        g = tl.load(DLOGDET + b).to(ACC)
-        inv_s, _, dlog_s = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, True)
-        inv_s = tl.where(is_b, inv_s, 1.0)
-        dy = tl.where(is_b, dx * inv_s, dx)
-        if SHIFT_FIRST:
-            x_s = y * inv_s
-            if AFFINE:
-                x_b = x_s - mu
-            dmu = -dx
-        else:
-            x_s = (y - mu) * inv_s
-            x_b = x_s
-            dmu = -dy
-        du = -dlog_s * (dx * x_s + g)
-        _store_b(
-            DU, du.to(DU.dtype.element_ty), b, j, p, s_dub, s_duc, is_b, pair_j, pair_mask, START, ROWS, COLS, PAIRS
-        )
-    else:
-        if AFFINE:
-            x_b = y - mu
-        dy = dx
-        dmu = -dx
-    tl.store(DY + b * s_gb + c * s_gc + p * s_gp, dy.to(DY.dtype.element_ty), mask=inside)
-    _store_b(
-        DMU, dmu.to(DMU.dtype.element_ty), b, j, p, s_dmb, s_dmc, is_b, pair_j, pair_mask, START, ROWS, COLS, PAIRS
+    b, c, _, on_channel, _, _, _, _, _ = _tile(
+        pid, 0, C, CB, P, N_CB, N_PB, START, STRIDE, ROWS, COLS, CHUNKS, VECTOR, PAIRS, False
     )
     if AFFINE:
-        _store_affine_partials(AFF_PART, pid, inside, d_out, tl.where(is_b, x_b, y), ROWS, COLS, VECTOR)
+        w = _per_channel(AFF, c, on_channel, 0.0, ROWS, COLS, VECTOR, ROWS_DIVIDE_C)
+        N: tl.constexpr = COLS if VECTOR else ROWS
+        sum_dz = tl.zeros((N,), ACC)
+        sum_d = tl.zeros((N,), ACC)
+    if HAS_U:
+        g = tl.load(DLOGDET + b).to(ACC)
+    for chunk in tl.static_range(CHUNKS):
+        b, c, p, on_channel, inside, is_b, j, pair_j, pair_mask = _tile(
+            pid, chunk, C, CB, P, N_CB, N_PB, START, STRIDE, ROWS, COLS, CHUNKS, VECTOR, PAIRS, False
+        )
+        y_mask = inside if AFFINE or PAIRS else is_b  # y_a is needed with AFFINE; PAIRS loads whole pairs
+        d_out = tl.load(DX + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
+        dx = d_out * w if AFFINE else d_out
+        if HAS_U or AFFINE:
+            y = tl.load(Y + b * s_yb + c * s_yc + p * s_yp, mask=y_mask, other=0.0).to(ACC)
+        if (HAS_U and not SHIFT_FIRST) or AFFINE:
+            mu = _load_b(MU, b, j, p, s_mb, s_mc, s_mp, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
+        if HAS_U:
+            u = _load_b(U, b, j, p, s_ub, s_uc, s_up, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
+            inv_s, _, dlog_s = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, True)
+            inv_s = tl.where(is_b, inv_s, 1.0)
+            dy = tl.where(is_b, dx * inv_s, dx)
+            if SHIFT_FIRST:
+                x_s = y * inv_s
+                if AFFINE:
+                    x_b = x_s - mu
+                dmu = -dx
+            else:
+                x_s = (y - mu) * inv_s
+                x_b = x_s
+                dmu = -dy
+            du = -dlog_s * (dx * x_s + g)
+            _store_b(
+                DU,
+                du.to(DU.dtype.element_ty),
+                b,
+                j,
+                p,
+                s_dub,
+                s_duc,
+                is_b,
+                pair_j,
+                pair_mask,
+                start_parity,
+                ROWS,
+                COLS,
+                PAIRS,
+            )
+        else:
+            if AFFINE:
+                x_b = y - mu
+            dy = dx
+            dmu = -dx
+        tl.store(DY + b * s_gb + c * s_gc + p * s_gp, dy.to(DY.dtype.element_ty), mask=inside)
+        _store_b(
+            DMU,
+            dmu.to(DMU.dtype.element_ty),
+            b,
+            j,
+            p,
+            s_dmb,
+            s_dmc,
+            is_b,
+            pair_j,
+            pair_mask,
+            start_parity,
+            ROWS,
+            COLS,
+            PAIRS,
+        )
+        if AFFINE:
+            chunk_dz, chunk_d = _affine_sums(inside, d_out, tl.where(is_b, x_b, y), VECTOR)
+            sum_dz += chunk_dz
+            sum_d += chunk_d
+    if AFFINE:
+        _store_affine_partials(AFF_PART, pid, sum_dz, sum_d, ROWS, COLS, VECTOR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -548,12 +647,14 @@ class _Tiling:
     programs: int
     num_warps: int
     rows_divide_c: bool  # no image tile reaches beyond the last channel
+    chunks: int = 1  # tiles per program (consecutive blocks of COLS pixels)
 
     @property
     def launch_options(self) -> dict:
         return dict(
             ROWS=self.rows,
             COLS=self.cols,
+            CHUNKS=self.chunks,
             VECTOR=self.vector,
             ROWS_DIVIDE_C=self.rows_divide_c,
             num_warps=self.num_warps,
@@ -585,8 +686,11 @@ def _tiling(batch: int, channels: int, pixels: int, per_channel: bool = False) -
     if per_channel and channels % 16:  # C is not known to the compiler as a multiple of 16 (no masks)
         rows = min(rows, channels & -channels)  # the largest power of two dividing C
     cols = _common.pow2_tile(pixels, 1, TILE // rows)
-    n_cb, n_pb = triton.cdiv(channels, rows), triton.cdiv(pixels, cols)
-    return _Tiling(False, rows, cols, n_cb, n_pb, batch * n_cb * n_pb, 4, channels % rows == 0)
+    # Rows of 1 or 2 channels read per-channel values 32 or 64 bits at a time: more tiles per program
+    # spread those reads (and the partial sums' stores) over more pixels.
+    chunks = min(MAX_CHUNKS, triton.cdiv(pixels, cols)) if per_channel and rows < 4 else 1
+    n_cb, n_pb = triton.cdiv(channels, rows), triton.cdiv(pixels, cols * chunks)
+    return _Tiling(False, rows, cols, n_cb, n_pb, batch * n_cb * n_pb, 4, channels % rows == 0, chunks)
 
 
 def _pairs(tiling: _Tiling, start: int, stride: int, b_only: bool) -> bool:
@@ -727,6 +831,7 @@ def coupling_backward(
         tiling.n_pb,
         start,
         param,
+        float(start % 2),
         *x.stride(),
         *mu.stride(),
         *_strides(u),

@@ -244,7 +244,14 @@ def test_kernels_compile_for_a_gpu():
         ("fp32", "fp32", 1, True, (2, True, True, False)),
         ("fp16", "fp32", 1, False, (0, True, False, False)),
     ):
-        types = {"param": "fp32", "LOGDET_PART": f"*{acc}", "DLOGDET": f"*{acc}", "AFF": f"*{acc}", "AFF_A": f"*{acc}"}
+        types = {
+            "param": "fp32",
+            "start_parity": "fp32",
+            "LOGDET_PART": f"*{acc}",
+            "DLOGDET": f"*{acc}",
+            "AFF": f"*{acc}",
+            "AFF_A": f"*{acc}",
+        }
         types |= {"AFF_PART": f"*{acc}"}
         types |= {n: f"*{dtype}" for n in ("X", "Y", "MU", "U", "DX", "DY", "DMU", "DU")}
         code, special, reciprocal, shift_first = scale
@@ -258,8 +265,8 @@ def test_kernels_compile_for_a_gpu():
             ACC=f"tl.float{acc[2:]}",
         )
         for tile in (
-            dict(ROWS=4, COLS=512, VECTOR=False, ROWS_DIVIDE_C=stride == 2, PAIRS=False),
-            dict(ROWS=1, COLS=512, VECTOR=True, ROWS_DIVIDE_C=False, PAIRS=stride == 2),
+            dict(ROWS=4, COLS=512, CHUNKS=2, VECTOR=False, ROWS_DIVIDE_C=stride == 2, PAIRS=False),
+            dict(ROWS=1, COLS=512, CHUNKS=1, VECTOR=True, ROWS_DIVIDE_C=False, PAIRS=stride == 2),
         ):
             variants += [
                 (

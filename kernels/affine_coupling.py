@@ -29,21 +29,27 @@ finite for every finite u (s itself may reach 0 or inf where the maths does: unc
 ``(start, stride)`` encodes all four split patterns without any split/cat copy: continuous/up is
 ``(C - Cb, 1)``, continuous/down ``(0, 1)``, skip/up ``(1, 2)`` and skip/down ``(0, 2)``.
 
-Every program handles ``BLOCK`` consecutive elements of one sample's ``[C, P]`` plane, so it writes
-all of y (copied and transformed channels alike) in one pass and stores one partial sum of log s;
-the per-sample logdet is the sum of a sample's partials (a tiny torch sum, deterministic, no
-atomics). With ``B_ONLY`` a program covers elements of the ``[Cb, P]`` transformed plane instead and
-writes only those (the caller's output already holds x_a: the in-place, no-grad use). The backward
-kernels recompute s and d(log s)/du from u instead of storing them and store dmu and du through
-strides, so both can be halves of the one gradient buffer of a conditioning net's output. With
-``affine`` each backward program covers whole channels (rows of pixels) of one sample instead, so that it
-stores one partial sum per channel of ``dout * out_before_affine`` and of ``dout`` (the gradients
-of w and a; summed in torch, deterministic); small planes (the 4x4 top level) put several channels
-in one program.
+Every program handles a ``[ROWS, COLS]`` tile whose columns run along the contiguous axis, so that
+loads and stores are vectorised: for images (P > 1) ROWS channels of one sample times COLS pixels,
+for vectors (P == 1, ``VECTOR``) COLS channels of one sample (ROWS == 1). It writes all of y in its tile
+(copied and transformed channels alike) and stores one partial sum of log s per row (a vector
+store); the per-sample logdet is the sum of a sample's partials (a tiny torch sum, deterministic,
+no atomics). Per-channel values (the affine's rows) are loaded once per channel of the tile, not per
+element. For vectors with a skip split (``PAIRS``) mu and u are loaded (and dmu, du stored) as
+half-width tiles of consecutive transformed channels, spread over (gathered from) the channel pairs
+in registers. With ``B_ONLY`` the tile's channels are those of the ``[Cb, P]`` transformed plane
+and only they are written (the caller's output already holds x_a: the in-place, no-grad use). The
+backward kernels recompute s and d(log s)/du from u instead of storing them and store dmu and du
+through strides, so both can be halves of the one gradient buffer of a conditioning net's output.
+With ``affine`` each backward program also stores its tile's sums per channel of
+``dout * out_before_affine`` and of ``dout`` (the gradients of w and a; summed in torch,
+deterministic).
 All arithmetic is in float32 (float64 for float64 inputs); outputs are stored in their input dtype.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import triton
@@ -51,13 +57,11 @@ import triton.language as tl
 
 from fastflow.kernels import _common
 
-MIN_BLOCK, MAX_BLOCK = 16, 1024  # elements per program
+TILE = 2048  # elements per program (16 per thread of 4 warps: several 128-bit accesses per tensor)
+MAX_COLS = 512  # pixels per tile row
+VECTOR_COLS = 512  # channels per warp for vectors (P == 1)
+MAX_CHUNKS = 3  # tiles per program where per-channel reads are narrow (3: >= 90% of accesses 128-bit)
 SCALE_TANH, SCALE_SIGMOID, SCALE_EXP = 0, 1, 2
-
-
-def _block_size(plane: int) -> int:
-    """Elements of one sample's ``[C, P]`` plane per program: a power of two in [MIN_BLOCK, MAX_BLOCK]."""
-    return _common.pow2_tile(plane, MIN_BLOCK, MAX_BLOCK)
 
 
 def _strides(t: torch.Tensor | None) -> tuple[int, int, int]:
@@ -66,80 +70,152 @@ def _strides(t: torch.Tensor | None) -> tuple[int, int, int]:
 
 
 @triton.jit
-def _transformed(c, START, STRIDE: tl.constexpr, CB):
-    """Whether channel ``c`` is transformed, and its index j into mu and u (0 where it is not)."""
-    d = c - START
-    is_b = (d >= 0) & (d % STRIDE == 0) & (d < CB * STRIDE)
-    return is_b, tl.where(is_b, d // STRIDE, 0)
-
-
-@triton.jit
-def _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE: tl.constexpr, BLOCK: tl.constexpr):
-    """The elements of program ``pid``: its sample ``b`` (int64), then for each of its ``BLOCK``
-    positions in the sample's ``[C, P]`` plane the channel ``c``, pixel ``p``, whether it is
-    ``inside`` the plane, whether it is a transformed channel ``is_b`` (and inside), and ``j``,
-    its index into mu and u."""
-    b = (pid // N_BLOCKS).to(tl.int64)
-    i = (pid % N_BLOCKS) * BLOCK + tl.arange(0, BLOCK)
-    inside = i < C * P
-    c = i // P
-    p = i % P
-    is_b, j = _transformed(c, START, STRIDE, CB)
-    return b, c, p, inside, is_b & inside, j
-
-
-@triton.jit
-def _plane_block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE: tl.constexpr, BLOCK: tl.constexpr, ROW: tl.constexpr):
-    """As :func:`_block_elements` for programs that each cover ``BLOCK // ROW`` channels times ``ROW``
-    pixels of one sample (``N_BLOCKS`` programs per row of ``P`` pixels): position ``i`` is channel
-    ``i // ROW`` of the program's channel block, pixel ``i % ROW`` of its pixel block."""
-    CPB: tl.constexpr = BLOCK // ROW
-    per_sample = tl.cdiv(C, CPB) * N_BLOCKS
-    b = (pid // per_sample).to(tl.int64)
-    r = pid % per_sample
-    i = tl.arange(0, BLOCK)
-    c = (r // N_BLOCKS) * CPB + i // ROW
-    p = (r % N_BLOCKS) * ROW + i % ROW
-    inside = (p < P) & (c < C)
-    is_b, j = _transformed(c, START, STRIDE, CB)
-    return b, c, p, inside, is_b & inside, j
-
-
-@triton.jit
-def _backward_elements(
+def _tile(
     pid,
+    chunk,
     C,
     CB,
     P,
-    N_BLOCKS,
+    N_CB,
+    N_PB,
     START,
     STRIDE: tl.constexpr,
-    BLOCK: tl.constexpr,
-    ROW: tl.constexpr,
-    AFFINE: tl.constexpr,
+    ROWS: tl.constexpr,
+    COLS: tl.constexpr,
+    CHUNKS: tl.constexpr,
+    VECTOR: tl.constexpr,
+    PAIRS: tl.constexpr,
+    B_ONLY: tl.constexpr,
 ):
-    """A backward program's elements (:func:`_block_elements`; with AFFINE :func:`_plane_block_elements`,
-    whole channels per program for its per-channel partial sums), then the mask of its loads of the
-    op's input: every element with AFFINE (the output before the affine is recomputed on the
-    conditioning channels too), the transformed ones otherwise."""
-    if AFFINE:
-        b, c, p, inside, is_b, j = _plane_block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK, ROW)
-        input_mask = inside
+    """The elements of tile ``chunk`` (of CHUNKS) of program ``pid``, a ``[ROWS, COLS]`` tile, as
+    broadcastable index tensors: sample ``b`` (an int64 scalar), channel ``c``, pixel ``p``, whether the channel exists
+    (``on_channel``), whether the element is ``inside`` the tensor, whether it is a transformed one
+    (``is_b``, inside) and ``j``, its index into mu and u (meaningful only where ``is_b``); then the
+    half-width tile of PAIRS (``pair_j`` and its mask; ``j`` and ``is_b`` otherwise).
+
+    Images: programs run over (sample, block of ROWS channels, block of CHUNKS * COLS pixels), pixels
+    fastest; chunk k of a program is its k-th COLS pixels.
+    Vectors (ROWS == 1, ``b`` a scalar too): over (sample, block of COLS channels). With B_ONLY the channel blocks are
+    blocks of transformed channels j (``c = START + j * STRIDE``)."""
+    cols = tl.arange(0, COLS)[None, :]
+    if VECTOR:
+        b = (pid // N_CB).to(tl.int64)
+        k = (pid % N_CB) * COLS + cols
+        p = 0
     else:
-        b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
-        input_mask = is_b
-    return b, c, p, inside, is_b, j, input_mask
+        b = (pid // (N_CB * N_PB)).to(tl.int64)
+        r = pid % (N_CB * N_PB)
+        k = (r // N_PB) * ROWS + tl.arange(0, ROWS)[:, None]
+        p = ((r % N_PB) * CHUNKS + chunk) * COLS + cols
+    if B_ONLY:
+        j = k
+        c = START + j * STRIDE
+        on_channel = j < CB
+        inside = on_channel if VECTOR else on_channel & (p < P)
+        is_b = inside
+    else:
+        c = k
+        on_channel = c < C
+        inside = on_channel if VECTOR else on_channel & (p < P)
+        d = c - START
+        is_b = inside & (d >= 0) & (d < CB * STRIDE)
+        if STRIDE > 1:
+            is_b = is_b & (d % STRIDE == 0)
+            j = d // STRIDE
+        else:
+            j = d
+    if PAIRS:  # vectors, skip split with START in {0, 1}: pair i holds channels 2i, 2i + 1 and j = i
+        pair_j = (pid % N_CB) * (COLS // 2) + tl.arange(0, COLS // 2)[None, :]
+        pair_mask = pair_j < CB
+    else:
+        pair_j = j
+        pair_mask = is_b
+    return b, c, p, on_channel, inside, is_b, j, pair_j, pair_mask
 
 
 @triton.jit
-def _store_affine_partials(AFF_PART, pid, inside, d_out, z, BLOCK: tl.constexpr, ROW: tl.constexpr):
-    """One program's per-channel sums of ``d_out * z`` and of ``d_out`` (gradients of the affine's w
-    and a): ``BLOCK // ROW`` values each, at ``AFF_PART[0 or 1, pid, :]``."""
-    CPB: tl.constexpr = BLOCK // ROW
-    total = tl.num_programs(0) * CPB
-    k = pid * CPB + tl.arange(0, CPB)
-    tl.store(AFF_PART + k, tl.sum(tl.reshape(tl.where(inside, d_out * z, 0.0), (CPB, ROW)), axis=1))
-    tl.store(AFF_PART + total + k, tl.sum(tl.reshape(tl.where(inside, d_out, 0.0), (CPB, ROW)), axis=1))
+def _load_b(
+    PTR, b, j, p, s_b, s_c, s_p, mask, pair_j, pair_mask, ROWS: tl.constexpr, COLS: tl.constexpr, PAIRS: tl.constexpr
+):
+    """mu or u (``[B, Cb, P]``) at the tile's transformed elements (0 elsewhere); with PAIRS loaded as a
+    half-width tile of consecutive j and spread over both channels of each pair (the caller keeps the
+    transformed ones)."""
+    if PAIRS:
+        half = tl.load(PTR + b * s_b + pair_j * s_c, mask=pair_mask, other=0.0)
+        value = tl.reshape(tl.join(half, half), (ROWS, COLS))
+    else:
+        value = tl.load(PTR + b * s_b + j * s_c + p * s_p, mask=mask, other=0.0)
+    return value
+
+
+@triton.jit
+def _store_b(
+    PTR,
+    value,
+    b,
+    j,
+    p,
+    s_b,
+    s_c,
+    mask,
+    pair_j,
+    pair_mask,
+    start_parity,
+    ROWS: tl.constexpr,
+    COLS: tl.constexpr,
+    PAIRS: tl.constexpr,
+):
+    """Stores the tile's transformed elements of ``value`` into dmu or du (``[B, Cb, P]``, unit pixel
+    stride); with PAIRS as a half-width tile, the channel of each pair of parity ``start_parity``
+    (START % 2 as a float: Triton specialises an int 1 into a constant, and with the other half of
+    each pair known dead the compiler would split the 128-bit loads of x into 32-bit ones)."""
+    if PAIRS:
+        even, odd = tl.split(tl.reshape(value, (ROWS, COLS // 2, 2)))
+        tl.store(PTR + b * s_b + pair_j * s_c, tl.where(start_parity == 0.0, even, odd), mask=pair_mask)
+    else:
+        tl.store(PTR + b * s_b + j * s_c + p, value, mask=mask)
+
+
+@triton.jit
+def _per_channel(
+    PTR, c, on_channel, other, ROWS: tl.constexpr, COLS: tl.constexpr, VECTOR: tl.constexpr, ROWS_DIVIDE_C: tl.constexpr
+):
+    """``PTR[c]``, a per-channel value (``other`` where the channel does not exist), for the tile's
+    channels. For images (``c`` a column of ROWS channels) it is read as a ``[ROWS, 512 / ROWS]`` block
+    of copies, so that each thread reads consecutive channels' values in one access (the copies along
+    a row are equal, and their max is the value); with ROWS_DIVIDE_C without a mask."""
+    if VECTOR:
+        value = tl.load(PTR + c, mask=on_channel, other=other)
+    else:
+        copies = tl.zeros((ROWS, max(1, 512 // ROWS)), tl.int32)
+        if ROWS_DIVIDE_C:
+            block = tl.load(PTR + c + copies)
+        else:
+            block = tl.load(PTR + c + copies, mask=on_channel, other=other)
+        value = tl.max(block, axis=1)[:, None]
+    return value
+
+
+@triton.jit
+def _affine_sums(inside, d_out, z, VECTOR: tl.constexpr):
+    """A tile's per-channel sums of ``d_out * z`` and of ``d_out`` (gradients of the affine's w and a):
+    along its rows for images, its columns for vectors."""
+    AXIS: tl.constexpr = 0 if VECTOR else 1
+    return tl.sum(tl.where(inside, d_out * z, 0.0), axis=AXIS), tl.sum(tl.where(inside, d_out, 0.0), axis=AXIS)
+
+
+@triton.jit
+def _store_affine_partials(AFF_PART, pid, sum_dz, sum_d, ROWS: tl.constexpr, COLS: tl.constexpr, VECTOR: tl.constexpr):
+    """One program's per-channel sums (:func:`_affine_sums`), one pair per channel of its tiles: for
+    images ROWS pairs at ``AFF_PART[pid, :, 0 or 1]`` (one store of a few values), for vectors COLS
+    values each at ``AFF_PART[0 or 1, pid, :]`` (two full-width stores)."""
+    N: tl.constexpr = COLS if VECTOR else ROWS
+    k = pid * N + tl.arange(0, N)
+    if VECTOR:
+        tl.store(AFF_PART + k, sum_dz)
+        tl.store(AFF_PART + tl.num_programs(0) * N + k, sum_d)
+    else:
+        tl.store(AFF_PART + 2 * k[:, None] + tl.arange(0, 2)[None, :], tl.join(sum_dz, sum_d))
 
 
 @triton.jit
@@ -201,12 +277,14 @@ def _coupling_kernel(
     MU,
     U,
     AFF,
+    AFF_A,
     Y,
     LOGDET_PART,
     C,
     CB,
     P,
-    N_BLOCKS,
+    N_CB,
+    N_PB,
     START,
     param,
     s_xb,
@@ -231,48 +309,54 @@ def _coupling_kernel(
     B_ONLY: tl.constexpr,
     AFFINE: tl.constexpr,
     ACC: tl.constexpr,
-    BLOCK: tl.constexpr,
+    ROWS: tl.constexpr,
+    COLS: tl.constexpr,
+    CHUNKS: tl.constexpr,
+    VECTOR: tl.constexpr,
+    ROWS_DIVIDE_C: tl.constexpr,
+    PAIRS: tl.constexpr,
 ):
-    """One block of one sample, X -> Y: the density direction (y_b = s x_b + mu, partial sum of
-    log s per program) or, with INVERSE, the generation direction (x_b = (y_b - mu) / s, -log s).
-    With B_ONLY the block indexes the transformed plane ``[Cb, P]`` and only y_b is stored; with
-    AFFINE every stored value is ``AFF[0, c] * y + AFF[1, c]``."""
+    """One tile, X -> Y: the density direction (y_b = s x_b + mu, partial sums of log s per tile row)
+    or, with INVERSE, the generation direction (x_b = (y_b - mu) / s, -log s). With B_ONLY the tile's
+    channels are transformed ones and only y_b is stored; with AFFINE every stored value is
+    ``AFF[c] * y + AFF_A[c]`` (rows w and a of the affine; a separate pointer, so that its
+    alignment is known)."""
     pid = tl.program_id(0)
-    if B_ONLY:
-        b = (pid // N_BLOCKS).to(tl.int64)
-        i = (pid % N_BLOCKS) * BLOCK + tl.arange(0, BLOCK)
-        inside = i < CB * P
-        j = tl.where(inside, i // P, 0)
-        p = i % P
-        c = START + j * STRIDE
-        is_b = inside
-    else:
-        b, c, p, inside, is_b, j = _block_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK)
-    x = tl.load(X + b * s_xb + c * s_xc + p * s_xp, mask=inside, other=0.0).to(ACC)
-    mu = tl.load(MU + b * s_mb + j * s_mc + p * s_mp, mask=is_b, other=0.0).to(ACC)
-    if HAS_U:
-        u = tl.load(U + b * s_ub + j * s_uc + p * s_up, mask=is_b, other=0.0).to(ACC)
-        s, log_s, _ = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, INVERSE)
-        log_det = tl.sum(tl.where(is_b, log_s, 0.0), axis=0)
-        if INVERSE:
-            inv_s = s
-            if SHIFT_FIRST:
-                y_b = x * inv_s - mu
-            else:
-                y_b = (x - mu) * inv_s
-            log_det = -log_det
-        else:
-            if SHIFT_FIRST:
-                y_b = s * (x + mu)
-            else:
-                y_b = s * x + mu
-        y = tl.where(is_b, y_b, x)
-        tl.store(LOGDET_PART + pid, log_det)
-    else:
-        y = tl.where(is_b, x - mu, x) if INVERSE else tl.where(is_b, x + mu, x)
+    b, c, _, on_channel, _, _, _, _, _ = _tile(
+        pid, 0, C, CB, P, N_CB, N_PB, START, STRIDE, ROWS, COLS, CHUNKS, VECTOR, PAIRS, B_ONLY
+    )
     if AFFINE:
-        y = y * tl.load(AFF + c, mask=inside, other=1.0) + tl.load(AFF + C + c, mask=inside, other=0.0)
-    tl.store(Y + b * s_yb + c * s_yc + p * s_yp, y.to(Y.dtype.element_ty), mask=inside)
+        w = _per_channel(AFF, c, on_channel, 1.0, ROWS, COLS, VECTOR, ROWS_DIVIDE_C)
+        a = _per_channel(AFF_A, c, on_channel, 0.0, ROWS, COLS, VECTOR, ROWS_DIVIDE_C)
+    log_det = tl.zeros((ROWS,), ACC)
+    for chunk in tl.static_range(CHUNKS):
+        b, c, p, on_channel, inside, is_b, j, pair_j, pair_mask = _tile(
+            pid, chunk, C, CB, P, N_CB, N_PB, START, STRIDE, ROWS, COLS, CHUNKS, VECTOR, PAIRS, B_ONLY
+        )
+        x = tl.load(X + b * s_xb + c * s_xc + p * s_xp, mask=inside, other=0.0).to(ACC)
+        mu = _load_b(MU, b, j, p, s_mb, s_mc, s_mp, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
+        if HAS_U:
+            u = _load_b(U, b, j, p, s_ub, s_uc, s_up, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
+            s, log_s, _ = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, INVERSE)
+            log_det += tl.sum(tl.where(is_b, log_s, 0.0), axis=1)
+            if INVERSE:
+                if SHIFT_FIRST:
+                    y_b = x * s - mu
+                else:
+                    y_b = (x - mu) * s
+            else:
+                if SHIFT_FIRST:
+                    y_b = s * (x + mu)
+                else:
+                    y_b = s * x + mu
+            y = tl.where(is_b, y_b, x)
+        else:
+            y = tl.where(is_b, x - mu, x) if INVERSE else tl.where(is_b, x + mu, x)
+        if AFFINE:
+            y = y * w + a
+        tl.store(Y + b * s_yb + c * s_yc + p * s_yp, y.to(Y.dtype.element_ty), mask=inside)
+    if HAS_U:
+        tl.store(LOGDET_PART + pid * ROWS + tl.arange(0, ROWS), -log_det if INVERSE else log_det)
 
 
 @triton.jit
@@ -290,9 +374,11 @@ def _coupling_forward_backward_kernel(
     C,
     CB,
     P,
-    N_BLOCKS,
+    N_CB,
+    N_PB,
     START,
     param,
+    start_parity,
     s_xb,
     s_xc,
     s_xp,
@@ -317,8 +403,12 @@ def _coupling_forward_backward_kernel(
     SHIFT_FIRST: tl.constexpr,
     AFFINE: tl.constexpr,
     ACC: tl.constexpr,
-    BLOCK: tl.constexpr,
-    ROW: tl.constexpr,
+    ROWS: tl.constexpr,
+    COLS: tl.constexpr,
+    CHUNKS: tl.constexpr,
+    VECTOR: tl.constexpr,
+    ROWS_DIVIDE_C: tl.constexpr,
+    PAIRS: tl.constexpr,
 ):
     """Gradients of the density direction. ``y_b = s x_b + mu``: dx_b = s dy_b, dmu = dy_b,
     du = d(log s)/du * (dy_b * s x_b + dlogdet[b]); SHIFT_FIRST ``y_b = s (x_b + mu)``: dx_b = dmu
@@ -326,38 +416,85 @@ def _coupling_forward_backward_kernel(
     ``[B, C, P]`` share strides; DMU and DU ``[B, Cb, P]`` have unit pixel stride. With AFFINE, dy is
     first multiplied by ``AFF[0, c]`` and the program stores its affine partial sums, recomputing y."""
     pid = tl.program_id(0)
-    b, c, p, inside, is_b, j, x_mask = _backward_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK, ROW, AFFINE)
-    d_out = tl.load(DY + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
-    dy = d_out * tl.load(AFF + c, mask=inside, other=0.0) if AFFINE else d_out
-    if HAS_U or AFFINE:
-        x = tl.load(X + b * s_xb + c * s_xc + p * s_xp, mask=x_mask, other=0.0).to(ACC)
-    if (HAS_U and SHIFT_FIRST) or AFFINE:
-        mu = tl.load(MU + b * s_mb + j * s_mc + p * s_mp, mask=is_b, other=0.0).to(ACC)
-    if HAS_U:
-        u = tl.load(U + b * s_ub + j * s_uc + p * s_up, mask=is_b, other=0.0).to(ACC)
-        g = tl.load(DLOGDET + b).to(ACC)
-        s, _, dlog_s = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, False)
-        if SHIFT_FIRST:
-            sx = s * (x + mu)
-            y_b = sx
-            dmu = s * dy
-        else:
-            sx = s * x
-            if AFFINE:
-                y_b = sx + mu
-            dmu = dy
-        dx = tl.where(is_b, s * dy, dy)
-        du = dlog_s * (dy * sx + g)
-        tl.store(DU + b * s_dub + j * s_duc + p, du.to(DU.dtype.element_ty), mask=is_b)
-    else:
-        if AFFINE:
-            y_b = x + mu
-        dx = dy
-        dmu = dy
-    tl.store(DX + b * s_gb + c * s_gc + p * s_gp, dx.to(DX.dtype.element_ty), mask=inside)
-    tl.store(DMU + b * s_dmb + j * s_dmc + p, dmu.to(DMU.dtype.element_ty), mask=is_b)
+    b, c, _, on_channel, _, _, _, _, _ = _tile(
+        pid, 0, C, CB, P, N_CB, N_PB, START, STRIDE, ROWS, COLS, CHUNKS, VECTOR, PAIRS, False
+    )
     if AFFINE:
-        _store_affine_partials(AFF_PART, pid, inside, d_out, tl.where(is_b, y_b, x), BLOCK, ROW)
+        w = _per_channel(AFF, c, on_channel, 0.0, ROWS, COLS, VECTOR, ROWS_DIVIDE_C)
+        N: tl.constexpr = COLS if VECTOR else ROWS
+        sum_dz = tl.zeros((N,), ACC)
+        sum_d = tl.zeros((N,), ACC)
+    if HAS_U:
+        g = tl.load(DLOGDET + b).to(ACC)
+    for chunk in tl.static_range(CHUNKS):
+        b, c, p, on_channel, inside, is_b, j, pair_j, pair_mask = _tile(
+            pid, chunk, C, CB, P, N_CB, N_PB, START, STRIDE, ROWS, COLS, CHUNKS, VECTOR, PAIRS, False
+        )
+        x_mask = inside if AFFINE or PAIRS else is_b  # x_a is needed with AFFINE; PAIRS loads whole pairs
+        d_out = tl.load(DY + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
+        dy = d_out * w if AFFINE else d_out
+        if HAS_U or AFFINE:
+            x = tl.load(X + b * s_xb + c * s_xc + p * s_xp, mask=x_mask, other=0.0).to(ACC)
+        if (HAS_U and SHIFT_FIRST) or AFFINE:
+            mu = _load_b(MU, b, j, p, s_mb, s_mc, s_mp, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
+        if HAS_U:
+            u = _load_b(U, b, j, p, s_ub, s_uc, s_up, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
+            s, _, dlog_s = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, False)
+            if SHIFT_FIRST:
+                sx = s * (x + mu)
+                y_b = sx
+                dmu = s * dy
+            else:
+                sx = s * x
+                if AFFINE:
+                    y_b = sx + mu
+                dmu = dy
+            dx = tl.where(is_b, s * dy, dy)
+            du = dlog_s * (dy * sx + g)
+            _store_b(
+                DU,
+                du.to(DU.dtype.element_ty),
+                b,
+                j,
+                p,
+                s_dub,
+                s_duc,
+                is_b,
+                pair_j,
+                pair_mask,
+                start_parity,
+                ROWS,
+                COLS,
+                PAIRS,
+            )
+        else:
+            if AFFINE:
+                y_b = x + mu
+            dx = dy
+            dmu = dy
+        tl.store(DX + b * s_gb + c * s_gc + p * s_gp, dx.to(DX.dtype.element_ty), mask=inside)
+        _store_b(
+            DMU,
+            dmu.to(DMU.dtype.element_ty),
+            b,
+            j,
+            p,
+            s_dmb,
+            s_dmc,
+            is_b,
+            pair_j,
+            pair_mask,
+            start_parity,
+            ROWS,
+            COLS,
+            PAIRS,
+        )
+        if AFFINE:
+            chunk_dz, chunk_d = _affine_sums(inside, d_out, tl.where(is_b, y_b, x), VECTOR)
+            sum_dz += chunk_dz
+            sum_d += chunk_d
+    if AFFINE:
+        _store_affine_partials(AFF_PART, pid, sum_dz, sum_d, ROWS, COLS, VECTOR)
 
 
 @triton.jit
@@ -375,9 +512,11 @@ def _coupling_inverse_backward_kernel(
     C,
     CB,
     P,
-    N_BLOCKS,
+    N_CB,
+    N_PB,
     START,
     param,
+    start_parity,
     s_yb,
     s_yc,
     s_yp,
@@ -402,52 +541,161 @@ def _coupling_inverse_backward_kernel(
     SHIFT_FIRST: tl.constexpr,
     AFFINE: tl.constexpr,
     ACC: tl.constexpr,
-    BLOCK: tl.constexpr,
-    ROW: tl.constexpr,
+    ROWS: tl.constexpr,
+    COLS: tl.constexpr,
+    CHUNKS: tl.constexpr,
+    VECTOR: tl.constexpr,
+    ROWS_DIVIDE_C: tl.constexpr,
+    PAIRS: tl.constexpr,
 ):
     """Gradients of the generation direction, recomputing x_b. ``x_b = (y_b - mu) / s``:
     dy_b = dx_b / s, dmu = -dx_b / s, du = -d(log s)/du * (dx_b * x_b + dlogdet[b]); SHIFT_FIRST
     ``x_b = y_b / s - mu``: dy_b = dx_b / s, dmu = -dx_b, du = -d(log s)/du * (dx_b * y_b / s +
     dlogdet[b]); dy_a = dx_a. With AFFINE as in the density direction's backward."""
     pid = tl.program_id(0)
-    b, c, p, inside, is_b, j, y_mask = _backward_elements(pid, C, CB, P, N_BLOCKS, START, STRIDE, BLOCK, ROW, AFFINE)
-    d_out = tl.load(DX + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
-    dx = d_out * tl.load(AFF + c, mask=inside, other=0.0) if AFFINE else d_out
-    if HAS_U or AFFINE:
-        y = tl.load(Y + b * s_yb + c * s_yc + p * s_yp, mask=y_mask, other=0.0).to(ACC)
-    if (HAS_U and not SHIFT_FIRST) or AFFINE:
-        mu = tl.load(MU + b * s_mb + j * s_mc + p * s_mp, mask=is_b, other=0.0).to(ACC)
-    if HAS_U:
-        u = tl.load(U + b * s_ub + j * s_uc + p * s_up, mask=is_b, other=0.0).to(ACC)
-        g = tl.load(DLOGDET + b).to(ACC)
-        inv_s, _, dlog_s = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, True)
-        inv_s = tl.where(is_b, inv_s, 1.0)
-        dy = tl.where(is_b, dx * inv_s, dx)
-        if SHIFT_FIRST:
-            x_s = y * inv_s
-            if AFFINE:
-                x_b = x_s - mu
-            dmu = -dx
-        else:
-            x_s = (y - mu) * inv_s
-            x_b = x_s
-            dmu = -dy
-        du = -dlog_s * (dx * x_s + g)
-        tl.store(DU + b * s_dub + j * s_duc + p, du.to(DU.dtype.element_ty), mask=is_b)
-    else:
-        if AFFINE:
-            x_b = y - mu
-        dy = dx
-        dmu = -dx
-    tl.store(DY + b * s_gb + c * s_gc + p * s_gp, dy.to(DY.dtype.element_ty), mask=inside)
-    tl.store(DMU + b * s_dmb + j * s_dmc + p, dmu.to(DMU.dtype.element_ty), mask=is_b)
+    b, c, _, on_channel, _, _, _, _, _ = _tile(
+        pid, 0, C, CB, P, N_CB, N_PB, START, STRIDE, ROWS, COLS, CHUNKS, VECTOR, PAIRS, False
+    )
     if AFFINE:
-        _store_affine_partials(AFF_PART, pid, inside, d_out, tl.where(is_b, x_b, y), BLOCK, ROW)
+        w = _per_channel(AFF, c, on_channel, 0.0, ROWS, COLS, VECTOR, ROWS_DIVIDE_C)
+        N: tl.constexpr = COLS if VECTOR else ROWS
+        sum_dz = tl.zeros((N,), ACC)
+        sum_d = tl.zeros((N,), ACC)
+    if HAS_U:
+        g = tl.load(DLOGDET + b).to(ACC)
+    for chunk in tl.static_range(CHUNKS):
+        b, c, p, on_channel, inside, is_b, j, pair_j, pair_mask = _tile(
+            pid, chunk, C, CB, P, N_CB, N_PB, START, STRIDE, ROWS, COLS, CHUNKS, VECTOR, PAIRS, False
+        )
+        y_mask = inside if AFFINE or PAIRS else is_b  # y_a is needed with AFFINE; PAIRS loads whole pairs
+        d_out = tl.load(DX + b * s_gb + c * s_gc + p * s_gp, mask=inside, other=0.0).to(ACC)
+        dx = d_out * w if AFFINE else d_out
+        if HAS_U or AFFINE:
+            y = tl.load(Y + b * s_yb + c * s_yc + p * s_yp, mask=y_mask, other=0.0).to(ACC)
+        if (HAS_U and not SHIFT_FIRST) or AFFINE:
+            mu = _load_b(MU, b, j, p, s_mb, s_mc, s_mp, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
+        if HAS_U:
+            u = _load_b(U, b, j, p, s_ub, s_uc, s_up, is_b, pair_j, pair_mask, ROWS, COLS, PAIRS).to(ACC)
+            inv_s, _, dlog_s = _scale_terms(u, param, SCALE, SPECIAL, RECIPROCAL, True)
+            inv_s = tl.where(is_b, inv_s, 1.0)
+            dy = tl.where(is_b, dx * inv_s, dx)
+            if SHIFT_FIRST:
+                x_s = y * inv_s
+                if AFFINE:
+                    x_b = x_s - mu
+                dmu = -dx
+            else:
+                x_s = (y - mu) * inv_s
+                x_b = x_s
+                dmu = -dy
+            du = -dlog_s * (dx * x_s + g)
+            _store_b(
+                DU,
+                du.to(DU.dtype.element_ty),
+                b,
+                j,
+                p,
+                s_dub,
+                s_duc,
+                is_b,
+                pair_j,
+                pair_mask,
+                start_parity,
+                ROWS,
+                COLS,
+                PAIRS,
+            )
+        else:
+            if AFFINE:
+                x_b = y - mu
+            dy = dx
+            dmu = -dx
+        tl.store(DY + b * s_gb + c * s_gc + p * s_gp, dy.to(DY.dtype.element_ty), mask=inside)
+        _store_b(
+            DMU,
+            dmu.to(DMU.dtype.element_ty),
+            b,
+            j,
+            p,
+            s_dmb,
+            s_dmc,
+            is_b,
+            pair_j,
+            pair_mask,
+            start_parity,
+            ROWS,
+            COLS,
+            PAIRS,
+        )
+        if AFFINE:
+            chunk_dz, chunk_d = _affine_sums(inside, d_out, tl.where(is_b, x_b, y), VECTOR)
+            sum_dz += chunk_dz
+            sum_d += chunk_d
+    if AFFINE:
+        _store_affine_partials(AFF_PART, pid, sum_dz, sum_d, ROWS, COLS, VECTOR)
 
 
-def _grid(batch: int, plane: int, block: int) -> tuple[int, tuple[int]]:
-    n_blocks = triton.cdiv(plane, block)
-    return n_blocks, (batch * n_blocks,)
+@dataclasses.dataclass(frozen=True)
+class _Tiling:
+    """How a launch covers ``[B, C, P]`` (module docstring): tile shape, blocks, warps."""
+
+    vector: bool  # P == 1: one row of channels per program
+    rows: int
+    cols: int
+    n_cb: int  # blocks of channels per sample
+    n_pb: int  # blocks of pixels per channel block (1 for vectors)
+    programs: int
+    num_warps: int
+    rows_divide_c: bool  # no image tile reaches beyond the last channel
+    chunks: int = 1  # tiles per program (consecutive blocks of COLS pixels)
+
+    @property
+    def launch_options(self) -> dict:
+        return dict(
+            ROWS=self.rows,
+            COLS=self.cols,
+            CHUNKS=self.chunks,
+            VECTOR=self.vector,
+            ROWS_DIVIDE_C=self.rows_divide_c,
+            num_warps=self.num_warps,
+        )
+
+    def per_channel(self, partial: torch.Tensor, channels: int) -> torch.Tensor:
+        """The per-channel sums ``[2, C]`` of the kernels' per-channel partials (``partial_shape``)."""
+        if self.vector:
+            return partial.view(2, -1, self.n_cb * self.cols).sum(1)[:, :channels]
+        sums = partial.view(-1, self.n_cb, self.n_pb, self.rows, 2).sum((0, 2)).flatten(0, 1)
+        return sums[:channels].T
+
+    @property
+    def partial_shape(self) -> tuple[int, int, int]:
+        """Shape of the per-channel partial sums of the backward with an affine."""
+        return (2, self.programs, self.cols) if self.vector else (self.programs, self.rows, 2)
+
+
+def _tiling(batch: int, channels: int, pixels: int, per_channel: bool = False) -> _Tiling:
+    """Tiles of about TILE elements (16 per thread) over ``[batch, channels, pixels]`` (module docstring).
+    Vectors take at least VECTOR_COLS channels per program (masked beyond C) on 1 to 4 warps, so that
+    each thread still holds 16 of them. With ``per_channel`` (per-channel values read, an affine) the
+    rows of an image tile divide C, so that no tile reaches beyond the last channel."""
+    if pixels == 1:
+        cols = _common.pow2_tile(channels, VECTOR_COLS, TILE)
+        n_cb = triton.cdiv(channels, cols)
+        return _Tiling(True, 1, cols, n_cb, 1, batch * n_cb, cols // VECTOR_COLS, False)
+    rows = _common.pow2_tile(channels, 1, TILE // _common.pow2_tile(pixels, 1, MAX_COLS))
+    if per_channel and channels % 16:  # C is not known to the compiler as a multiple of 16 (no masks)
+        rows = min(rows, channels & -channels)  # the largest power of two dividing C
+    cols = _common.pow2_tile(pixels, 1, TILE // rows)
+    # Rows of 1 or 2 channels read per-channel values 32 or 64 bits at a time: more tiles per program
+    # spread those reads (and the partial sums' stores) over more pixels.
+    chunks = min(MAX_CHUNKS, triton.cdiv(pixels, cols)) if per_channel and rows < 4 else 1
+    n_cb, n_pb = triton.cdiv(channels, rows), triton.cdiv(pixels, cols * chunks)
+    return _Tiling(False, rows, cols, n_cb, n_pb, batch * n_cb * n_pb, 4, channels % rows == 0, chunks)
+
+
+def _pairs(tiling: _Tiling, start: int, stride: int, b_only: bool) -> bool:
+    """Whether mu and u are read as half-width tiles (vectors with a skip split, START 0 or 1)."""
+    return tiling.vector and stride == 2 and start in (0, 1) and not b_only
 
 
 def _form_constexprs(form: tuple[int, float, bool, bool, bool]) -> tuple[float, dict]:
@@ -488,22 +736,22 @@ def coupling_apply(
         logdet = torch.zeros(batch, dtype=acc, device=x.device)
         if out.numel() == 0:
             return out, logdet
-    plane = (cb if b_only else channels) * pixels
-    block = _block_size(plane)
-    n_blocks, grid = _grid(batch, plane, block)
-    partial = _common.new_output((batch, n_blocks), acc, x.device) if u is not None else logdet
+    tiling = _tiling(batch, cb if b_only else channels, pixels, affine is not None)
+    partial = _common.new_output((tiling.programs, tiling.rows), acc, x.device) if u is not None else logdet
     param, constexprs = _form_constexprs(form)
-    _coupling_kernel[grid](
+    _coupling_kernel[(tiling.programs,)](
         x,
         mu,
         u if u is not None else mu,
-        affine if affine is not None else mu,
+        affine[0] if affine is not None else mu,
+        affine[1] if affine is not None else mu,
         out,
         partial,
         channels,
         cb,
         pixels,
-        n_blocks,
+        tiling.n_cb,
+        tiling.n_pb,
         start,
         param,
         *x.stride(),
@@ -516,10 +764,11 @@ def coupling_apply(
         B_ONLY=b_only,
         AFFINE=affine is not None,
         ACC=_common.tl_dtype(acc),
-        BLOCK=block,
+        PAIRS=_pairs(tiling, start, stride, b_only),
+        **tiling.launch_options,
         **constexprs,
     )
-    return out, (partial.sum(1) if u is not None else logdet)
+    return out, (partial.view(batch, -1).sum(1) if u is not None else logdet)
 
 
 def coupling_backward(
@@ -555,21 +804,16 @@ def coupling_backward(
         d_u = _common.new_output((batch, cb, pixels), u.dtype, x.device)
     if d_in.numel() == 0:
         return d_in, d_mu, d_u, None if affine is None else torch.zeros_like(affine)
-    if affine is None:  # programs over blocks of a sample's [C, P] plane
-        block = row = _block_size(channels * pixels)
-        n_blocks, grid = _grid(batch, channels * pixels, block)
+    tiling = _tiling(batch, channels, pixels, affine is not None)
+    if affine is None:
         partial = grad_logdet
-    else:  # programs over whole channels' pixels (several small channels at once), partial sums per channel
-        row = _common.pow2_tile(pixels, 1, MAX_BLOCK)
-        block = max(MIN_BLOCK, row * _common.pow2_tile(channels, 1, MAX_BLOCK // row))
-        n_blocks, n_cblocks = triton.cdiv(pixels, row), triton.cdiv(channels, block // row)
-        grid = (batch * n_cblocks * n_blocks,)
-        partial = _common.new_output((2, batch, n_cblocks, n_blocks, block // row), acc, x.device)
+    else:  # per-channel partial sums of each tile
+        partial = _common.new_output(tiling.partial_shape, acc, x.device)
     grad_logdet = grad_logdet.contiguous()
     param, constexprs = _form_constexprs(form)
     kernel = _coupling_inverse_backward_kernel if inverse else _coupling_forward_backward_kernel
     d_u_or_mu = d_u if d_u is not None else d_mu
-    kernel[grid](
+    kernel[(tiling.programs,)](
         x,
         mu,
         u if u is not None else mu,
@@ -583,9 +827,11 @@ def coupling_backward(
         channels,
         cb,
         pixels,
-        n_blocks,
+        tiling.n_cb,
+        tiling.n_pb,
         start,
         param,
+        float(start % 2),
         *x.stride(),
         *mu.stride(),
         *_strides(u),
@@ -598,10 +844,10 @@ def coupling_backward(
         HAS_U=u is not None,
         AFFINE=affine is not None,
         ACC=_common.tl_dtype(acc),
-        BLOCK=block,
-        ROW=row,
+        PAIRS=_pairs(tiling, start, stride, False),
+        **tiling.launch_options,
         **constexprs,
     )
     if affine is None:
         return d_in, d_mu, d_u, None
-    return d_in, d_mu, d_u, partial.sum((1, 3)).flatten(1)[:, :channels].to(affine.dtype)
+    return d_in, d_mu, d_u, tiling.per_channel(partial, channels).to(affine.dtype)

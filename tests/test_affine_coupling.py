@@ -244,7 +244,14 @@ def test_kernels_compile_for_a_gpu():
         ("fp32", "fp32", 1, True, (2, True, True, False)),
         ("fp16", "fp32", 1, False, (0, True, False, False)),
     ):
-        types = {"param": "fp32", "LOGDET_PART": f"*{acc}", "DLOGDET": f"*{acc}", "AFF": f"*{acc}"}
+        types = {
+            "param": "fp32",
+            "start_parity": "fp32",
+            "LOGDET_PART": f"*{acc}",
+            "DLOGDET": f"*{acc}",
+            "AFF": f"*{acc}",
+            "AFF_A": f"*{acc}",
+        }
         types |= {"AFF_PART": f"*{acc}"}
         types |= {n: f"*{dtype}" for n in ("X", "Y", "MU", "U", "DX", "DY", "DMU", "DU")}
         code, special, reciprocal, shift_first = scale
@@ -256,16 +263,24 @@ def test_kernels_compile_for_a_gpu():
             RECIPROCAL=reciprocal,
             SHIFT_FIRST=shift_first,
             ACC=f"tl.float{acc[2:]}",
-            BLOCK=1024,
         )
-        variants += [
-            ("_coupling_kernel", types, constexprs | {"INVERSE": inverse, "B_ONLY": b_only, "AFFINE": affine})
-            for inverse in (False, True)
-            for b_only, affine in ((False, False), (True, False), (False, True))
-        ]
-        variants += [
-            (name, types, constexprs | {"AFFINE": affine, "ROW": 64 if affine else 1024})
-            for name in ("_coupling_forward_backward_kernel", "_coupling_inverse_backward_kernel")
-            for affine in (False, True)
-        ]
+        for tile in (
+            dict(ROWS=4, COLS=512, CHUNKS=2, VECTOR=False, ROWS_DIVIDE_C=stride == 2, PAIRS=False),
+            dict(ROWS=1, COLS=512, CHUNKS=1, VECTOR=True, ROWS_DIVIDE_C=False, PAIRS=stride == 2),
+        ):
+            variants += [
+                (
+                    "_coupling_kernel",
+                    types,
+                    constexprs | tile | {"INVERSE": inverse, "B_ONLY": b_only, "AFFINE": affine},
+                )
+                for inverse in (False, True)
+                for b_only, affine in ((False, False), (True, False), (False, True))
+                if not (b_only and tile["PAIRS"])
+            ]
+            variants += [
+                (name, types, constexprs | tile | {"AFFINE": affine})
+                for name in ("_coupling_forward_backward_kernel", "_coupling_inverse_backward_kernel")
+                for affine in (False, True)
+            ]
     compile_for_gpus("fastflow.kernels.affine_coupling", variants)

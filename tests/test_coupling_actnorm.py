@@ -130,10 +130,10 @@ def test_fold_runs_in_the_fused_function(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fold_on_vectors_and_several_blocks_per_channel(backend):
-    """``[B, C]`` (one pixel per channel, the z-prior's flow) and 40 x 30 planes (several Triton
-    programs per channel, whose partial sums must all count)."""
+    """``[B, C]`` (one pixel per channel, the z-prior's flow) and 80 x 60 planes (several tiles per
+    Triton program and several programs per channel, whose partial sums must all count)."""
     scale = SCALES["tanh_alpha"]
-    for spatial in [(), (40, 30)]:
+    for spatial in [(), (80, 60)]:
         inputs = make_inputs(6, scale, torch.float64, batch=3, spatial=spatial, device=device(backend))
         got = outputs_and_grads(fused(backend, "skip", "up", scale, False, False), inputs)
         want = outputs_and_grads(lambda *t: coupling_then_actnorm(*t, "skip", "up", scale, False, False), inputs)

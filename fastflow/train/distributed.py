@@ -68,9 +68,13 @@ def setup(device: str = "auto") -> Context:
     return Context(dist.get_rank(), dist.get_world_size(), dev)
 
 
-def teardown(ctx: Context) -> None:
-    """Leave the process group (a no-op when running alone)."""
+def teardown(ctx: Context, synchronize: bool = True) -> None:
+    """Leave the process group (a no-op when running alone). ``synchronize``: first wait until every
+    rank is here (a rank that destroys its gloo group while a peer still talks to it can abort in
+    gloo's transport thread); False on the way out of an error, where the peers may never arrive."""
     if ctx.distributed and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

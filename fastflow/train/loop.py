@@ -464,6 +464,9 @@ def train(
                 if step < trainer.total:  # a signal during the last step: the run ends as planned
                     stopper.at_step_boundary(step)
 
-            return trainer.run(at_step, max_seconds)
-    finally:
-        D.teardown(ctx)
+            summary = trainer.run(at_step, max_seconds)
+    except BaseException:
+        D.teardown(ctx, synchronize=False)
+        raise
+    D.teardown(ctx)
+    return summary

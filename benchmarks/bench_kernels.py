@@ -29,12 +29,13 @@ from dataclasses import dataclass
 
 import torch
 
-from fastflow.functional import actnorm_conv1x1, affine_coupling, cond_bias_elu, conv1x1_bias_elu
+from fastflow.functional import actnorm_conv1x1, affine_coupling, cond_bias_elu, conv1x1_bias_elu, weight_norm
 
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmark: an op at one input shape ``[B, C, H, W]`` (C = Hd for cond_bias_elu)."""
+    """One benchmark: an op at one input shape ``[B, C, H, W]`` (C = Hd for cond_bias_elu; a weight
+    ``[O, I, kh, kw]`` for weight_norm)."""
 
     op: str
     label: str
@@ -49,12 +50,14 @@ class Case:
 #   gradient needs the conditioning channels too), mu, u, dx, dmu, du (5N).
 # cond_bias_elu:   fwd h, out (2N); bwd out, dout, dh (3N).
 # conv1x1_bias_elu (C_out = C_in): fwd h, out (2N); bwd out, dout, h, dh (4N).
+# weight_norm: fwd v, w (2N); bwd v, dw, dv (3N).
 TRAFFIC = {
     "actnorm_conv1x1": 6,
     "affine_coupling": 7,
     "affine_coupling_actnorm": 8,
     "cond_bias_elu": 5,
     "conv1x1_bias_elu": 6,
+    "weight_norm": 5,
 }
 
 FULL_CASES = [
@@ -76,6 +79,7 @@ FULL_CASES = [
     Case("cond_bias_elu", "celeba256 top hidden", (8, 512, 4, 4)),
     Case("conv1x1_bias_elu", "cifar10 L1 hidden", (64, 512, 16, 16)),
     Case("conv1x1_bias_elu", "celeba256 L1 hidden", (8, 256, 128, 128)),
+    Case("weight_norm", "celeba256 coupling out", (24, 256, 3, 3)),  # GPU only: the cpu backend runs the reference
 ]
 
 QUICK_CASES = [
@@ -84,6 +88,7 @@ QUICK_CASES = [
     Case("affine_coupling", "small skip", (4, 12, 16, 16), "skip"),
     Case("affine_coupling_actnorm", "small skip", (4, 12, 16, 16), "skip"),
     Case("cond_bias_elu", "small hidden", (4, 64, 16, 16)),
+    Case("weight_norm", "small conv", (16, 64, 3, 3)),
 ]
 
 
@@ -113,6 +118,8 @@ def make_inputs(case: Case, device: str, dtype: torch.dtype) -> list[torch.Tenso
     if case.op == "conv1x1_bias_elu":
         weight = torch.randn(channels, channels, generator=gen) / channels**0.5
         return [rand(*case.shape), weight.to(device, dtype).requires_grad_(), rand(batch, channels)]
+    if case.op == "weight_norm":
+        return [rand(*case.shape, scale=0.05), rand(batch)]  # v [O, I, kh, kw], g [O]
     return [rand(*case.shape), rand(batch, channels)]
 
 
@@ -131,6 +138,8 @@ def make_forward(case: Case, inputs: list[torch.Tensor], backend: str) -> Callab
         )
     if case.op == "conv1x1_bias_elu":
         return lambda: (conv1x1_bias_elu(*inputs, backend=backend),)
+    if case.op == "weight_norm":
+        return lambda: (weight_norm(*inputs, backend=backend),)
     return lambda: (cond_bias_elu(*inputs, backend=backend),)
 
 

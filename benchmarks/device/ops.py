@@ -42,6 +42,7 @@ FORWARD_TRAFFIC = {
     "affine_coupling_actnorm": 3,
     "cond_bias_elu": 2,
     "conv1x1_bias_elu": 2,
+    "weight_norm": 2,
 }
 STEP_CONFIGS = ("cifar10_wolf", "cifar10_glow", "imagenet64_wolf", "celeba256_wolf")
 DRY_CONFIGS = ("tiny_wolf", "tiny_glow")

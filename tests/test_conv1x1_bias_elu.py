@@ -71,6 +71,21 @@ def test_triton_matches_reference(shape, with_bias, dtype, atol, rtol):
     check(make_inputs(shape, dtype, with_bias), atol, rtol)
 
 
+def test_bias_in_its_own_dtype():
+    """A bias of another dtype than h (FC(z) kept in float32 under autocast) is added in the float32
+    accumulator as it is, and its gradient comes back in its own dtype."""
+    h, weight, bias = make_inputs((2, 6, 5, 3, 4))
+    bias64 = bias.detach().double().requires_grad_()
+    out, grads = run(lambda *t: conv1x1_bias_elu(*t, backend="triton"), h, weight, bias64)
+    out_ref, grads_ref = run(conv1x1_bias_elu_reference, h, weight, bias)
+    assert out.dtype == torch.float32 and grads[2].dtype == torch.float64
+    torch.testing.assert_close(out, out_ref, atol=FP32_TOL, rtol=FP32_TOL)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(
+            got, want.to(got.dtype), atol=FP32_TOL * (1 + want.abs().max().item()), rtol=FP32_TOL
+        )
+
+
 @pytest.mark.parametrize("layout", ["strided", "sliced"])
 def test_non_contiguous_inputs(layout):
     check(make_inputs((2, 6, 5, 3, 4), layout=layout), FP32_TOL, FP32_TOL)
